@@ -1,0 +1,64 @@
+//! Measures the embedded engine the way `bench/engine` measures llama.cpp: exact token
+//! prompts, greedy decoding, streamed, timing the first token (prefill) and the rest
+//! (decode). Prints one JSON object per prompt.
+//!
+//! Usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS
+//! where PROMPTS.json is `{"name": [token ids], ...}`.
+
+use std::time::Instant;
+
+use agent::engine::mistral::{ActivationDType, MistralRsEngine, MistralRsOptions};
+use agent::engine::{Engine, GenerationRequest, Prompt, StreamEvent};
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, model, prompts, new_tokens, runs] = args.as_slice() else {
+        anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS");
+    };
+    let new_tokens: usize = new_tokens.parse()?;
+    let runs: usize = runs.parse()?;
+    let prompts: std::collections::BTreeMap<String, Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(prompts)?)?;
+    let mut options = MistralRsOptions::new(model, "bench");
+    if std::env::var("BENCH_DTYPE").as_deref() == Ok("auto") {
+        options.dtype = ActivationDType::Auto;
+    }
+    let engine = MistralRsEngine::load(options).await?;
+
+    for (name, tokens) in &prompts {
+        let mut samples = Vec::new();
+        // One warm-up run, not reported: the first call pays one-off allocation costs.
+        for run in 0..=runs {
+            let request = GenerationRequest::new(Prompt::Tokens(tokens.clone()), new_tokens);
+            let started = Instant::now();
+            let mut stream = engine.generate_stream(request).await?;
+            let mut first_token = None;
+            let mut generated = 0usize;
+            while let Some(event) = stream.next().await {
+                if let StreamEvent::Delta { .. } = event? {
+                    generated += 1;
+                    first_token.get_or_insert_with(Instant::now);
+                }
+            }
+            let finished = Instant::now();
+            let first_token = first_token.unwrap_or(finished);
+            if run > 0 {
+                let prefill_s = (first_token - started).as_secs_f64();
+                let decode_s = (finished - first_token).as_secs_f64();
+                samples.push((prefill_s, decode_s, generated));
+            }
+        }
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let prefill = median(samples.iter().map(|s| tokens.len() as f64 / s.0).collect());
+        let decode = median(samples.iter().map(|s| (s.2.saturating_sub(1)) as f64 / s.1.max(1e-9)).collect());
+        println!(
+            "{}",
+            serde_json::json!({"engine": "skillhive", "prompt": name, "prompt_tokens": tokens.len(), "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0].2})
+        );
+    }
+    Ok(())
+}

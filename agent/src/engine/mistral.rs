@@ -1,0 +1,398 @@
+//! The embedded backend: mistral.rs in this process, on a local GGUF file.
+//!
+//! mistral.rs runs its own engine task with a scheduler that batches concurrent sequences.
+//! This backend only translates [`GenerationRequest`]s into mistral.rs requests, sends them
+//! down the engine's channel and translates the responses back; it holds no lock, so
+//! concurrent callers are batched by mistral.rs rather than queued by us.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use either::Either;
+use indexmap::IndexMap;
+use mistralrs::core::{
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
+    MistralRs, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig, TokenSource,
+};
+use mistralrs::{Constraint, CustomLogitsProcessor, NormalRequest, Request, Response, SamplingParams, StopTokens};
+use tokio::sync::mpsc;
+
+use super::seeded::SeededSampler;
+use super::tool_protocol::{self, ParsedReply};
+use super::{
+    validate_request, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest,
+    ModelInfo, Prompt, StreamEvent, TokenLogprob, Usage,
+};
+
+/// The activation dtype. Weights stay quantized either way; this is the dtype of
+/// activations, the KV cache and the dequantized matmul inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationDType {
+    /// Let mistral.rs choose (F16 or BF16 where the device supports them).
+    Auto,
+    /// 32-bit floats: x86 CPUs have no native f16 arithmetic, so this is the fast choice there.
+    F32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MistralRsOptions {
+    pub model_path: PathBuf,
+    /// The name clients use for the model.
+    pub model_id: String,
+    pub dtype: ActivationDType,
+    /// How many sequences the scheduler runs in one batch.
+    pub max_batch: usize,
+}
+
+impl MistralRsOptions {
+    pub fn new(model_path: impl Into<PathBuf>, model_id: impl Into<String>) -> Self {
+        Self { model_path: model_path.into(), model_id: model_id.into(), dtype: ActivationDType::F32, max_batch: 16 }
+    }
+}
+
+pub struct MistralRsEngine {
+    runner: Arc<MistralRs>,
+    info: ModelInfo,
+}
+
+impl MistralRsEngine {
+    /// Loads the GGUF file (weights, tokenizer and chat template all come from it).
+    pub async fn load(options: MistralRsOptions) -> anyhow::Result<Self> {
+        crate::model::check_gguf_file(&options.model_path)?;
+        let (dir, file) = split_model_path(&options.model_path)?;
+        let loader = GGUFLoaderBuilder::new(
+            None,
+            None,
+            dir,
+            vec![file],
+            GGUFSpecificConfig { topology: None },
+            false,
+            None,
+        )
+        .build();
+        let device = mistralrs::best_device(cfg!(not(feature = "cuda")))?;
+        let dtype = match options.dtype {
+            ActivationDType::Auto => ModelDType::Auto,
+            ActivationDType::F32 => ModelDType::F32,
+        };
+        let pipeline = loader.load_model_from_hf(
+            None,
+            TokenSource::None,
+            &dtype,
+            &device,
+            true,
+            DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+            None,
+            None,
+        )?;
+        let scheduler = SchedulerConfig::DefaultScheduler {
+            method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?),
+        };
+        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).build().await;
+        let context_window = runner.max_sequence_length(None).ok().flatten();
+        Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" } })
+    }
+
+    /// Sends a request to the engine and returns the receiver of its responses, plus the
+    /// seeded sampler when one was installed (its picks carry the true log-probabilities).
+    async fn submit(
+        &self,
+        request: &GenerationRequest,
+        streaming: bool,
+    ) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>), EngineError> {
+        validate_request(request)?;
+        let seeded = match (request.seed, request.is_greedy()) {
+            (Some(seed), false) => {
+                if request.n > 1 && request.logprobs.is_some() {
+                    return Err(EngineError::InvalidRequest(
+                        "logprobs with a seed and n > 1 is not supported by the embedded backend".into(),
+                    ));
+                }
+                if request.logprobs.is_some_and(|k| k > 0) {
+                    return Err(EngineError::InvalidRequest(
+                        "top_logprobs with a seed is not supported by the embedded backend".into(),
+                    ));
+                }
+                Some(Arc::new(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p)))
+            }
+            _ => None,
+        };
+
+        let (messages, constraint) = match &request.prompt {
+            Prompt::Tokens(tokens) => {
+                if !request.tools.is_empty() {
+                    return Err(EngineError::InvalidRequest("tools need a chat prompt, not a token prompt".into()));
+                }
+                (RequestMessage::CompletionTokens(tokens.clone()), request.json_schema.clone().map(Constraint::JsonSchema))
+            }
+            Prompt::Messages(messages) => {
+                if request.offers_tools() {
+                    if request.json_schema.is_some() {
+                        return Err(EngineError::InvalidRequest(
+                            "response_format json_schema cannot be combined with tools on the embedded backend".into(),
+                        ));
+                    }
+                    let rendered = tool_protocol::render_conversation(messages, &request.tools, &request.tool_choice);
+                    let schema = tool_protocol::reply_schema(&request.tools, &request.tool_choice);
+                    (chat_message(&rendered), Some(Constraint::JsonSchema(schema)))
+                } else {
+                    (chat_message(messages), request.json_schema.clone().map(Constraint::JsonSchema))
+                }
+            }
+        };
+
+        let mut sampling = SamplingParams::neutral();
+        sampling.max_len = Some(request.max_tokens);
+        sampling.n_choices = request.n;
+        sampling.top_n_logprobs = request.logprobs.unwrap_or(0);
+        if !request.stop.is_empty() {
+            sampling.stop_toks = Some(StopTokens::Seqs(request.stop.clone()));
+        }
+        // mistral.rs reads a missing temperature as 1.0, so greedy decoding has to be asked
+        // for with an explicit 0. With a seeded sampler the engine must also pick greedily:
+        // only the chosen token is left finite.
+        if seeded.is_none() && !request.is_greedy() {
+            sampling.temperature = request.temperature;
+            sampling.top_p = request.top_p;
+        } else {
+            sampling.temperature = Some(0.0);
+        }
+
+        let (sender, receiver) = mpsc::channel(64);
+        let logits_processors =
+            seeded.clone().map(|sampler| vec![sampler as Arc<dyn CustomLogitsProcessor>]);
+        let normal = NormalRequest {
+            messages,
+            sampling_params: sampling,
+            response: sender,
+            return_logprobs: request.logprobs.is_some(),
+            is_streaming: streaming,
+            id: self.runner.next_request_id(),
+            constraint: constraint.unwrap_or(Constraint::None),
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        engine
+            .send(Request::Normal(Box::new(normal)))
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+        Ok((receiver, seeded))
+    }
+}
+
+fn split_model_path(path: &Path) -> anyhow::Result<(String, String)> {
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| anyhow::anyhow!("model path {} has no file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_string_lossy().into_owned(),
+        _ => ".".to_string(),
+    };
+    Ok((dir, file.to_string()))
+}
+
+fn chat_message(messages: &[super::ChatMessage]) -> RequestMessage {
+    let messages = messages
+        .iter()
+        .map(|message| {
+            let mut entry: IndexMap<String, mistralrs::MessageContent> = IndexMap::new();
+            entry.insert("role".into(), Either::Left(message.role().as_str().to_string()));
+            entry.insert("content".into(), Either::Left(message.content.clone()));
+            entry
+        })
+        .collect();
+    RequestMessage::Chat { messages, enable_thinking: None, reasoning_effort: None }
+}
+
+fn response_error(response: Response) -> EngineError {
+    match response {
+        Response::ValidationError(e) => EngineError::InvalidRequest(e.to_string()),
+        Response::InternalError(e) => EngineError::Backend(e.to_string()),
+        Response::ModelError(message, _) | Response::CompletionModelError(message, _) => EngineError::Backend(message),
+        _ => EngineError::Backend("unexpected response kind from the engine".into()),
+    }
+}
+
+fn convert_logprobs(content: Option<Vec<mistralrs::core::ResponseLogprob>>) -> Option<Vec<TokenLogprob>> {
+    content.map(|tokens| tokens.into_iter().map(convert_logprob).collect())
+}
+
+fn convert_logprob(logprob: mistralrs::core::ResponseLogprob) -> TokenLogprob {
+    TokenLogprob {
+        token: logprob.token,
+        logprob: logprob.logprob,
+        top: logprob
+            .top_logprobs
+            .into_iter()
+            .map(|top| (top.bytes.unwrap_or_else(|| top.token.to_string()), top.logprob))
+            .collect(),
+    }
+}
+
+/// Puts the seeded sampler's log-probabilities in place of the engine's, which were taken
+/// from the forced logits and are therefore all zero.
+fn apply_picks(logprobs: &mut Option<Vec<TokenLogprob>>, sampler: &Option<Arc<SeededSampler>>) {
+    if let (Some(tokens), Some(sampler)) = (logprobs.as_mut(), sampler) {
+        for (token, pick) in tokens.iter_mut().zip(sampler.picks()) {
+            token.logprob = pick.logprob;
+        }
+    }
+}
+
+/// Turns a constrained tool-protocol reply into text or a tool call.
+fn interpret_tool_reply(choice: &mut Choice) {
+    match tool_protocol::parse_reply(&choice.text) {
+        ParsedReply::Call(call) => {
+            choice.text.clear();
+            choice.tool_calls = vec![call];
+            choice.finish_reason = Some(FinishReason::ToolCalls);
+        }
+        ParsedReply::Answer(answer) => choice.text = answer,
+        ParsedReply::Unparsed(_) => {}
+    }
+}
+
+#[async_trait]
+impl Engine for MistralRsEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        let (mut receiver, seeded) = self.submit(&request, false).await?;
+        let response =
+            receiver.recv().await.ok_or_else(|| EngineError::Backend("the engine dropped the request".into()))?;
+        let mut generation = match response {
+            Response::Done(done) => Generation {
+                usage: Usage { prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens },
+                choices: done
+                    .choices
+                    .into_iter()
+                    .map(|choice| Choice {
+                        text: choice.message.content.unwrap_or_default(),
+                        tool_calls: Vec::new(),
+                        finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
+                        logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
+                    })
+                    .collect(),
+            },
+            Response::CompletionDone(done) => Generation {
+                usage: Usage { prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens },
+                choices: done
+                    .choices
+                    .into_iter()
+                    .map(|choice| Choice {
+                        text: choice.text,
+                        tool_calls: Vec::new(),
+                        finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
+                        logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
+                    })
+                    .collect(),
+            },
+            other => return Err(response_error(other)),
+        };
+        for choice in &mut generation.choices {
+            apply_picks(&mut choice.logprobs, &seeded);
+            if request.offers_tools() {
+                interpret_tool_reply(choice);
+            }
+        }
+        Ok(generation)
+    }
+
+    async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+        let (mut receiver, seeded) = self.submit(&request, true).await?;
+        let buffer_for_tools = request.offers_tools();
+        let choices = request.n;
+        let prompt_tokens_known = match &request.prompt {
+            Prompt::Tokens(tokens) => Some(tokens.len()),
+            Prompt::Messages(_) => None,
+        };
+        let stream = async_stream::stream! {
+            // Tool-protocol replies are JSON that only means something once complete, so
+            // they are buffered and sent as one event at the end of each choice.
+            let mut buffered: Vec<String> = vec![String::new(); choices];
+            let mut finished = vec![false; choices];
+            let mut usage: Option<Usage> = None;
+            let mut tokens_seen = 0usize;
+            let mut position = 0usize;
+            while let Some(response) = receiver.recv().await {
+                // Each chunk is (choice index, text, logprob, finish reason).
+                let pieces: Vec<(usize, String, Option<mistralrs::core::ResponseLogprob>, Option<String>)> = match response {
+                    Response::Chunk(chunk) => {
+                        if let Some(u) = &chunk.usage {
+                            usage = Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
+                        }
+                        chunk.choices.into_iter()
+                            .map(|c| (c.index, c.delta.content.unwrap_or_default(), c.logprobs, c.finish_reason))
+                            .collect()
+                    }
+                    Response::CompletionChunk(chunk) => chunk.choices.into_iter()
+                        .map(|c| (c.index, c.text, c.logprobs, c.finish_reason))
+                        .collect(),
+                    other => {
+                        yield Err(response_error(other));
+                        return;
+                    }
+                };
+                for (index, text, logprob, finish_reason) in pieces {
+                    if index >= choices {
+                        continue;
+                    }
+                    tokens_seen += 1;
+                    if buffer_for_tools {
+                        buffered[index].push_str(&text);
+                    } else if !text.is_empty() || logprob.is_some() {
+                        let mut logprobs: Vec<TokenLogprob> = logprob.into_iter().map(convert_logprob).collect();
+                        if let (Some(sampler), Some(token)) = (&seeded, logprobs.first_mut()) {
+                            if let Some(pick) = sampler.picks().get(position) {
+                                token.logprob = pick.logprob;
+                            }
+                        }
+                        yield Ok(StreamEvent::Delta { index, text, logprobs });
+                    }
+                    if index == 0 {
+                        position += 1;
+                    }
+                    if let Some(reason) = finish_reason {
+                        let mut reason = FinishReason::parse(&reason);
+                        if buffer_for_tools {
+                            let mut choice = Choice { text: std::mem::take(&mut buffered[index]), finish_reason: Some(reason.clone()), ..Default::default() };
+                            interpret_tool_reply(&mut choice);
+                            if !choice.tool_calls.is_empty() {
+                                yield Ok(StreamEvent::ToolCalls { index, calls: choice.tool_calls });
+                            } else if !choice.text.is_empty() {
+                                yield Ok(StreamEvent::Delta { index, text: choice.text, logprobs: Vec::new() });
+                            }
+                            reason = choice.finish_reason.unwrap_or(reason);
+                        }
+                        finished[index] = true;
+                        yield Ok(StreamEvent::Finish { index, reason });
+                    }
+                }
+                if finished.iter().all(|&f| f) {
+                    break;
+                }
+            }
+            if !finished.iter().all(|&f| f) {
+                yield Err(EngineError::Backend("the engine ended the stream early".into()));
+                return;
+            }
+            let usage = usage.unwrap_or(Usage {
+                prompt_tokens: prompt_tokens_known.unwrap_or(0),
+                completion_tokens: tokens_seen,
+            });
+            yield Ok(StreamEvent::Usage(usage));
+        };
+        Ok(Box::pin(stream))
+    }
+}

@@ -1,0 +1,148 @@
+//! Reproducible sampling for the embedded backend.
+//!
+//! mistral.rs draws every request's random numbers from one generator seeded once per
+//! engine, so the same request sampled twice gives different text. A caller that passes a
+//! seed (an A/B replay, an RL rollout that must be re-run) needs the same text back. This
+//! logits processor does the sampling itself, from a generator owned by the request, and
+//! hands mistral.rs logits in which only the chosen token is finite; the engine's greedy
+//! pick then takes exactly that token. It also records the log-probability of each pick,
+//! because the logits mistral.rs sees afterwards no longer carry it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use mistralrs::{CustomLogitsProcessor, DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One sampled token and its log-probability under the sampling distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampledToken {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+pub struct SeededSampler {
+    temperature: f64,
+    top_p: f64,
+    state: Mutex<SamplerState>,
+}
+
+struct SamplerState {
+    rng: StdRng,
+    /// Picks keyed by the length of the context they extend. When a grammar rejects a pick,
+    /// mistral.rs masks the logits and asks again for the same position; keying by position
+    /// keeps only the pick that was used.
+    picks: BTreeMap<usize, SampledToken>,
+}
+
+impl SeededSampler {
+    pub fn new(seed: u64, temperature: f64, top_p: Option<f64>) -> Self {
+        Self {
+            temperature,
+            top_p: top_p.unwrap_or(1.0),
+            state: Mutex::new(SamplerState { rng: StdRng::seed_from_u64(seed), picks: BTreeMap::new() }),
+        }
+    }
+
+    /// The picks in generation order.
+    pub fn picks(&self) -> Vec<SampledToken> {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.picks.values().copied().collect()
+    }
+
+    /// Samples one token index from raw logits. Pure so that it can be tested without a
+    /// model.
+    pub fn sample(&self, logits: &[f32], rng: &mut StdRng) -> SampledToken {
+        let temperature = self.temperature.max(1e-5) as f32;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
+        let total: f32 = weights.iter().sum();
+        if !(total.is_finite() && total > 0.0) {
+            // Every token is masked or the logits are broken: fall back to the first token
+            // with the highest logit, which is what greedy decoding would pick.
+            let token = logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+                .0 as u32;
+            return SampledToken { token, logprob: 0.0 };
+        }
+        // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.
+        let mut order: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
+        order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+        let mut kept_mass = 0.0f32;
+        let mut kept = 0;
+        for &i in &order {
+            kept_mass += weights[i] / total;
+            kept += 1;
+            if kept_mass as f64 >= self.top_p {
+                break;
+            }
+        }
+        let order = &order[..kept];
+        let kept_total: f32 = order.iter().map(|&i| weights[i]).sum();
+        let mut target = rng.random::<f32>() * kept_total;
+        let mut chosen = order[order.len() - 1];
+        for &i in order {
+            target -= weights[i];
+            if target <= 0.0 {
+                chosen = i;
+                break;
+            }
+        }
+        SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln() }
+    }
+}
+
+impl CustomLogitsProcessor for SeededSampler {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        let values: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let SamplerState { rng, picks } = &mut *state;
+        let pick = self.sample(&values, rng);
+        picks.insert(context.len(), pick);
+        let mut forced = vec![f32::NEG_INFINITY; values.len()];
+        forced[pick.token as usize] = 0.0;
+        Tensor::from_vec(forced, values.len(), logits.device())?.to_dtype(logits.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(seed: u64, logits: &[f32], times: usize) -> Vec<u32> {
+        let sampler = SeededSampler::new(seed, 1.0, None);
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..times).map(|_| sampler.sample(logits, &mut rng).token).collect()
+    }
+
+    #[test]
+    fn same_seed_same_tokens_other_seed_other_tokens() {
+        let logits = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        assert_eq!(draw(7, &logits, 32), draw(7, &logits, 32));
+        assert_ne!(draw(7, &logits, 32), draw(8, &logits, 32));
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn_and_logprobs_are_exact() {
+        let logits = [f32::NEG_INFINITY, 0.0, 0.0, f32::NEG_INFINITY];
+        let sampler = SeededSampler::new(1, 1.0, None);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50 {
+            let pick = sampler.sample(&logits, &mut rng);
+            assert!(pick.token == 1 || pick.token == 2);
+            assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // Token 0 holds ~88% of the mass, so top_p = 0.5 leaves only it.
+        let logits = [4.0, 1.0, 1.0, 0.0];
+        let sampler = SeededSampler::new(3, 1.0, Some(0.5));
+        let mut rng = StdRng::seed_from_u64(3);
+        assert!((0..50).all(|_| sampler.sample(&logits, &mut rng).token == 0));
+    }
+}

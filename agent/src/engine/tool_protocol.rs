@@ -1,0 +1,221 @@
+//! Tool calling for models whose chat template knows no tools.
+//!
+//! Small local models (SmolLM2-135M among them) were never trained on a tool-call format.
+//! Instead of hoping they emit one, the embedded backend constrains each reply to a JSON
+//! schema that admits exactly one tool call or one final answer; the grammar makes even a
+//! 135M model emit well-formed, schema-valid actions. This module builds that schema and
+//! the short prompt that explains it, renders earlier tool calls and results in the same
+//! shape, and parses the constrained reply back into text or a [`ToolCall`].
+
+use serde_json::{json, Value};
+
+use super::{ChatMessage, Role, ToolCall, ToolChoice, ToolSpec};
+
+/// The key of the final-answer object.
+const ANSWER_KEY: &str = "answer";
+/// The keys of a tool-call object.
+const TOOL_KEY: &str = "tool";
+const ARGUMENTS_KEY: &str = "arguments";
+
+/// The JSON schema a reply must match: one branch per allowed tool, plus the final answer
+/// unless the caller requires a tool call.
+pub fn reply_schema(tools: &[ToolSpec], choice: &ToolChoice) -> Value {
+    let mut branches: Vec<Value> = tools
+        .iter()
+        .filter(|tool| match choice {
+            ToolChoice::Named(name) => &tool.name == name,
+            _ => true,
+        })
+        .map(|tool| {
+            json!({
+                "type": "object",
+                "properties": {
+                    TOOL_KEY: { "const": tool.name },
+                    ARGUMENTS_KEY: normalized_parameters(&tool.parameters),
+                },
+                "required": [TOOL_KEY, ARGUMENTS_KEY],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    if matches!(choice, ToolChoice::Auto) {
+        branches.push(json!({
+            "type": "object",
+            "properties": { ANSWER_KEY: { "type": "string" } },
+            "required": [ANSWER_KEY],
+            "additionalProperties": false,
+        }));
+    }
+    if branches.len() == 1 {
+        branches.pop().unwrap_or(Value::Null)
+    } else {
+        json!({ "anyOf": branches })
+    }
+}
+
+/// OpenAI clients send `{}` or `{"type":"object"}` for tools without arguments; the grammar
+/// needs an object either way.
+fn normalized_parameters(parameters: &Value) -> Value {
+    match parameters {
+        Value::Object(map) if !map.is_empty() => parameters.clone(),
+        _ => json!({ "type": "object" }),
+    }
+}
+
+/// The system-prompt section that tells the model which tools exist and how to reply.
+/// Kept short: prefill is the slowest part of a turn on a CPU.
+pub fn tools_prompt(tools: &[ToolSpec], choice: &ToolChoice) -> String {
+    let mut prompt = String::from("Tools:\n");
+    for tool in tools {
+        let parameters = tool
+            .parameters
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|props| props.keys().cloned().collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        prompt.push_str(&format!("- {}({}): {}\n", tool.name, parameters, tool.description.trim()));
+    }
+    prompt.push_str("To call a tool reply {\"tool\": NAME, \"arguments\": {...}}.");
+    if matches!(choice, ToolChoice::Auto) {
+        prompt.push_str(" To answer reply {\"answer\": TEXT}.");
+    }
+    prompt
+}
+
+/// Rewrites a conversation so that a template without tool support can render it: the
+/// tools section joins the system prompt, assistant tool calls become the JSON the model
+/// would have written, and tool results become user messages that name the tool.
+pub fn render_conversation(messages: &[ChatMessage], tools: &[ToolSpec], choice: &ToolChoice) -> Vec<ChatMessage> {
+    let section = tools_prompt(tools, choice);
+    let mut rendered = Vec::with_capacity(messages.len() + 1);
+    let mut system_seen = false;
+    for message in messages {
+        match message.role() {
+            Role::System if !system_seen => {
+                system_seen = true;
+                rendered.push(ChatMessage::system(format!("{}\n\n{section}", message.content)));
+            }
+            Role::Assistant if !message.tool_calls.is_empty() => {
+                let calls: Vec<String> = message
+                    .tool_calls
+                    .iter()
+                    .map(|call| {
+                        let arguments: Value =
+                            serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+                        json!({ TOOL_KEY: call.name, ARGUMENTS_KEY: arguments }).to_string()
+                    })
+                    .collect();
+                rendered.push(ChatMessage::assistant(calls.join("\n")));
+            }
+            Role::Tool => {
+                let name = message
+                    .tool_call_id
+                    .as_deref()
+                    .and_then(|id| find_call_name(messages, id))
+                    .unwrap_or("tool");
+                rendered.push(ChatMessage::user(format!("Result of {name}:\n{}", message.content)));
+            }
+            _ => rendered.push(message.clone()),
+        }
+    }
+    if !system_seen {
+        rendered.insert(0, ChatMessage::system(section));
+    }
+    rendered
+}
+
+fn find_call_name<'a>(messages: &'a [ChatMessage], call_id: &str) -> Option<&'a str> {
+    messages
+        .iter()
+        .flat_map(|m| m.tool_calls.iter())
+        .find(|call| call.id == call_id)
+        .map(|call| call.name.as_str())
+}
+
+/// What a constrained reply meant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParsedReply {
+    Answer(String),
+    Call(ToolCall),
+    /// The reply did not parse (it was cut by `max_tokens`); the raw text is kept.
+    Unparsed(String),
+}
+
+/// Parses a reply written under [`reply_schema`].
+pub fn parse_reply(text: &str) -> ParsedReply {
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text.trim()) else {
+        return ParsedReply::Unparsed(text.to_string());
+    };
+    if let Some(name) = object.get(TOOL_KEY).and_then(Value::as_str) {
+        let arguments = object.get(ARGUMENTS_KEY).cloned().unwrap_or_else(|| json!({}));
+        return ParsedReply::Call(ToolCall {
+            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+        });
+    }
+    match object.get(ANSWER_KEY).and_then(Value::as_str) {
+        Some(answer) => ParsedReply::Answer(answer.to_string()),
+        None => ParsedReply::Unparsed(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_tool() -> ToolSpec {
+        ToolSpec {
+            name: "read".into(),
+            description: "Read a file.".into(),
+            parameters: json!({"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}),
+        }
+    }
+
+    #[test]
+    fn auto_schema_offers_each_tool_and_an_answer() {
+        let schema = reply_schema(&[read_tool()], &ToolChoice::Auto);
+        let branches = schema["anyOf"].as_array().expect("anyOf");
+        assert_eq!(branches.len(), 2);
+        assert_eq!(branches[0]["properties"]["tool"]["const"], "read");
+        assert_eq!(branches[1]["required"][0], "answer");
+    }
+
+    #[test]
+    fn required_schema_has_no_answer_branch() {
+        let schema = reply_schema(&[read_tool()], &ToolChoice::Required);
+        assert_eq!(schema["properties"]["tool"]["const"], "read");
+        assert!(schema.get("anyOf").is_none());
+    }
+
+    #[test]
+    fn replies_parse_into_calls_and_answers() {
+        match parse_reply(r#"{"tool":"read","arguments":{"path":"a.txt"}}"#) {
+            ParsedReply::Call(call) => {
+                assert_eq!(call.name, "read");
+                assert_eq!(serde_json::from_str::<Value>(&call.arguments).unwrap(), json!({"path":"a.txt"}));
+                assert!(call.id.starts_with("call_"));
+            }
+            other => panic!("expected a call, got {other:?}"),
+        }
+        assert_eq!(parse_reply(r#"{"answer":"hi"}"#), ParsedReply::Answer("hi".into()));
+        assert_eq!(parse_reply(r#"{"answer":"h"#), ParsedReply::Unparsed(r#"{"answer":"h"#.into()));
+    }
+
+    #[test]
+    fn conversation_renders_calls_and_results_for_plain_templates() {
+        let call = ToolCall { id: "c1".into(), name: "read".into(), arguments: r#"{"path":"a"}"#.into() };
+        let messages = vec![
+            ChatMessage::user("show a"),
+            ChatMessage { role: Some(Role::Assistant), tool_calls: vec![call], ..Default::default() },
+            ChatMessage { role: Some(Role::Tool), content: "hello".into(), tool_call_id: Some("c1".into()), ..Default::default() },
+        ];
+        let rendered = render_conversation(&messages, &[read_tool()], &ToolChoice::Auto);
+        assert_eq!(rendered[0].role(), Role::System);
+        assert!(rendered[0].content.contains("- read(path): Read a file."));
+        let call_json: Value = serde_json::from_str(&rendered[2].content).unwrap();
+        assert_eq!(call_json, json!({"tool": "read", "arguments": {"path": "a"}}));
+        assert_eq!(rendered[3].role(), Role::User);
+        assert_eq!(rendered[3].content, "Result of read:\nhello");
+    }
+}

@@ -1,0 +1,201 @@
+//! The command line: `skillhive serve` and `skillhive model pull`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use agent::engine::mistral::{ActivationDType, MistralRsEngine, MistralRsOptions};
+use agent::engine::openai::{OpenAiEngine, OpenAiOptions};
+use agent::engine::Engine;
+use agent::model::{self, PullOutcome, DEFAULT_MODEL};
+
+use crate::config::{Backend, DType, ServeConfig};
+use crate::store::SqliteStore;
+use crate::{app, AppState, GenerationLimits, HttpLimits};
+
+#[derive(Debug, Parser)]
+#[command(name = "skillhive", version, about = "A server on which many users run agents that get better together.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeConfig),
+    /// Manage model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Fetch the default model into the cache and verify its hash; does nothing when a
+    /// verified copy is already there.
+    Pull,
+    /// Print where the default model is (or will be) stored.
+    Path,
+}
+
+pub async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::Model { command: ModelCommand::Pull } => pull().await,
+        Command::Model { command: ModelCommand::Path } => {
+            println!("{}", model::default_model_path(&model::cache_dir()).display());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, the outermost context first, so the fix is the first thing read.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn pull() -> anyhow::Result<()> {
+    let cache = model::cache_dir();
+    let outcome = tokio::task::spawn_blocking(move || model::pull_default(&cache)).await??;
+    match outcome {
+        PullOutcome::AlreadyPresent(path) => println!("{} already present at {}", DEFAULT_MODEL.id, path.display()),
+        PullOutcome::Fetched(path) => println!("fetched {} to {}", DEFAULT_MODEL.id, path.display()),
+    }
+    Ok(())
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    if config.default_max_tokens > config.max_tokens {
+        anyhow::bail!(
+            "--default-max-tokens ({}) is larger than --max-tokens ({})",
+            config.default_max_tokens,
+            config.max_tokens
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let db_path = config.data_dir.join("skillhive.db");
+    let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
+
+    let engine = build_engine(&config).await?;
+    let state = AppState {
+        engine,
+        store: Arc::new(store),
+        limits: GenerationLimits { max_tokens_cap: config.max_tokens, default_max_tokens: config.default_max_tokens },
+    };
+    let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Printed on stdout, flushed, so that scripts and tests can read the bound port.
+    println!("skillhive listening on http://{address}");
+    std::io::stdout().flush()?;
+    tracing::info!(%address, model = %state.engine.info().id, "serving");
+
+    axum::serve(listener, app(state, http)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
+    match config.backend {
+        Backend::Openai => {
+            let model = config.openai_model.clone().context("--openai-model is required with --backend openai")?;
+            let engine = OpenAiEngine::new(OpenAiOptions {
+                base_url: config.openai_base_url.clone().context("--openai-base-url is required with --backend openai")?,
+                api_key: config.openai_api_key.clone(),
+                model: config.model_id.clone().unwrap_or(model),
+                context_window: None,
+                timeout: Duration::from_secs(config.request_timeout),
+            })?;
+            Ok(Arc::new(engine))
+        }
+        Backend::Mistralrs => {
+            let (path, default_id) = match &config.model {
+                Some(path) => {
+                    model::check_gguf_file(path)?;
+                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    (path.clone(), stem)
+                }
+                None => (ensure_default_model().await?, DEFAULT_MODEL.id.to_string()),
+            };
+            let options = MistralRsOptions {
+                model_path: path.clone(),
+                model_id: config.model_id.clone().unwrap_or(default_id),
+                dtype: match config.dtype {
+                    DType::F32 => ActivationDType::F32,
+                    DType::Auto => ActivationDType::Auto,
+                },
+                max_batch: config.max_batch,
+            };
+            tracing::info!(path = %path.display(), "loading model");
+            // The loader can panic on a malformed file; running it as a task turns that
+            // panic into an error we can report in one line.
+            let engine = tokio::spawn(MistralRsEngine::load(options))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "model file {} could not be loaded (malformed GGUF); run `skillhive model pull` or pass --model PATH",
+                        path.display()
+                    )
+                })?
+                .with_context(|| format!("cannot load model {}", path.display()))?;
+            Ok(Arc::new(engine))
+        }
+    }
+}
+
+/// The default model's path, fetched first when absent and verified when present.
+async fn ensure_default_model() -> anyhow::Result<std::path::PathBuf> {
+    let cache = model::cache_dir();
+    let path = model::default_model_path(&cache);
+    if path.exists() {
+        let check = path.clone();
+        tokio::task::spawn_blocking(move || model::verify_default(&check)).await??;
+        return Ok(path);
+    }
+    tracing::info!(cache = %cache.display(), "default model absent; fetching it");
+    let outcome = tokio::task::spawn_blocking(move || model::pull_default(&cache)).await??;
+    Ok(outcome.path().to_path_buf())
+}
+
+/// Resolves on ctrl-c or SIGTERM, letting in-flight requests finish before exit.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

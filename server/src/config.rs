@@ -1,0 +1,83 @@
+//! Configuration of `skillhive serve`: one clap struct, every option with an environment
+//! fallback. Precedence is flag, then environment, then the default written here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// mistral.rs embedded in this process, on a local GGUF file.
+    Mistralrs,
+    /// A remote OpenAI-compatible endpoint.
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DType {
+    /// 32-bit activations: the fast choice on CPUs without native f16 arithmetic.
+    F32,
+    /// Whatever mistral.rs picks for the device (F16/BF16 where supported).
+    Auto,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, env = "SKILLHIVE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and other state.
+    #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Which inference backend serves requests.
+    #[arg(long, env = "SKILLHIVE_BACKEND", value_enum, default_value = "mistralrs")]
+    pub backend: Backend,
+
+    /// GGUF model file for the embedded backend. Without it the default model
+    /// (SmolLM2-135M-Instruct Q4_1) is used, fetched into the cache when absent.
+    #[arg(long, env = "SKILLHIVE_MODEL")]
+    pub model: Option<PathBuf>,
+
+    /// The model name clients use. Defaults to the default model's name, or the file stem.
+    #[arg(long, env = "SKILLHIVE_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// Activation dtype of the embedded backend.
+    #[arg(long, env = "SKILLHIVE_DTYPE", value_enum, default_value = "f32")]
+    pub dtype: DType,
+
+    /// Most sequences the embedded backend batches together.
+    #[arg(long, env = "SKILLHIVE_MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
+
+    /// Cap on new tokens per request; requests asking for more are refused.
+    #[arg(long, env = "SKILLHIVE_MAX_TOKENS", default_value_t = 1024)]
+    pub max_tokens: usize,
+
+    /// New tokens generated when a request names no limit.
+    #[arg(long, env = "SKILLHIVE_DEFAULT_MAX_TOKENS", default_value_t = 256)]
+    pub default_max_tokens: usize,
+
+    /// Base URL of the OpenAI-compatible backend, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, env = "SKILLHIVE_OPENAI_BASE_URL", required_if_eq("backend", "openai"))]
+    pub openai_base_url: Option<String>,
+
+    /// API key for the OpenAI-compatible backend.
+    #[arg(long, env = "SKILLHIVE_OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+
+    /// Model name to request from the OpenAI-compatible backend.
+    #[arg(long, env = "SKILLHIVE_OPENAI_MODEL", required_if_eq("backend", "openai"))]
+    pub openai_model: Option<String>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SKILLHIVE_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Longest a request may take before it is answered with 408, in seconds.
+    #[arg(long, env = "SKILLHIVE_REQUEST_TIMEOUT", default_value_t = 600)]
+    pub request_timeout: u64,
+}

@@ -1,0 +1,99 @@
+//! One error type for the HTTP API, rendered in OpenAI's shape:
+//! `{"error": {"message", "type", "code", "param"}}`. Internal details are logged, never
+//! sent: a client learns what it did wrong, not how the server is built.
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use agent::engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something this server does not do.
+    #[error("{message}")]
+    BadRequest { message: String, code: &'static str, param: Option<&'static str> },
+    #[error("{0}")]
+    NotFound(String, &'static str),
+    #[error("the request body is larger than this server accepts")]
+    PayloadTooLarge,
+    #[error("the inference backend is unavailable")]
+    Unavailable(String),
+    #[error("internal server error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, code: &'static str, param: Option<&'static str>) -> Self {
+        ApiError::BadRequest { message: message.into(), code, param }
+    }
+
+    fn status_and_kind(&self) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
+        match self {
+            ApiError::BadRequest { code, param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", code, *param),
+            ApiError::NotFound(_, code) => (StatusCode::NOT_FOUND, "invalid_request_error", code, None),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::InvalidRequest(message) => ApiError::bad_request(message, "invalid_request", None),
+            EngineError::Unavailable(detail) => ApiError::Unavailable(detail),
+            EngineError::Backend(detail) => ApiError::Internal(anyhow::anyhow!(detail)),
+        }
+    }
+}
+
+/// The JSON body of an OpenAI-shaped error.
+pub fn error_body(message: &str, kind: &str, code: &str, param: Option<&str>) -> serde_json::Value {
+    json!({ "error": { "message": message, "type": kind, "code": code, "param": param } })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code, param) = self.status_and_kind();
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
+            _ => {}
+        }
+        (status, axum::Json(error_body(&self.to_string(), kind, code, param))).into_response()
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into(), "unknown_endpoint")
+}
+
+/// Rewrites error responses that carry no JSON (those made by tower layers and axum's
+/// extractors) into the OpenAI error shape, so every error a client sees parses the same way.
+pub async fn shape_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (message, kind, code) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("the request body is larger than this server accepts", "invalid_request_error", "request_too_large")
+        }
+        StatusCode::REQUEST_TIMEOUT => ("the request took longer than this server allows", "server_error", "timeout"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method not allowed on this endpoint", "invalid_request_error", "method_not_allowed"),
+        s if s.is_client_error() => ("the request was rejected", "invalid_request_error", "invalid_request"),
+        _ => ("internal server error", "server_error", "internal_error"),
+    };
+    let mut shaped = Response::new(Body::from(error_body(message, kind, code, None).to_string()));
+    *shaped.status_mut() = status;
+    shaped.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    shaped
+}

@@ -1,0 +1,72 @@
+//! The skillhive server: configuration, the HTTP API, SQL storage and the command line.
+//!
+//! `app(state)` builds the router apart from `main`, so tests can drive it in-process and
+//! the binary only binds a socket and serves it.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod openai_api;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use agent::engine::Engine;
+
+/// Limits on generation that the operator sets and every request obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerationLimits {
+    /// Requests asking for more new tokens than this are refused.
+    pub max_tokens_cap: usize,
+    /// Used when a request names no limit; small models often never stop on their own.
+    pub default_max_tokens: usize,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<dyn Engine>,
+    pub store: Arc<dyn store::Store>,
+    pub limits: GenerationLimits,
+}
+
+/// Limits on HTTP requests themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { body_bytes: 2 * 1024 * 1024, request_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState, http: HttpLimits) -> Router {
+    Router::new()
+        .route("/healthz", get(openai_api::healthz))
+        .route("/v1/models", get(openai_api::list_models))
+        .route("/v1/models/{id}", get(openai_api::get_model))
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .fallback(error::not_found)
+        .with_state(state)
+        // Errors produced by the layers below (oversized body, timeout) come back as bare
+        // status codes; this turns every non-JSON error into the OpenAI error shape.
+        .layer(axum::middleware::map_response(error::shape_bare_errors))
+        // The body limit is tower-http's; axum's own default limit is lifted so that there
+        // is exactly one, configurable, limit.
+        .layer(RequestBodyLimitLayer::new(http.body_bytes))
+        .layer(DefaultBodyLimit::disable())
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+        .layer(TraceLayer::new_for_http())
+}

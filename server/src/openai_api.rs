@@ -1,0 +1,528 @@
+//! The OpenAI-compatible endpoints. Handlers only translate: OpenAI JSON in, a
+//! [`GenerationRequest`] to the engine, the engine's result back out in OpenAI's shape.
+//!
+//! What real clients send is accepted: content-part arrays in messages, the `developer`
+//! role, `max_completion_tokens` as well as `max_tokens`, `stream_options.include_usage`,
+//! tool schemas with `anyOf`/`const`/`enum`, and fields this server ignores (`user`,
+//! `metadata`, penalties, ...).
+
+use std::convert::Infallible;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use agent::engine::{
+    ChatMessage, FinishReason, Generation, GenerationRequest, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice,
+    ToolSpec,
+};
+
+use crate::error::ApiError;
+use crate::store::CompletionRecord;
+use crate::AppState;
+
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(json!({ "status": "ok", "model": state.engine.info().id })))
+}
+
+fn model_object(state: &AppState) -> Value {
+    let info = state.engine.info();
+    json!({
+        "id": info.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "skillhive",
+        "backend": info.backend,
+        "context_window": info.context_window,
+    })
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+}
+
+pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if id != state.engine.info().id {
+        return Err(unknown_model(&id, &state));
+    }
+    Ok(Json(model_object(&state)))
+}
+
+fn unknown_model(id: &str, state: &AppState) -> ApiError {
+    ApiError::NotFound(
+        format!("The model `{id}` does not exist; this server serves `{}` (see GET /v1/models)", state.engine.info().id),
+        "model_not_found",
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Request wire format
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct ChatCompletionRequest {
+    model: String,
+    messages: Vec<WireMessage>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    n: Option<usize>,
+    stop: Option<StopField>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    response_format: Option<ResponseFormat>,
+    tools: Option<Vec<WireTool>>,
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+    json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonSchemaFormat {
+    schema: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTool {
+    #[serde(rename = "type", default = "function_type")]
+    kind: String,
+    function: WireFunction,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<WireContent>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireCalledFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireCalledFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+fn bad(message: impl Into<String>, code: &'static str, param: &'static str) -> ApiError {
+    ApiError::bad_request(message, code, Some(param))
+}
+
+fn convert_message(index: usize, message: WireMessage) -> Result<ChatMessage, ApiError> {
+    let role = match message.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => return Err(bad(format!("messages[{index}].role `{other}` is not one of system, developer, user, assistant, tool"), "invalid_value", "messages")),
+    };
+    let content = match message.content {
+        None => String::new(),
+        Some(WireContent::Text(text)) => text,
+        Some(WireContent::Parts(parts)) => {
+            let mut text = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text" | "input_text", Some(t)) => text.push(t),
+                    (kind, _) => {
+                        return Err(bad(
+                            format!("messages[{index}] has a content part of type `{kind}`; this model reads text parts only"),
+                            "unsupported_content",
+                            "messages",
+                        ))
+                    }
+                }
+            }
+            text.join("\n")
+        }
+    };
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments })
+        .collect();
+    Ok(ChatMessage { role: Some(role), content, tool_calls, tool_call_id: message.tool_call_id })
+}
+
+fn convert_tool_choice(value: Option<Value>) -> Result<ToolChoice, ApiError> {
+    match value {
+        None => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(bad(format!("tool_choice `{other}` is not one of auto, none, required"), "invalid_value", "tool_choice")),
+        },
+        Some(object) => object["function"]["name"]
+            .as_str()
+            .map(|name| ToolChoice::Named(name.to_string()))
+            .ok_or_else(|| bad("tool_choice must be a string or {\"type\":\"function\",\"function\":{\"name\":...}}", "invalid_value", "tool_choice")),
+    }
+}
+
+/// Parses and checks a request body, returning the engine request and the wire options
+/// that only matter to the response.
+struct ParsedRequest {
+    generation: GenerationRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+    let request: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_request" };
+        ApiError::bad_request(format!("could not parse the request body: {e}"), code, None)
+    })?;
+    if request.model != state.engine.info().id {
+        return Err(unknown_model(&request.model, state));
+    }
+    let limits = state.limits;
+    let asked = request.max_completion_tokens.or(request.max_tokens);
+    let max_tokens = match asked {
+        None => limits.default_max_tokens,
+        Some(n) if n as usize > limits.max_tokens_cap => {
+            return Err(bad(
+                format!("max_tokens is {n}, above this server's cap of {}", limits.max_tokens_cap),
+                "max_tokens_exceeded",
+                "max_tokens",
+            ))
+        }
+        Some(n) => n as usize,
+    };
+    let messages = request
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| convert_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let json_schema = match request.response_format {
+        None => None,
+        Some(format) => match format.kind.as_str() {
+            "text" => None,
+            "json_schema" => Some(
+                format
+                    .json_schema
+                    .and_then(|s| s.schema)
+                    .ok_or_else(|| bad("response_format json_schema needs json_schema.schema", "invalid_value", "response_format"))?,
+            ),
+            // Any JSON object: the grammar of plain JSON objects.
+            "json_object" => Some(json!({ "type": "object" })),
+            other => return Err(bad(format!("response_format type `{other}` is not supported"), "invalid_value", "response_format")),
+        },
+    };
+    let mut tools = Vec::new();
+    for tool in request.tools.unwrap_or_default() {
+        if tool.kind != "function" {
+            return Err(bad(format!("tool type `{}` is not supported; only function tools", tool.kind), "invalid_value", "tools"));
+        }
+        tools.push(ToolSpec {
+            name: tool.function.name,
+            description: tool.function.description.unwrap_or_default(),
+            parameters: tool.function.parameters.unwrap_or_else(|| json!({ "type": "object" })),
+        });
+    }
+    let n = request.n.unwrap_or(1);
+    if n > 8 {
+        return Err(bad("n is at most 8", "invalid_value", "n"));
+    }
+    let mut generation = GenerationRequest::chat(messages, max_tokens);
+    generation.tools = tools;
+    generation.tool_choice = convert_tool_choice(request.tool_choice)?;
+    generation.temperature = request.temperature;
+    generation.top_p = request.top_p;
+    generation.n = n;
+    generation.seed = request.seed;
+    generation.json_schema = json_schema;
+    generation.logprobs = request.logprobs.then(|| request.top_logprobs.unwrap_or(0));
+    generation.stop = match request.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    agent::engine::validate_request(&generation)?;
+    Ok(ParsedRequest {
+        generation,
+        stream: request.stream,
+        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Response wire format
+// ---------------------------------------------------------------------------------------
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({ "index": i, "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }))
+            .collect(),
+    )
+}
+
+fn logprob_json(token: &TokenLogprob) -> Value {
+    json!({
+        "token": token.token,
+        "logprob": token.logprob,
+        "bytes": token.token.as_bytes(),
+        "top_logprobs": token.top.iter().map(|(t, l)| json!({ "token": t, "logprob": l, "bytes": t.as_bytes() })).collect::<Vec<_>>(),
+    })
+}
+
+fn usage_json(usage: agent::engine::Usage) -> Value {
+    json!({ "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens() })
+}
+
+fn completion_json(id: &str, model: &str, generation: &Generation) -> Value {
+    let choices: Vec<Value> = generation
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(index, choice)| {
+            let mut message = json!({ "role": "assistant", "content": choice.text });
+            if !choice.tool_calls.is_empty() {
+                message["tool_calls"] = tool_calls_json(&choice.tool_calls);
+                if choice.text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": choice.logprobs.as_ref().map(|l| json!({ "content": l.iter().map(logprob_json).collect::<Vec<_>>() })),
+                "finish_reason": choice.finish_reason.as_ref().map(FinishReason::as_str).unwrap_or("stop"),
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "system_fingerprint": "skillhive",
+        "choices": choices,
+        "usage": usage_json(generation.usage),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Handler
+// ---------------------------------------------------------------------------------------
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
+    })?;
+    let parsed = parse_request(&state, &body)?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let model = state.engine.info().id.clone();
+    let started = Instant::now();
+    if parsed.stream {
+        return stream_completion(state, parsed, id, model, started).await;
+    }
+    let result = state.engine.generate(parsed.generation).await;
+    let (usage, outcome) = match &result {
+        Ok(generation) => (generation.usage, "ok".to_string()),
+        Err(e) => (Default::default(), format!("error: {e}")),
+    };
+    record(&state, &id, &model, false, usage, started, outcome).await;
+    let generation = result?;
+    Ok(Json(completion_json(&id, &model, &generation)).into_response())
+}
+
+/// Logs a served completion. The log is for operators; a failure to write it must not fail
+/// the client's request, so it is reported and swallowed here.
+async fn record(
+    state: &AppState,
+    id: &str,
+    model: &str,
+    streamed: bool,
+    usage: agent::engine::Usage,
+    started: Instant,
+    outcome: String,
+) {
+    let record = CompletionRecord {
+        id: id.to_string(),
+        model: model.to_string(),
+        streamed,
+        prompt_tokens: usage.prompt_tokens as i64,
+        completion_tokens: usage.completion_tokens as i64,
+        latency_ms: started.elapsed().as_millis() as i64,
+        outcome,
+    };
+    if let Err(error) = state.store.record_completion(&record).await {
+        tracing::warn!(?error, "could not record a completion in the usage log");
+    }
+}
+
+async fn stream_completion(
+    state: AppState,
+    parsed: ParsedRequest,
+    id: String,
+    model: String,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let include_usage = parsed.include_usage;
+    let n = parsed.generation.n;
+    // Errors before the first token (a bad schema, an unreachable backend) still get a
+    // proper status code; only later errors have to travel inside the stream.
+    let mut events = state.engine.generate_stream(parsed.generation).await?;
+    let created = unix_now();
+    let chunk = move |choices: Value, usage: Option<Value>| -> Value {
+        let mut chunk = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "skillhive", "choices": choices,
+        });
+        if include_usage {
+            chunk["usage"] = usage.unwrap_or(Value::Null);
+        }
+        chunk
+    };
+    let record_id = format!("{}", uuid::Uuid::new_v4().simple());
+    let record_model = state.engine.info().id.clone();
+    let sse = async_stream::stream! {
+        // OpenAI's first chunk of each choice carries the role.
+        for index in 0..n {
+            yield Ok::<Event, Infallible>(Event::default().data(chunk(json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]), None).to_string()));
+        }
+        let mut usage = agent::engine::Usage::default();
+        let mut outcome = "ok".to_string();
+        while let Some(event) = events.next().await {
+            let data = match event {
+                Ok(StreamEvent::Delta { index, text, logprobs }) => {
+                    let logprobs = (!logprobs.is_empty()).then(|| json!({ "content": logprobs.iter().map(logprob_json).collect::<Vec<_>>() }));
+                    chunk(json!([{ "index": index, "delta": { "content": text }, "logprobs": logprobs, "finish_reason": null }]), None)
+                }
+                Ok(StreamEvent::ToolCalls { index, calls }) => {
+                    chunk(json!([{ "index": index, "delta": { "tool_calls": tool_calls_json(&calls) }, "logprobs": null, "finish_reason": null }]), None)
+                }
+                Ok(StreamEvent::Finish { index, reason }) => {
+                    chunk(json!([{ "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str() }]), None)
+                }
+                Ok(StreamEvent::Usage(u)) => {
+                    usage = u;
+                    if !include_usage {
+                        continue;
+                    }
+                    chunk(json!([]), Some(usage_json(u)))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "stream failed");
+                    outcome = format!("error: {error}");
+                    crate::error::error_body("the stream failed on the server", "server_error", "internal_error", None)
+                }
+            };
+            yield Ok(Event::default().data(data.to_string()));
+        }
+        record(&state, &record_id, &record_model, true, usage, started, outcome).await;
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Ok(Sse::new(sse).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_and_developer_role_are_accepted() {
+        let message: WireMessage = serde_json::from_value(json!({
+            "role": "developer",
+            "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+        }))
+        .unwrap();
+        let converted = convert_message(0, message).unwrap();
+        assert_eq!(converted.role(), Role::System);
+        assert_eq!(converted.content, "a\nb");
+    }
+
+    #[test]
+    fn image_parts_are_refused_by_name() {
+        let message: WireMessage = serde_json::from_value(json!({
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "data:"}}]
+        }))
+        .unwrap();
+        let error = convert_message(2, message).unwrap_err().to_string();
+        assert!(error.contains("messages[2]") && error.contains("image_url"), "{error}");
+    }
+}

@@ -1,0 +1,116 @@
+//! Helpers for the end-to-end tests: start the real `skillhive` binary on an ephemeral
+//! port with a temporary data directory, and stop it when the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `skillhive` binary built alongside these tests (same profile, same target dir).
+pub fn skillhive_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/skillhive
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let binary = dir.join(format!("skillhive{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing; run the tests with `cargo test --release --workspace` so the binary is built",
+        binary.display()
+    );
+    binary
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `skillhive serve` with the default model and the given extra arguments.
+    pub fn start(extra_args: &[&str]) -> Server {
+        Self::start_with_env(extra_args, &[])
+    }
+
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let mut command = Command::new(skillhive_binary());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args(extra_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn skillhive");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let stderr_text = stderr_text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[server] {line}");
+                    stderr_text.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("skillhive listening on ") {
+                    let _ = sender.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = match receiver.recv_timeout(Duration::from_secs(300)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; stderr:\n{}", stderr_text.lock().unwrap());
+            }
+        };
+        Server { child, url, data_dir, stderr: stderr_text }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The model name the default server serves.
+pub const MODEL: &str = "SmolLM2-135M-Instruct-Q4_1";
+
+/// The repository root, for scripts and fixtures.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
