@@ -123,7 +123,8 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
             let engine = OpenAiEngine::new(OpenAiOptions {
                 base_url: config.openai_base_url.clone().context("--openai-base-url is required with --backend openai")?,
                 api_key: config.openai_api_key.clone(),
-                model: config.model_id.clone().unwrap_or(model),
+                served_id: config.model_id.clone().unwrap_or_else(|| model.clone()),
+                model,
                 context_window: None,
                 timeout: Duration::from_secs(config.request_timeout),
             })?;

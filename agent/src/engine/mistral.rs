@@ -54,6 +54,44 @@ impl MistralRsOptions {
 pub struct MistralRsEngine {
     runner: Arc<MistralRs>,
     info: ModelInfo,
+    /// End-of-text markers of this model that its chat template does not stop on; see
+    /// [`find_special_stops`].
+    special_stops: Vec<String>,
+}
+
+/// Common end-of-text markers across model families.
+const END_MARKERS: &[&str] = &["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end|>", "<eos>", "<end_of_turn>"];
+
+/// Which of [`END_MARKERS`] are single special tokens of this model's vocabulary.
+///
+/// The constrained decoder (llguidance) ends a grammar with the tokenizer's own
+/// end-of-text token, which need not be the end-of-turn token the chat template stops on
+/// (SmolLM2: `<|endoftext|>` versus `<|im_end|>`). Without stopping on it too, every
+/// constrained reply would run on, emitting end-of-text tokens until `max_tokens`.
+async fn find_special_stops(runner: &MistralRs) -> Vec<String> {
+    let Ok(engine) = runner.get_sender(None) else { return Vec::new() };
+    let mut stops = Vec::new();
+    for marker in END_MARKERS {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
+            text: Either::Right(marker.to_string()),
+            tools: None,
+            add_generation_prompt: false,
+            add_special_tokens: false,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: sender,
+        });
+        if engine.send(request).await.is_err() {
+            break;
+        }
+        if let Some(Ok(tokens)) = receiver.recv().await {
+            if tokens.len() == 1 {
+                stops.push(marker.to_string());
+            }
+        }
+    }
+    stops
 }
 
 impl MistralRsEngine {
@@ -91,7 +129,9 @@ impl MistralRsEngine {
         };
         let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).build().await;
         let context_window = runner.max_sequence_length(None).ok().flatten();
-        Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" } })
+        let special_stops = find_special_stops(&runner).await;
+        tracing::debug!(?special_stops, "end-of-text markers");
+        Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" }, special_stops })
     }
 
     /// Sends a request to the engine and returns the receiver of its responses, plus the
@@ -124,7 +164,7 @@ impl MistralRsEngine {
                 if !request.tools.is_empty() {
                     return Err(EngineError::InvalidRequest("tools need a chat prompt, not a token prompt".into()));
                 }
-                (RequestMessage::CompletionTokens(tokens.clone()), request.json_schema.clone().map(Constraint::JsonSchema))
+                (RequestMessage::CompletionTokens(tokens.clone()), request.json_schema.clone().map(json_constraint))
             }
             Prompt::Messages(messages) => {
                 if request.offers_tools() {
@@ -135,9 +175,9 @@ impl MistralRsEngine {
                     }
                     let rendered = tool_protocol::render_conversation(messages, &request.tools, &request.tool_choice);
                     let schema = tool_protocol::reply_schema(&request.tools, &request.tool_choice);
-                    (chat_message(&rendered), Some(Constraint::JsonSchema(schema)))
+                    (chat_message(&rendered), Some(json_constraint(schema)))
                 } else {
-                    (chat_message(messages), request.json_schema.clone().map(Constraint::JsonSchema))
+                    (chat_message(messages), request.json_schema.clone().map(json_constraint))
                 }
             }
         };
@@ -146,8 +186,9 @@ impl MistralRsEngine {
         sampling.max_len = Some(request.max_tokens);
         sampling.n_choices = request.n;
         sampling.top_n_logprobs = request.logprobs.unwrap_or(0);
-        if !request.stop.is_empty() {
-            sampling.stop_toks = Some(StopTokens::Seqs(request.stop.clone()));
+        let stops: Vec<String> = request.stop.iter().chain(&self.special_stops).cloned().collect();
+        if !stops.is_empty() {
+            sampling.stop_toks = Some(StopTokens::Seqs(stops));
         }
         // mistral.rs reads a missing temperature as 1.0, so greedy decoding has to be asked
         // for with an explicit 0. With a seeded sampler the engine must also pick greedily:
@@ -186,6 +227,24 @@ impl MistralRsEngine {
             .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
         Ok((receiver, seeded))
     }
+}
+
+/// A JSON-schema constraint with llguidance's options set for small models on CPUs:
+/// compact JSON (flexible whitespace lets a model spend its token budget on newlines and
+/// indentation), and lenient compilation, so that keywords the grammar cannot enforce
+/// (`format`, `$comment`, ...) in real clients' schemas are skipped instead of failing.
+fn json_constraint(mut schema: serde_json::Value) -> Constraint {
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert_with(|| {
+            serde_json::json!({
+                "whitespace_flexible": false,
+                "item_separator": ", ",
+                "key_separator": ": ",
+                "lenient": true,
+            })
+        });
+    }
+    Constraint::JsonSchema(schema)
 }
 
 fn split_model_path(path: &Path) -> anyhow::Result<(String, String)> {

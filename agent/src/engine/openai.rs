@@ -18,8 +18,10 @@ pub struct OpenAiOptions {
     /// Base URL including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
     pub api_key: Option<String>,
-    /// The model name to send upstream; it is also the name clients of ours use.
+    /// The model name to send upstream.
     pub model: String,
+    /// The name clients of ours use for it.
+    pub served_id: String,
     pub context_window: Option<usize>,
     pub timeout: Duration,
 }
@@ -33,7 +35,7 @@ pub struct OpenAiEngine {
 impl OpenAiEngine {
     pub fn new(options: OpenAiOptions) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder().timeout(options.timeout).build()?;
-        let info = ModelInfo { id: options.model.clone(), context_window: options.context_window, backend: "openai" };
+        let info = ModelInfo { id: options.served_id.clone(), context_window: options.context_window, backend: "openai" };
         Ok(Self { client, options, info })
     }
 
@@ -311,6 +313,7 @@ mod tests {
             base_url: "http://127.0.0.1:1/v1".into(),
             api_key: None,
             model: "m".into(),
+            served_id: "m".into(),
             context_window: None,
             timeout: Duration::from_secs(1),
         })

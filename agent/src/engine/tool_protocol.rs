@@ -54,11 +54,32 @@ pub fn reply_schema(tools: &[ToolSpec], choice: &ToolChoice) -> Value {
 }
 
 /// OpenAI clients send `{}` or `{"type":"object"}` for tools without arguments; the grammar
-/// needs an object either way.
+/// needs an object either way. Objects that list their properties but leave
+/// `additionalProperties` open are closed: a small model otherwise invents extra arguments
+/// until it runs out of tokens, and no tool reads arguments it did not declare.
 fn normalized_parameters(parameters: &Value) -> Value {
     match parameters {
-        Value::Object(map) if !map.is_empty() => parameters.clone(),
-        _ => json!({ "type": "object" }),
+        Value::Object(map) if !map.is_empty() => {
+            let mut parameters = parameters.clone();
+            close_objects(&mut parameters);
+            parameters
+        }
+        _ => json!({ "type": "object", "additionalProperties": false }),
+    }
+}
+
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            for value in map.values_mut() {
+                close_objects(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
     }
 }
 
@@ -179,6 +200,12 @@ mod tests {
         assert_eq!(branches.len(), 2);
         assert_eq!(branches[0]["properties"]["tool"]["const"], "read");
         assert_eq!(branches[1]["required"][0], "answer");
+    }
+
+    #[test]
+    fn open_argument_objects_are_closed() {
+        let schema = reply_schema(&[read_tool()], &ToolChoice::Required);
+        assert_eq!(schema["properties"]["arguments"]["additionalProperties"], false);
     }
 
     #[test]
