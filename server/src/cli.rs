@@ -82,13 +82,6 @@ async fn pull() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    if config.default_max_tokens > config.max_tokens {
-        anyhow::bail!(
-            "--default-max-tokens ({}) is larger than --max-tokens ({})",
-            config.default_max_tokens,
-            config.max_tokens
-        );
-    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("skillhive.db");
@@ -98,7 +91,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = AppState {
         engine,
         store: Arc::new(store),
-        limits: GenerationLimits { max_tokens_cap: config.max_tokens, default_max_tokens: config.default_max_tokens },
+        // A default above the cap would make every request without a limit fail; the cap wins.
+        limits: GenerationLimits {
+            max_tokens_cap: config.max_tokens,
+            default_max_tokens: config.default_max_tokens.min(config.max_tokens),
+        },
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 

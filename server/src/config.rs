@@ -57,7 +57,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SKILLHIVE_MAX_TOKENS", default_value_t = 1024)]
     pub max_tokens: usize,
 
-    /// New tokens generated when a request names no limit.
+    /// New tokens generated when a request names no limit (at most --max-tokens).
     #[arg(long, env = "SKILLHIVE_DEFAULT_MAX_TOKENS", default_value_t = 256)]
     pub default_max_tokens: usize,
 

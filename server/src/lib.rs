@@ -60,13 +60,14 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .fallback(error::not_found)
         .with_state(state)
-        // Errors produced by the layers below (oversized body, timeout) come back as bare
-        // status codes; this turns every non-JSON error into the OpenAI error shape.
-        .layer(axum::middleware::map_response(error::shape_bare_errors))
         // The body limit is tower-http's; axum's own default limit is lifted so that there
         // is exactly one, configurable, limit.
-        .layer(RequestBodyLimitLayer::new(http.body_bytes))
         .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(http.body_bytes))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+        // Errors produced by the layers above (oversized body, timeout) come back as bare
+        // status codes and text; wrapping them all, this turns every non-JSON error into
+        // the OpenAI error shape.
+        .layer(axum::middleware::map_response(error::shape_bare_errors))
         .layer(TraceLayer::new_for_http())
 }
