@@ -18,7 +18,7 @@ use mistralrs::core::{
 use mistralrs::{Constraint, CustomLogitsProcessor, NormalRequest, Request, Response, SamplingParams, StopTokens};
 use tokio::sync::mpsc;
 
-use super::seeded::SeededSampler;
+use super::seeded::{ForcedContinuation, SeededSampler};
 use super::tool_protocol::{self, ParsedReply};
 use super::{
     validate_request, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest,
@@ -341,6 +341,7 @@ impl Engine for MistralRsEngine {
                         tool_calls: Vec::new(),
                         finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
                         logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
+                        token_ids: Vec::new(),
                     })
                     .collect(),
             },
@@ -354,6 +355,7 @@ impl Engine for MistralRsEngine {
                         tool_calls: Vec::new(),
                         finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
                         logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
+                        token_ids: Vec::new(),
                     })
                     .collect(),
             },
@@ -361,11 +363,69 @@ impl Engine for MistralRsEngine {
         };
         for choice in &mut generation.choices {
             apply_picks(&mut choice.logprobs, &seeded);
+            if let (Some(sampler), 1) = (&seeded, request.n) {
+                choice.token_ids = sampler.picks().iter().map(|p| p.token).collect();
+            }
             if request.offers_tools() {
                 interpret_tool_reply(choice);
             }
         }
         Ok(generation)
+    }
+
+    async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
+        if prefix.is_empty() {
+            return Err(EngineError::InvalidRequest("scoring needs a non-empty prefix".into()));
+        }
+        let mut scored: Vec<f32> = Vec::with_capacity(continuation.len());
+        // The engine stops a sequence at an end-of-turn token even when more tokens were
+        // given; scoring then resumes after it, and the prefix cache keeps that cheap.
+        while scored.len() < continuation.len() {
+            let context: Vec<u32> = prefix.iter().chain(&continuation[..scored.len()]).copied().collect();
+            let remaining = continuation[scored.len()..].to_vec();
+            let forced = Arc::new(ForcedContinuation::new(context.len(), remaining.clone()));
+            let mut sampling = SamplingParams::neutral();
+            sampling.max_len = Some(remaining.len());
+            sampling.temperature = Some(0.0);
+            let (sender, mut receiver) = mpsc::channel(4);
+            let request = NormalRequest {
+                messages: RequestMessage::CompletionTokens(context),
+                sampling_params: sampling,
+                response: sender,
+                return_logprobs: false,
+                is_streaming: false,
+                id: self.runner.next_request_id(),
+                constraint: Constraint::None,
+                suffix: None,
+                tools: None,
+                tool_choice: None,
+                logits_processors: Some(vec![forced.clone() as Arc<dyn CustomLogitsProcessor>]),
+                return_raw_logits: false,
+                web_search_options: None,
+                model_id: None,
+                truncate_sequence: false,
+            };
+            let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            engine
+                .send(Request::Normal(Box::new(request)))
+                .await
+                .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+            match receiver.recv().await {
+                Some(Response::CompletionDone(_)) | Some(Response::Done(_)) => {}
+                Some(other) => return Err(response_error(other)),
+                None => return Err(EngineError::Backend("the engine dropped the request".into())),
+            }
+            let picks = forced.picks();
+            let matching = picks.iter().zip(&remaining).take_while(|(pick, &token)| pick.token == token).count();
+            if matching == 0 {
+                return Err(EngineError::InvalidRequest(format!(
+                    "token id {} could not be scored (outside the vocabulary?)",
+                    remaining[0]
+                )));
+            }
+            scored.extend(picks[..matching].iter().map(|pick| pick.logprob));
+        }
+        Ok(scored)
     }
 
     async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {

@@ -221,6 +221,9 @@ pub struct Choice {
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: Option<FinishReason>,
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The generated token ids, where the backend knows them (the embedded backend does
+    /// for seeded sampling). RL training continues from and scores these exact tokens.
+    pub token_ids: Vec<u32>,
 }
 
 /// Token counts of one request.
@@ -302,6 +305,13 @@ pub trait Engine: Send + Sync {
     /// Runs a generation and yields its events as they are produced. Dropping the stream
     /// cancels the generation.
     async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError>;
+
+    /// Teacher-forced scoring: the log-probability of each token of `continuation` given
+    /// `prefix` and the continuation tokens before it (temperature 1, no sampling). This is
+    /// what policy-gradient training needs to compare a new policy with the one that
+    /// sampled. Backends that cannot see token-level probabilities of given text refuse
+    /// with [`EngineError::InvalidRequest`].
+    async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError>;
 }
 
 /// Checks what every backend requires of a request, so that they all reject the same things

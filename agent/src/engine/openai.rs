@@ -236,9 +236,16 @@ impl Engine for OpenAiEngine {
                 tool_calls: parse_tool_calls(&c["message"]["tool_calls"]),
                 finish_reason: c["finish_reason"].as_str().map(FinishReason::parse),
                 logprobs: c.get("logprobs").filter(|l| !l.is_null()).map(parse_logprobs),
+                token_ids: Vec::new(),
             })
             .collect();
         Ok(Generation { choices, usage: parse_usage(&response["usage"]).unwrap_or_default() })
+    }
+
+    async fn score(&self, _prefix: &[u32], _continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::InvalidRequest(
+            "the OpenAI chat API cannot score given tokens; scoring needs the embedded backend".into(),
+        ))
     }
 
     async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {

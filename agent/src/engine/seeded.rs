@@ -1,4 +1,4 @@
-//! Reproducible sampling for the embedded backend.
+//! Reproducible sampling and teacher forcing for the embedded backend.
 //!
 //! mistral.rs draws every request's random numbers from one generator seeded once per
 //! engine, so the same request sampled twice gives different text. A caller that passes a
@@ -108,6 +108,53 @@ impl CustomLogitsProcessor for SeededSampler {
     }
 }
 
+/// Log-softmax of one position's logits at `token`, computed stably.
+fn log_softmax_at(logits: &[f32], token: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    logits[token] - log_sum
+}
+
+/// Teacher forcing: makes the engine "generate" a given token sequence, recording the
+/// model's log-probability of each given token on the way. One decode step per token, as
+/// in generation, so scoring costs what sampling the same tokens would.
+pub struct ForcedContinuation {
+    tokens: Vec<u32>,
+    /// Position of the first forced token in the context (the prefix length).
+    start: usize,
+    picks: Mutex<BTreeMap<usize, SampledToken>>,
+}
+
+impl ForcedContinuation {
+    pub fn new(prefix_len: usize, tokens: Vec<u32>) -> Self {
+        Self { tokens, start: prefix_len, picks: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn picks(&self) -> Vec<SampledToken> {
+        self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).values().copied().collect()
+    }
+}
+
+impl CustomLogitsProcessor for ForcedContinuation {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        let values: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let Some(&token) = context.len().checked_sub(self.start).and_then(|i| self.tokens.get(i)) else {
+            // Past the given tokens (the engine asked for one more): leave the logits alone.
+            return Ok(logits.clone());
+        };
+        if (token as usize) >= values.len() {
+            // Nothing is recorded for this position; the caller sees the gap and reports
+            // the token as outside the vocabulary.
+            return Ok(logits.clone());
+        }
+        let pick = SampledToken { token, logprob: log_softmax_at(&values, token as usize) };
+        self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(context.len(), pick);
+        let mut forced = vec![f32::NEG_INFINITY; values.len()];
+        forced[token as usize] = 0.0;
+        Tensor::from_vec(forced, values.len(), logits.device())?.to_dtype(logits.dtype())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +182,13 @@ mod tests {
             assert!(pick.token == 1 || pick.token == 2);
             assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn log_softmax_matches_the_definition() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((log_softmax_at(&logits, 2) - (3.0f32.exp() / total).ln()).abs() < 1e-6);
     }
 
     #[test]

@@ -1,0 +1,70 @@
+//! The embedded engine on the real default model, at the crate boundary: what RL training
+//! and the agent loop will rely on (seeded sampling with token ids, exact token prefixes,
+//! several samples per prompt, teacher-forced scoring).
+
+use agent::engine::mistral::{MistralRsEngine, MistralRsOptions};
+use agent::engine::{Engine, GenerationRequest, Prompt};
+use agent::model;
+
+async fn engine() -> MistralRsEngine {
+    let path = model::default_model_path(&model::cache_dir());
+    assert!(path.exists(), "{} is missing: run `skillhive model pull` (scripts/test does)", path.display());
+    MistralRsEngine::load(MistralRsOptions::new(path, "test")).await.expect("load the default model")
+}
+
+/// A short token prefix from the model's vocabulary ("<|im_start|>user\nTell me a story").
+const PREFIX: &[u32] = &[1, 4093, 198, 31530, 549, 253, 1740];
+
+#[tokio::test]
+async fn seeded_samples_score_to_the_same_logprobs_under_teacher_forcing() {
+    let engine = engine().await;
+    let mut request = GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 12);
+    request.temperature = Some(1.0);
+    request.seed = Some(5);
+    request.logprobs = Some(0);
+    let generation = engine.generate(request.clone()).await.unwrap();
+    let choice = &generation.choices[0];
+    assert!(!choice.token_ids.is_empty(), "seeded sampling reports its token ids");
+    let sampled: Vec<f32> = choice.logprobs.as_ref().unwrap().iter().map(|t| t.logprob).collect();
+    assert_eq!(sampled.len(), choice.token_ids.len());
+
+    // The same seed gives the same tokens.
+    let again = engine.generate(request).await.unwrap();
+    assert_eq!(again.choices[0].token_ids, choice.token_ids);
+
+    // Scoring the sampled tokens gives back the probabilities they were sampled with.
+    let scored = engine.score(PREFIX, &choice.token_ids).await.unwrap();
+    assert_eq!(scored.len(), choice.token_ids.len());
+    for (i, (s, g)) in scored.iter().zip(&sampled).enumerate() {
+        assert!((s - g).abs() < 1e-3, "token {i}: scored {s}, sampled with {g}");
+    }
+    assert!(scored.iter().all(|l| *l <= 0.0));
+}
+
+#[tokio::test]
+async fn several_samples_per_prompt_and_unlikely_tokens_score_low() {
+    let engine = engine().await;
+    let mut request = GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 8);
+    request.temperature = Some(1.0);
+    request.n = 3;
+    let generation = engine.generate(request).await.unwrap();
+    assert_eq!(generation.choices.len(), 3);
+    assert!(generation.choices.iter().all(|c| !c.text.is_empty()));
+
+    // A likely continuation scores higher than the same tokens in a scrambled order.
+    let greedy = engine.generate(GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 6)).await.unwrap();
+    let mut request = GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 6);
+    request.temperature = Some(0.7);
+    request.seed = Some(1);
+    let sampled = engine.generate(request).await.unwrap().choices[0].token_ids.clone();
+    let likely: f32 = engine.score(PREFIX, &sampled).await.unwrap().iter().sum();
+    let mut scrambled = sampled.clone();
+    scrambled.reverse();
+    scrambled.push(17); // an unusual token at the end
+    let unlikely: f32 = engine.score(PREFIX, &scrambled).await.unwrap().iter().sum();
+    assert!(likely > unlikely, "likely {likely} vs scrambled {unlikely}");
+    assert!(!greedy.text().is_empty());
+
+    // Token ids outside the vocabulary are refused, not scored.
+    assert!(engine.score(PREFIX, &[10_000_000]).await.is_err());
+}
