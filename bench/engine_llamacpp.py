@@ -19,7 +19,9 @@ for name, tokens in sorted(prompts.items()):
         llm.reset()  # no prompt cache between runs: every run pays its prefill
         started = time.perf_counter()
         first, generated = None, 0
-        for _ in llm.create_completion(tokens, max_tokens=new_tokens, temperature=0.0, stream=True):
+        for chunk in llm.create_completion(tokens, max_tokens=new_tokens, temperature=0.0, stream=True):
+            if chunk["choices"][0]["finish_reason"] is not None:
+                continue  # the closing chunk carries no token
             generated += 1
             if first is None:
                 first = time.perf_counter()

@@ -8,7 +8,12 @@ from llama_cpp import Llama
 
 model, out = sys.argv[1], sys.argv[2]
 llm = Llama(model_path=model, vocab_only=True, verbose=False)
-short = "Explain in a few sentences why the sky is blue, and what sunsets have to do with it."
+# Both prompts stop mid-sentence so that greedy decoding runs on for all 64 new tokens
+# instead of ending at once, which would leave nothing to time.
+short = (
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who had "
+    "a secret that nobody in the village knew. Every night, when the moon rose, he"
+)
 paragraph = (
     "The history of computing is a story of abstraction layered upon abstraction. Early machines were "
     "programmed by rewiring panels; then came stored programs, assemblers, compilers, operating systems, "
@@ -16,8 +21,8 @@ paragraph = (
 )
 prompts = {}
 tokens = llm.tokenize(short.encode(), add_bos=False)
-prompts["short"] = tokens[:40] if len(tokens) >= 40 else (tokens * 2)[:40]
+prompts["short"] = tokens[:40]
 long_tokens = llm.tokenize((paragraph * 20).encode(), add_bos=False)
-prompts["long"] = long_tokens[:500]
+prompts["long"] = long_tokens[:488] + tokens[:12]
 json.dump(prompts, open(out, "w"))
 print({name: len(t) for name, t in prompts.items()})

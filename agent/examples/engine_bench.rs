@@ -2,25 +2,37 @@
 //! prompts, greedy decoding, streamed, timing the first token (prefill) and the rest
 //! (decode). Prints one JSON object per prompt.
 //!
-//! Usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS
-//! where PROMPTS.json is `{"name": [token ids], ...}`.
+//! Usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [WEIGHTS]
+//! where PROMPTS.json is `{"name": [token ids], ...}` and WEIGHTS is how the weights are
+//! held in memory: as-shipped, q8_0, f32 or auto (the server's default).
 
 use std::time::Instant;
 
 use agent::engine::mistral::{ActivationDType, MistralRsEngine, MistralRsOptions};
 use agent::engine::{Engine, GenerationRequest, Prompt, StreamEvent};
+use agent::repack::WeightFormat;
 use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, model, prompts, new_tokens, runs] = args.as_slice() else {
-        anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS");
+    let (model, prompts, new_tokens, runs, weights) = match args.as_slice() {
+        [_, model, prompts, new_tokens, runs] => (model, prompts, new_tokens, runs, "auto"),
+        [_, model, prompts, new_tokens, runs, weights] => (model, prompts, new_tokens, runs, weights.as_str()),
+        _ => anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [as-shipped|q8_0|f32|auto]"),
     };
+    let format = match weights {
+        "as-shipped" => WeightFormat::AsShipped,
+        "q8_0" => WeightFormat::Q8_0,
+        "f32" => WeightFormat::F32,
+        "auto" => WeightFormat::Auto,
+        other => anyhow::bail!("unknown weight format {other}"),
+    };
+    let model = agent::repack::prepare(&agent::model::cache_dir(), std::path::Path::new(model), format)?;
     let new_tokens: usize = new_tokens.parse()?;
     let runs: usize = runs.parse()?;
     let prompts: std::collections::BTreeMap<String, Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(prompts)?)?;
-    let mut options = MistralRsOptions::new(model, "bench");
+    let mut options = MistralRsOptions::new(&model, "bench");
     if std::env::var("BENCH_DTYPE").as_deref() == Ok("auto") {
         options.dtype = ActivationDType::Auto;
     }
@@ -57,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         let decode = median(samples.iter().map(|s| (s.2.saturating_sub(1)) as f64 / s.1.max(1e-9)).collect());
         println!(
             "{}",
-            serde_json::json!({"engine": "skillhive", "prompt": name, "prompt_tokens": tokens.len(), "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0].2})
+            serde_json::json!({"engine": format!("skillhive ({weights})"), "prompt": name, "prompt_tokens": tokens.len(), "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0].2})
         );
     }
     Ok(())

@@ -14,7 +14,8 @@ use agent::engine::openai::{OpenAiEngine, OpenAiOptions};
 use agent::engine::Engine;
 use agent::model::{self, PullOutcome, DEFAULT_MODEL};
 
-use crate::config::{Backend, DType, ServeConfig};
+use crate::config::{Backend, DType, ServeConfig, Weights};
+use agent::repack::{self, WeightFormat};
 use crate::store::SqliteStore;
 use crate::{app, AppState, GenerationLimits, HttpLimits};
 
@@ -136,8 +137,21 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                 }
                 None => (ensure_default_model().await?, DEFAULT_MODEL.id.to_string()),
             };
+            let format = match config.weights {
+                Weights::Auto => WeightFormat::Auto,
+                Weights::Q8_0 => WeightFormat::Q8_0,
+                Weights::F32 => WeightFormat::F32,
+                Weights::AsShipped => WeightFormat::AsShipped,
+            };
+            let source = path.clone();
+            let load_path = tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &source, format))
+                .await?
+                .with_context(|| format!("cannot prepare the weights of {}", path.display()))?;
+            if load_path != path {
+                tracing::info!(repacked = %load_path.display(), "using repacked weights");
+            }
             let options = MistralRsOptions {
-                model_path: path.clone(),
+                model_path: load_path,
                 model_id: config.model_id.clone().unwrap_or(default_id),
                 dtype: match config.dtype {
                     DType::F32 => ActivationDType::F32,

@@ -22,6 +22,19 @@ pub enum DType {
     Auto,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Weights {
+    /// F32 for models of up to ~250M parameters (prompt processing 3x faster), else Q8_0.
+    Auto,
+    /// Tensor types without fast CPU kernels (Q4_1, Q5_0, Q5_1) requantized to Q8_0.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// Those tensors expanded to F32: fastest prompt processing, slower decoding.
+    F32,
+    /// The file's own types.
+    AsShipped,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
@@ -48,6 +61,11 @@ pub struct ServeConfig {
     /// Activation dtype of the embedded backend.
     #[arg(long, env = "SKILLHIVE_DTYPE", value_enum, default_value = "f32")]
     pub dtype: DType,
+
+    /// How the embedded backend holds weights in memory. Repacked copies are written once
+    /// to the cache, named by the source file's hash.
+    #[arg(long, env = "SKILLHIVE_WEIGHTS", value_enum, default_value = "auto")]
+    pub weights: Weights,
 
     /// Most sequences the embedded backend batches together.
     #[arg(long, env = "SKILLHIVE_MAX_BATCH", default_value_t = 16)]

@@ -134,7 +134,35 @@ impl MistralRsEngine {
         Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" }, special_stops })
     }
 
-    /// Sends a request to the engine and returns the receiver of its responses, plus the
+    /// Puts one request on the engine's channel and returns the receiver of its responses.
+    async fn send(&self, outgoing: Outgoing) -> Result<mpsc::Receiver<Response>, EngineError> {
+        let (sender, receiver) = mpsc::channel(64);
+        let request = NormalRequest {
+            messages: outgoing.messages,
+            sampling_params: outgoing.sampling,
+            response: sender,
+            return_logprobs: outgoing.logprobs,
+            is_streaming: outgoing.streaming,
+            id: self.runner.next_request_id(),
+            constraint: outgoing.constraint,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: outgoing.processors,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        engine
+            .send(Request::Normal(Box::new(request)))
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+        Ok(receiver)
+    }
+
+    /// Builds a generation request and sends it; returns the receiver of its responses, plus the
     /// seeded sampler when one was installed (its picks carry the true log-probabilities).
     async fn submit(
         &self,
@@ -200,31 +228,16 @@ impl MistralRsEngine {
             sampling.temperature = Some(0.0);
         }
 
-        let (sender, receiver) = mpsc::channel(64);
-        let logits_processors =
-            seeded.clone().map(|sampler| vec![sampler as Arc<dyn CustomLogitsProcessor>]);
-        let normal = NormalRequest {
+        let processors = seeded.clone().map(|sampler| vec![sampler as Arc<dyn CustomLogitsProcessor>]);
+        let outgoing = Outgoing {
             messages,
-            sampling_params: sampling,
-            response: sender,
-            return_logprobs: request.logprobs.is_some(),
-            is_streaming: streaming,
-            id: self.runner.next_request_id(),
+            sampling,
             constraint: constraint.unwrap_or(Constraint::None),
-            suffix: None,
-            tools: None,
-            tool_choice: None,
-            logits_processors,
-            return_raw_logits: false,
-            web_search_options: None,
-            model_id: None,
-            truncate_sequence: false,
+            processors,
+            logprobs: request.logprobs.is_some(),
+            streaming,
         };
-        let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        engine
-            .send(Request::Normal(Box::new(normal)))
-            .await
-            .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+        let receiver = self.send(outgoing).await?;
         Ok((receiver, seeded))
     }
 }
@@ -245,6 +258,16 @@ fn json_constraint(mut schema: serde_json::Value) -> Constraint {
         });
     }
     Constraint::JsonSchema(schema)
+}
+
+/// The parts of a mistral.rs request that differ between our calls.
+struct Outgoing {
+    messages: RequestMessage,
+    sampling: SamplingParams,
+    constraint: Constraint,
+    processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>>,
+    logprobs: bool,
+    streaming: bool,
 }
 
 fn split_model_path(path: &Path) -> anyhow::Result<(String, String)> {
@@ -387,29 +410,16 @@ impl Engine for MistralRsEngine {
             let mut sampling = SamplingParams::neutral();
             sampling.max_len = Some(remaining.len());
             sampling.temperature = Some(0.0);
-            let (sender, mut receiver) = mpsc::channel(4);
-            let request = NormalRequest {
-                messages: RequestMessage::CompletionTokens(context),
-                sampling_params: sampling,
-                response: sender,
-                return_logprobs: false,
-                is_streaming: false,
-                id: self.runner.next_request_id(),
-                constraint: Constraint::None,
-                suffix: None,
-                tools: None,
-                tool_choice: None,
-                logits_processors: Some(vec![forced.clone() as Arc<dyn CustomLogitsProcessor>]),
-                return_raw_logits: false,
-                web_search_options: None,
-                model_id: None,
-                truncate_sequence: false,
-            };
-            let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-            engine
-                .send(Request::Normal(Box::new(request)))
-                .await
-                .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+            let mut receiver = self
+                .send(Outgoing {
+                    messages: RequestMessage::CompletionTokens(context),
+                    sampling,
+                    constraint: Constraint::None,
+                    processors: Some(vec![forced.clone() as Arc<dyn CustomLogitsProcessor>]),
+                    logprobs: false,
+                    streaming: false,
+                })
+                .await?;
             match receiver.recv().await {
                 Some(Response::CompletionDone(_)) | Some(Response::Done(_)) => {}
                 Some(other) => return Err(response_error(other)),
