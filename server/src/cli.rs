@@ -146,7 +146,9 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
             let source = path.clone();
             let load_path = tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &source, format))
                 .await?
-                .with_context(|| format!("cannot prepare the weights of {}", path.display()))?;
+                .with_context(|| {
+                    format!("cannot read model {} (damaged or truncated?); run `skillhive model pull` or pass another --model", path.display())
+                })?;
             if load_path != path {
                 tracing::info!(repacked = %load_path.display(), "using repacked weights");
             }
@@ -170,7 +172,9 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                         path.display()
                     )
                 })?
-                .with_context(|| format!("cannot load model {}", path.display()))?;
+                .with_context(|| {
+                    format!("cannot load model {} (damaged or truncated?); run `skillhive model pull` or pass another --model", path.display())
+                })?;
             Ok(Arc::new(engine))
         }
     }

@@ -62,6 +62,17 @@ fn missing_or_corrupt_models_are_one_line_errors_that_name_the_fix() {
     assert_eq!(not_gguf.lines().count(), 1, "{not_gguf}");
     assert!(not_gguf.contains("not a GGUF file"), "{not_gguf}");
 
+    // A GGUF cut short (an interrupted copy) names the fix too.
+    let real = std::fs::read(
+        Command::new(skillhive_binary()).args(["model", "path"]).output().map(|o| String::from_utf8(o.stdout).unwrap()).unwrap().trim(),
+    )
+    .unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
+    let cut = serve_error(&["--model", truncated.to_str().unwrap()], &[]);
+    assert_eq!(cut.lines().count(), 1, "{cut}");
+    assert!(cut.contains("damaged or truncated") && cut.contains("--model"), "{cut}");
+
     // A default model whose bytes were damaged is caught by its pinned hash.
     let cache = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(cache.path().join("models")).unwrap();
