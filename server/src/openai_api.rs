@@ -526,3 +526,190 @@ mod tests {
         assert!(error.contains("messages[2]") && error.contains("image_url"), "{error}");
     }
 }
+
+/// The endpoint in-process, on a scripted engine: the wire format without a model.
+#[cfg(test)]
+mod app_tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use agent::engine::{
+        Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo,
+        StreamEvent, ToolCall, Usage,
+    };
+
+    use crate::store::{SqliteStore, Store};
+    use crate::{app, AppState, GenerationLimits, HttpLimits};
+
+    /// Answers every request with a fixed script and remembers what it was asked.
+    struct ScriptedEngine {
+        info: ModelInfo,
+        seen: Mutex<Vec<GenerationRequest>>,
+    }
+
+    fn call() -> ToolCall {
+        ToolCall { id: "call_1".into(), name: "read".into(), arguments: r#"{"path":"a.txt"}"#.into() }
+    }
+
+    #[async_trait]
+    impl Engine for ScriptedEngine {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+            let with_tools = request.offers_tools();
+            self.seen.lock().unwrap().push(request);
+            let choice = if with_tools {
+                Choice { tool_calls: vec![call()], finish_reason: Some(FinishReason::ToolCalls), ..Default::default() }
+            } else {
+                Choice { text: "Hello there".into(), finish_reason: Some(FinishReason::Stop), ..Default::default() }
+            };
+            Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 7, completion_tokens: 2 } })
+        }
+        async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+            let with_tools = request.offers_tools();
+            self.seen.lock().unwrap().push(request);
+            let mut events = vec![];
+            if with_tools {
+                events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: vec![call()] }));
+                events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::ToolCalls }));
+            } else {
+                events.push(Ok(StreamEvent::Delta { index: 0, text: "Hello".into(), logprobs: vec![] }));
+                events.push(Ok(StreamEvent::Delta { index: 0, text: " there".into(), logprobs: vec![] }));
+                events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::Stop }));
+            }
+            events.push(Ok(StreamEvent::Usage(Usage { prompt_tokens: 7, completion_tokens: 2 })));
+            Ok(Box::pin(futures::stream::iter(events)))
+        }
+        async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
+            Err(EngineError::InvalidRequest("not scripted".into()))
+        }
+    }
+
+    async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+        let engine = Arc::new(ScriptedEngine {
+            info: ModelInfo { id: "scripted".into(), context_window: Some(2048), backend: "mistralrs" },
+            seen: Mutex::new(Vec::new()),
+        });
+        let state = AppState {
+            engine: engine.clone(),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
+        };
+        (app(state, HttpLimits::default()), engine, store, dir)
+    }
+
+    async fn post(router: &axum::Router, body: Value) -> (StatusCode, String) {
+        let request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn sse_data(body: &str) -> Vec<String> {
+        body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn request_options_reach_the_engine_and_the_reply_is_logged() {
+        let (router, engine, store, _dir) = fixture().await;
+        let (status, body) = post(
+            &router,
+            json!({
+                "model": "scripted",
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                "max_completion_tokens": 42, "temperature": 0.5, "top_p": 0.9, "stop": "END", "seed": 3,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+                "user": "ignored", "presence_penalty": 0
+            }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply["choices"][0]["message"]["content"], "Hello there");
+        assert_eq!(reply["usage"]["total_tokens"], 9);
+        let seen = engine.seen.lock().unwrap()[0].clone();
+        assert_eq!(seen.max_tokens, 42);
+        assert_eq!(seen.temperature, Some(0.5));
+        assert_eq!(seen.top_p, Some(0.9));
+        assert_eq!(seen.stop, vec!["END".to_string()]);
+        assert_eq!(seen.seed, Some(3));
+        assert_eq!(seen.json_schema, Some(json!({"type": "object"})));
+        assert_eq!(store.completion_count().await.unwrap(), 1);
+
+        // Without a limit the server's default applies.
+        post(&router, json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
+        assert_eq!(engine.seen.lock().unwrap()[1].max_tokens, 10);
+    }
+
+    #[tokio::test]
+    async fn streams_follow_openai_chunk_order_with_usage_and_done() {
+        let (router, _engine, store, _dir) = fixture().await;
+        let (status, body) = post(
+            &router,
+            json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stream": true,
+                   "stream_options": {"include_usage": true}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let data = sse_data(&body);
+        assert_eq!(data.last().unwrap(), "[DONE]");
+        let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, "Hello there");
+        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["completion_tokens"], 2);
+        // Every chunk carries a usage key, null until the last, as OpenAI sends it.
+        assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+        assert_eq!(store.completion_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn tool_calls_come_back_in_openai_shape_plain_and_streamed() {
+        let (router, engine, _store, _dir) = fixture().await;
+        let tools = json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object",
+            "properties": {"path": {"anyOf": [{"type": "string"}, {"const": "-"}]}, "mode": {"enum": ["a", "b"]}}}}}]);
+        let (_, body) = post(&router, json!({"model": "scripted", "messages": [{"role": "user", "content": "read a"}], "tools": tools})).await;
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        let message = &reply["choices"][0]["message"];
+        assert!(message["content"].is_null());
+        assert_eq!(message["tool_calls"][0]["function"]["name"], "read");
+        assert_eq!(message["tool_calls"][0]["type"], "function");
+        assert_eq!(reply["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(engine.seen.lock().unwrap()[0].tools[0].parameters["properties"]["mode"]["enum"], json!(["a", "b"]));
+
+        // A prior tool call and its result are passed on to the engine.
+        let (status, body) = post(
+            &router,
+            json!({"model": "scripted", "stream": true, "tools": tools, "messages": [
+                {"role": "user", "content": "read a"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "file body"}
+            ]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let chunks: Vec<Value> = sse_data(&body).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+        let streamed_call = chunks.iter().find(|c| !c["choices"][0]["delta"]["tool_calls"].is_null()).unwrap();
+        assert_eq!(streamed_call["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(streamed_call["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], r#"{"path":"a.txt"}"#);
+        let seen = engine.seen.lock().unwrap()[1].clone();
+        let agent::engine::Prompt::Messages(messages) = seen.prompt else { panic!("chat prompt expected") };
+        assert_eq!(messages[1].tool_calls[0].id, "call_1");
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+    }
+}
