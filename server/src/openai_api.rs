@@ -447,6 +447,9 @@ async fn stream_completion(
     // proper status code; only later errors have to travel inside the stream.
     let mut events = state.engine.generate_stream(parsed.generation).await?;
     let created = unix_now();
+    // The usage log row carries the id the client saw.
+    let record_id = id.clone();
+    let record_model = model.clone();
     let chunk = move |choices: Value, usage: Option<Value>| -> Value {
         let mut chunk = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -457,8 +460,6 @@ async fn stream_completion(
         }
         chunk
     };
-    let record_id = format!("{}", uuid::Uuid::new_v4().simple());
-    let record_model = state.engine.info().id.clone();
     let sse = async_stream::stream! {
         // OpenAI's first chunk of each choice carries the role.
         for index in 0..n {

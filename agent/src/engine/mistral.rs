@@ -320,6 +320,20 @@ fn convert_logprob(logprob: mistralrs::core::ResponseLogprob) -> TokenLogprob {
     }
 }
 
+fn usage_of(usage: &mistralrs::Usage) -> Usage {
+    Usage { prompt_tokens: usage.prompt_tokens, completion_tokens: usage.completion_tokens }
+}
+
+/// A choice as the engine reported it, before tool-protocol interpretation.
+fn plain_choice(text: String, finish_reason: &str, logprobs: Option<mistralrs::Logprobs>) -> Choice {
+    Choice {
+        text,
+        finish_reason: Some(FinishReason::parse(finish_reason)),
+        logprobs: convert_logprobs(logprobs.and_then(|l| l.content)),
+        ..Default::default()
+    }
+}
+
 /// Puts the seeded sampler's log-probabilities in place of the engine's, which were taken
 /// from the forced logits and are therefore all zero.
 fn apply_picks(logprobs: &mut Option<Vec<TokenLogprob>>, sampler: &Option<Arc<SeededSampler>>) {
@@ -355,32 +369,16 @@ impl Engine for MistralRsEngine {
             receiver.recv().await.ok_or_else(|| EngineError::Backend("the engine dropped the request".into()))?;
         let mut generation = match response {
             Response::Done(done) => Generation {
-                usage: Usage { prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens },
+                usage: usage_of(&done.usage),
                 choices: done
                     .choices
                     .into_iter()
-                    .map(|choice| Choice {
-                        text: choice.message.content.unwrap_or_default(),
-                        tool_calls: Vec::new(),
-                        finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
-                        logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
-                        token_ids: Vec::new(),
-                    })
+                    .map(|c| plain_choice(c.message.content.unwrap_or_default(), &c.finish_reason, c.logprobs))
                     .collect(),
             },
             Response::CompletionDone(done) => Generation {
-                usage: Usage { prompt_tokens: done.usage.prompt_tokens, completion_tokens: done.usage.completion_tokens },
-                choices: done
-                    .choices
-                    .into_iter()
-                    .map(|choice| Choice {
-                        text: choice.text,
-                        tool_calls: Vec::new(),
-                        finish_reason: Some(FinishReason::parse(&choice.finish_reason)),
-                        logprobs: convert_logprobs(choice.logprobs.and_then(|l| l.content)),
-                        token_ids: Vec::new(),
-                    })
-                    .collect(),
+                usage: usage_of(&done.usage),
+                choices: done.choices.into_iter().map(|c| plain_choice(c.text, &c.finish_reason, c.logprobs)).collect(),
             },
             other => return Err(response_error(other)),
         };
@@ -459,7 +457,7 @@ impl Engine for MistralRsEngine {
                 let pieces: Vec<(usize, String, Option<mistralrs::core::ResponseLogprob>, Option<String>)> = match response {
                     Response::Chunk(chunk) => {
                         if let Some(u) = &chunk.usage {
-                            usage = Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
+                            usage = Some(usage_of(u));
                         }
                         chunk.choices.into_iter()
                             .map(|c| (c.index, c.delta.content.unwrap_or_default(), c.logprobs, c.finish_reason))
