@@ -1,0 +1,4 @@
+//! Skills in the AgentSkills format: a folder with a `SKILL.md` (YAML frontmatter and a
+//! markdown body) and optional `scripts/`, `references/` and `assets/`.
+
+pub mod format;
