@@ -5,6 +5,7 @@
 //! the database and the types defined here.
 
 pub mod engine;
+pub mod exec;
 pub mod model;
 pub mod repack;
 pub mod skills;
