@@ -9,4 +9,5 @@ pub mod exec;
 pub mod model;
 pub mod repack;
 pub mod skills;
+pub mod trajectory;
 pub mod workspace;

@@ -1,4 +1,5 @@
 //! Skills in the AgentSkills format: a folder with a `SKILL.md` (YAML frontmatter and a
 //! markdown body) and optional `scripts/`, `references/` and `assets/`.
 
+pub mod catalog;
 pub mod format;
