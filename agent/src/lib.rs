@@ -4,6 +4,7 @@
 //! This crate serves no HTTP and runs no SQL: the server translates between the network,
 //! the database and the types defined here.
 
+pub mod agent_loop;
 pub mod engine;
 pub mod exec;
 pub mod model;

@@ -68,3 +68,50 @@ async fn several_samples_per_prompt_and_unlikely_tokens_score_low() {
     // Token ids outside the vocabulary are refused, not scored.
     assert!(engine.score(PREFIX, &[10_000_000]).await.is_err());
 }
+
+#[tokio::test]
+async fn an_agent_turn_on_the_real_model_records_what_it_did() {
+    use agent::agent_loop::{run_turn, AgentConfig, StaticSkills, TurnContext};
+    use agent::trajectory::{Event, MemorySink};
+    use agent::workspace::Workspace;
+
+    // The server's default weights, so that prompt processing is as fast as it serves.
+    let cache = model::cache_dir();
+    let weights = agent::repack::prepare(&cache, &model::default_model_path(&cache), agent::repack::WeightFormat::Auto).unwrap();
+    let engine = MistralRsEngine::load(MistralRsOptions::new(weights, "test")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = Workspace::open(dir.path()).unwrap();
+    let skills = StaticSkills::default();
+    let sink = MemorySink::default();
+    let config = AgentConfig { max_steps: 4, max_tokens_per_step: 96, ..AgentConfig::default() };
+    let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: &skills, sink: &sink, config: &config, cancel: cancel_rx };
+    let mut history = Vec::new();
+    let outcome = run_turn(&mut ctx, &mut history, "Create a file hello.txt containing the word hello, then read it back.").await;
+
+    // The small model may fail the task; what the runtime recorded must be consistent.
+    let events = sink.events();
+    let model_calls = events.iter().filter(|e| matches!(e, Event::ModelCall { .. })).count();
+    assert!(model_calls >= 1, "{events:?}");
+    assert!(matches!(events.last(), Some(Event::Stop { reason, .. }) if *reason == outcome.stop));
+    for (i, event) in events.iter().enumerate() {
+        if let Event::ToolCall { call_id, name, arguments } = event {
+            let result = events[i + 1..].iter().find_map(|e| match e {
+                Event::ToolResult { call_id: id, ok, .. } if id == call_id => Some(*ok),
+                _ => None,
+            });
+            let ok = result.unwrap_or_else(|| panic!("tool call {call_id} has no result"));
+            // A write that succeeded left its file in this workspace, with its content.
+            if name == "write" && ok {
+                let args: serde_json::Value = serde_json::from_str(arguments).unwrap();
+                let path = args["path"].as_str().unwrap();
+                assert_eq!(workspace.read(path).unwrap(), args["content"].as_str().unwrap());
+            }
+        }
+    }
+    for event in &events {
+        if let Event::ModelCall { prompt_tokens, .. } = event {
+            assert!(*prompt_tokens > 50, "the system prompt and tools reach the model");
+        }
+    }
+}

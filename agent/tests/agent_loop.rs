@@ -1,0 +1,226 @@
+//! The agent loop on a scripted engine: the order of events, the limits that stop a turn,
+//! cancellation, skill reads, tool errors and compaction.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::watch;
+
+use agent::agent_loop::{compaction_split, run_turn, AgentConfig, StaticSkills, TurnContext};
+use agent::engine::{
+    ChatMessage, Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, Prompt, Role,
+    ToolCall, Usage,
+};
+use agent::skills::catalog::CatalogEntry;
+use agent::trajectory::{Event, MemorySink, StopReason};
+use agent::workspace::Workspace;
+
+/// Replies from a script; an empty script waits forever (to test cancellation).
+struct ScriptedEngine {
+    info: ModelInfo,
+    script: Mutex<VecDeque<Choice>>,
+    requests: Mutex<Vec<GenerationRequest>>,
+}
+
+impl ScriptedEngine {
+    fn new(script: Vec<Choice>) -> Self {
+        Self {
+            info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+            script: Mutex::new(script.into()),
+            requests: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for ScriptedEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        self.requests.lock().unwrap().push(request);
+        let next = self.script.lock().unwrap().pop_front();
+        match next {
+            Some(choice) => Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 100, completion_tokens: 10 } }),
+            None => std::future::pending().await,
+        }
+    }
+    async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
+        Err(EngineError::InvalidRequest("not scripted".into()))
+    }
+    async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::InvalidRequest("not scripted".into()))
+    }
+}
+
+fn call(name: &str, arguments: serde_json::Value) -> Choice {
+    Choice {
+        tool_calls: vec![ToolCall { id: format!("call_{name}"), name: name.into(), arguments: arguments.to_string() }],
+        ..Default::default()
+    }
+}
+
+fn answer(text: &str) -> Choice {
+    Choice { text: text.into(), ..Default::default() }
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::kind).collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    workspace: Workspace,
+    skills: StaticSkills,
+    sink: MemorySink,
+    config: AgentConfig,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = Workspace::open(&dir.path().join("ws")).unwrap();
+    let skills = StaticSkills {
+        skills: vec![(
+            CatalogEntry { slug: "notes".into(), version: "1.2.0".into(), description: "Keep notes in notes.txt.".into() },
+            "---\nname: notes\ndescription: Keep notes.\n---\nAppend to notes.txt.".into(),
+        )],
+    };
+    Fixture { _dir: dir, workspace, skills, sink: MemorySink::default(), config: AgentConfig::default() }
+}
+
+#[tokio::test]
+async fn tool_call_result_and_final_answer_are_recorded_in_order() {
+    let f = fixture();
+    let engine = ScriptedEngine::new(vec![
+        call("read", json!({"path": "skills/notes/SKILL.md"})),
+        call("write", json!({"path": "notes.txt", "content": "milk"})),
+        call("read", json!({"path": "../escape.txt"})),
+        answer("Saved your note."),
+    ]);
+    let (_cancel, cancel_rx) = watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let mut history = Vec::new();
+    let outcome = run_turn(&mut ctx, &mut history, "Note: buy milk").await;
+    assert_eq!(outcome.stop, StopReason::FinalAnswer);
+    assert_eq!(outcome.answer.as_deref(), Some("Saved your note."));
+    assert_eq!(f.workspace.read("notes.txt").unwrap(), "milk");
+
+    let events = f.sink.events();
+    assert_eq!(
+        kinds(&events),
+        vec![
+            "user_message",
+            "model_call", "model_output", "tool_call", "skill_read", "tool_result",
+            "model_call", "model_output", "tool_call", "tool_result",
+            "model_call", "model_output", "tool_call", "tool_result",
+            "model_call", "model_output", "final_answer", "stop",
+        ]
+    );
+    assert!(matches!(&events[4], Event::SkillRead { slug, version } if slug == "notes" && version == "1.2.0"));
+    // The refused escape is a tool error the model saw, not a failed turn.
+    let Event::ToolResult { ok, excerpt, .. } = &events[13] else { panic!("tool result expected") };
+    assert!(!ok && excerpt.contains("leaves the workspace"), "{excerpt}");
+
+    // The model saw the catalog, the tools and each result.
+    let requests = engine.requests.lock().unwrap();
+    let Prompt::Messages(first) = &requests[0].prompt else { panic!() };
+    assert!(first[0].content.contains("<location>skills/notes/SKILL.md</location>"));
+    assert_eq!(requests[0].tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["read", "write", "edit", "ls", "exec"]);
+    let Prompt::Messages(last) = &requests[3].prompt else { panic!() };
+    assert!(last[0].content.contains("notes.txt"), "the workspace listing is refreshed each step");
+    assert!(last.iter().any(|m| m.role() == Role::Tool && m.content.contains("Append to notes.txt")));
+}
+
+#[tokio::test]
+async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
+    let mut f = fixture();
+    f.config.max_steps = 3;
+    let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
+    let (_cancel, cancel_rx) = watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let outcome = run_turn(&mut ctx, &mut Vec::new(), "loop").await;
+    assert_eq!(outcome.stop, StopReason::MaxSteps);
+    assert_eq!(engine.requests.lock().unwrap().len(), 3);
+
+    let mut budget = fixture();
+    budget.config.token_budget = 200; // each scripted step costs 110 tokens
+    let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
+    let (_cancel, cancel_rx) = watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &budget.workspace, skills: &budget.skills, sink: &budget.sink, config: &budget.config, cancel: cancel_rx };
+    assert_eq!(run_turn(&mut ctx, &mut Vec::new(), "loop").await.stop, StopReason::TokenBudget);
+    assert_eq!(engine.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_running_turn_can_be_cancelled() {
+    let f = fixture();
+    let engine = ScriptedEngine::new(vec![]); // the model never answers
+    let (cancel, cancel_rx) = watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.send(true).unwrap();
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(5), run_turn(&mut ctx, &mut Vec::new(), "hi")).await.unwrap();
+    canceller.await.unwrap();
+    assert_eq!(outcome.stop, StopReason::Cancelled);
+    assert_eq!(kinds(&f.sink.events()), vec!["user_message", "stop"]);
+}
+
+#[tokio::test]
+async fn compaction_summarizes_old_turns_and_keeps_calls_with_their_results() {
+    let mut f = fixture();
+    f.config.context_window = 600;
+    // A long history of tool calls and results.
+    let mut history = Vec::new();
+    for i in 0..6 {
+        history.push(ChatMessage::user(format!("step {i}: {}", "x".repeat(200))));
+        history.push(ChatMessage {
+            role: Some(Role::Assistant),
+            tool_calls: vec![ToolCall { id: format!("c{i}"), name: "ls".into(), arguments: "{}".into() }],
+            ..Default::default()
+        });
+        history.push(ChatMessage { role: Some(Role::Tool), content: "a.txt".into(), tool_call_id: Some(format!("c{i}")), ..Default::default() });
+    }
+    let engine = ScriptedEngine::new(vec![answer("Listed the workspace six times."), answer("Done.")]);
+    let (_cancel, cancel_rx) = watch::channel(false);
+    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let outcome = run_turn(&mut ctx, &mut history, "and now?").await;
+    assert_eq!(outcome.stop, StopReason::FinalAnswer);
+
+    let events = f.sink.events();
+    let Some(Event::Compaction { replaced_messages, summary }) = events.iter().find(|e| e.kind() == "compaction") else {
+        panic!("no compaction in {:?}", kinds(&events))
+    };
+    assert_eq!(summary, "Listed the workspace six times.");
+    assert!(*replaced_messages > 10);
+    assert!(history[0].content.starts_with("[Summary of earlier steps]"));
+    // Every kept tool result still has its call, and every kept call its result.
+    for (i, message) in history.iter().enumerate() {
+        if message.role() == Role::Tool {
+            let id = message.tool_call_id.as_deref().unwrap();
+            assert!(history[..i].iter().any(|m| m.tool_calls.iter().any(|c| c.id == id)), "result {id} lost its call");
+        }
+        for c in &message.tool_calls {
+            assert!(history[i..].iter().any(|m| m.tool_call_id.as_deref() == Some(c.id.as_str())), "call {} lost its result", c.id);
+        }
+    }
+}
+
+#[test]
+fn the_compaction_split_never_starts_on_a_tool_result() {
+    let tool = |id: &str| ChatMessage { role: Some(Role::Tool), tool_call_id: Some(id.into()), ..Default::default() };
+    let call = |id: &str| ChatMessage {
+        role: Some(Role::Assistant),
+        tool_calls: vec![ToolCall { id: id.into(), name: "ls".into(), arguments: "{}".into() }],
+        ..Default::default()
+    };
+    // A call with two results straddles the default split point.
+    let history = vec![ChatMessage::user("a"), ChatMessage::user("b"), call("x"), tool("x"), tool("x"), ChatMessage::user("c"), ChatMessage::user("d")];
+    let split = compaction_split(&history);
+    assert_eq!(split, 2);
+    assert_eq!(history[split].role(), Role::Assistant);
+}
