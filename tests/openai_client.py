@@ -1,6 +1,6 @@
 """Talks to a running skillhive with the official `openai` package, as real clients do.
 
-Usage: python openai_client.py BASE_URL MODEL
+Usage: python openai_client.py BASE_URL MODEL TOKEN
 """
 
 import json
@@ -8,8 +8,8 @@ import sys
 
 import openai
 
-base_url, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(base_url=base_url + "/v1", api_key="not-needed", timeout=300)
+base_url, model, token = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base_url + "/v1", api_key=token, timeout=300)
 checks = 0
 
 # A long system prompt and content-part arrays, as agent frameworks send them.
@@ -85,6 +85,14 @@ try:
     raise AssertionError("an unknown model was accepted")
 except openai.NotFoundError as error:
     assert error.status_code == 404
+checks += 1
+
+# A wrong key is a typed authentication error.
+try:
+    openai.OpenAI(base_url=base_url + "/v1", api_key="sh-wrong").models.list()
+    raise AssertionError("a wrong key was accepted")
+except openai.AuthenticationError as error:
+    assert error.status_code == 401
 checks += 1
 
 print(f"openai client: {checks} checks passed")

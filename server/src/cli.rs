@@ -35,6 +35,25 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print its API token (shown only this once).
+    Add {
+        name: String,
+        /// Let the user run admin operations.
+        #[arg(long)]
+        admin: bool,
+        /// Directory holding the database, as for `serve`.
+        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +76,7 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
+        Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
             Ok(())
@@ -70,6 +90,16 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn add_user(name: &str, admin: bool, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
+    let (user, token) = crate::auth::create_user_with_token(&store, name, admin).await?;
+    eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
+    // Only the token goes to stdout, so that scripts can capture it.
+    println!("{token}");
+    Ok(())
 }
 
 async fn pull() -> anyhow::Result<()> {

@@ -16,6 +16,9 @@ pub enum ApiError {
     BadRequest { message: String, code: &'static str, param: Option<&'static str> },
     #[error("{0}")]
     NotFound(String, &'static str),
+    /// No token, a malformed header, or a token that matches no user.
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error("the request body is larger than this server accepts")]
     PayloadTooLarge,
     #[error("the inference backend is unavailable")]
@@ -33,6 +36,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", code, *param),
             ApiError::NotFound(_, code) => (StatusCode::NOT_FOUND, "invalid_request_error", code, None),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", None),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),

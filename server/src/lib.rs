@@ -3,6 +3,7 @@
 //! `app(state)` builds the router apart from `main`, so tests can drive it in-process and
 //! the binary only binds a socket and serves it.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

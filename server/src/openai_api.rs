@@ -24,6 +24,7 @@ use agent::engine::{
     ToolSpec,
 };
 
+use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::store::CompletionRecord;
 use crate::AppState;
@@ -45,11 +46,11 @@ fn model_object(state: &AppState) -> Value {
     })
 }
 
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+pub async fn list_models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
     Json(json!({ "object": "list", "data": [model_object(&state)] }))
 }
 
-pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_model(State(state): State<AppState>, _user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     if id != state.engine.info().id {
         return Err(unknown_model(&id, &state));
     }
@@ -386,6 +387,7 @@ fn completion_json(id: &str, model: &str, generation: &Generation) -> Value {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    _user: AuthUser,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
@@ -592,7 +594,9 @@ mod app_tests {
         }
     }
 
-    async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir) {
+    const TOKEN_USER: &str = "tester";
+
+    async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
         let engine = Arc::new(ScriptedEngine {
@@ -604,12 +608,14 @@ mod app_tests {
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
         };
-        (app(state, HttpLimits::default()), engine, store, dir)
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
+        (app(state, HttpLimits::default()), engine, store, dir, token)
     }
 
-    async fn post(router: &axum::Router, body: Value) -> (StatusCode, String) {
+    async fn post(router: &axum::Router, token: &str, body: Value) -> (StatusCode, String) {
         let request = Request::post("/v1/chat/completions")
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
             .body(Body::from(body.to_string()))
             .unwrap();
         let response = router.clone().oneshot(request).await.unwrap();
@@ -624,9 +630,10 @@ mod app_tests {
 
     #[tokio::test]
     async fn request_options_reach_the_engine_and_the_reply_is_logged() {
-        let (router, engine, store, _dir) = fixture().await;
+        let (router, engine, store, _dir, token) = fixture().await;
         let (status, body) = post(
             &router,
+            &token,
             json!({
                 "model": "scripted",
                 "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
@@ -650,15 +657,40 @@ mod app_tests {
         assert_eq!(store.completion_count().await.unwrap(), 1);
 
         // Without a limit the server's default applies.
-        post(&router, json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
+        post(&router, &token, json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
         assert_eq!(engine.seen.lock().unwrap()[1].max_tokens, 10);
     }
 
     #[tokio::test]
+    async fn every_endpoint_but_healthz_needs_a_valid_token() {
+        let (router, engine, _store, _dir, token) = fixture().await;
+        let body = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+        for bad in ["", "not-a-token", "sh-0000"] {
+            let (status, reply) = post(&router, bad, body.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
+            let reply: Value = serde_json::from_str(&reply).unwrap();
+            assert_eq!(reply["error"]["code"], "invalid_api_key");
+        }
+        assert!(engine.seen.lock().unwrap().is_empty(), "no anonymous request reached the engine");
+        let get = |path: &str, auth: Option<&str>| {
+            let mut request = Request::get(path);
+            if let Some(token) = auth {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            router.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        assert_eq!(get("/v1/models", None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(get("/v1/models", Some(&token)).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(get("/healthz", None).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(post(&router, &token, body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn streams_follow_openai_chunk_order_with_usage_and_done() {
-        let (router, _engine, store, _dir) = fixture().await;
+        let (router, _engine, store, _dir, token) = fixture().await;
         let (status, body) = post(
             &router,
+            &token,
             json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stream": true,
                    "stream_options": {"include_usage": true}}),
         )
@@ -681,10 +713,10 @@ mod app_tests {
 
     #[tokio::test]
     async fn tool_calls_come_back_in_openai_shape_plain_and_streamed() {
-        let (router, engine, _store, _dir) = fixture().await;
+        let (router, engine, _store, _dir, token) = fixture().await;
         let tools = json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object",
             "properties": {"path": {"anyOf": [{"type": "string"}, {"const": "-"}]}, "mode": {"enum": ["a", "b"]}}}}}]);
-        let (_, body) = post(&router, json!({"model": "scripted", "messages": [{"role": "user", "content": "read a"}], "tools": tools})).await;
+        let (_, body) = post(&router, &token, json!({"model": "scripted", "messages": [{"role": "user", "content": "read a"}], "tools": tools})).await;
         let reply: Value = serde_json::from_str(&body).unwrap();
         let message = &reply["choices"][0]["message"];
         assert!(message["content"].is_null());
@@ -696,6 +728,7 @@ mod app_tests {
         // A prior tool call and its result are passed on to the engine.
         let (status, body) = post(
             &router,
+            &token,
             json!({"model": "scripted", "stream": true, "tools": tools, "messages": [
                 {"role": "user", "content": "read a"},
                 {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a\"}"}}]},

@@ -20,8 +20,30 @@ pub struct CompletionRecord {
     pub outcome: String,
 }
 
+/// A user of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub is_admin: bool,
+}
+
+/// Why a user could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    #[error("a user named `{0}` already exists")]
+    NameTaken(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
+    async fn create_user(&self, name: &str, is_admin: bool) -> Result<User, CreateUserError>;
+    /// Stores the hash of a new API token for a user.
+    async fn add_token(&self, user_id: &str, token_hash: &str) -> anyhow::Result<()>;
+    /// The user a token hash belongs to.
+    async fn user_by_token(&self, token_hash: &str) -> anyhow::Result<Option<User>>;
     /// Checks that the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
     async fn record_completion(&self, record: &CompletionRecord) -> anyhow::Result<()>;
@@ -80,6 +102,41 @@ impl Store for SqliteStore {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM completions").fetch_one(&self.pool).await?;
         Ok(count)
     }
+
+    async fn create_user(&self, name: &str, is_admin: bool) -> Result<User, CreateUserError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let inserted = sqlx::query("INSERT INTO users (id, name, is_admin) VALUES (?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(is_admin)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(User { id, name: name.to_string(), is_admin }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(CreateUserError::NameTaken(name.to_string())),
+            Err(e) => Err(CreateUserError::Other(e.into())),
+        }
+    }
+
+    async fn add_token(&self, user_id: &str, token_hash: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO api_tokens (token_hash, user_id) VALUES (?, ?)")
+            .bind(token_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_by_token(&self, token_hash: &str) -> anyhow::Result<Option<User>> {
+        let row: Option<(String, String, bool)> = sqlx::query_as(
+            "SELECT users.id, users.name, users.is_admin FROM api_tokens JOIN users ON users.id = api_tokens.user_id
+             WHERE api_tokens.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, name, is_admin)| User { id, name, is_admin }))
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +166,16 @@ mod tests {
         // Reopening runs the migrations again, which must be a no-op that keeps the data.
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(reopened.completion_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn users_have_unique_names_and_tokens_map_back_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let alice = store.create_user("alice", false).await.unwrap();
+        assert!(matches!(store.create_user("alice", true).await, Err(CreateUserError::NameTaken(_))));
+        store.add_token(&alice.id, "hash-a").await.unwrap();
+        assert_eq!(store.user_by_token("hash-a").await.unwrap(), Some(alice));
+        assert_eq!(store.user_by_token("hash-b").await.unwrap(), None);
     }
 }

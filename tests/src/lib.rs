@@ -25,6 +25,8 @@ pub fn skillhive_binary() -> PathBuf {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// API token of the user `tester`, created before the server started.
+    pub token: String,
     pub data_dir: tempfile::TempDir,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -37,6 +39,7 @@ impl Server {
 
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let data_dir = tempfile::tempdir().expect("temp data dir");
+        let token = add_user(data_dir.path(), "tester");
         let mut command = Command::new(skillhive_binary());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -77,7 +80,7 @@ impl Server {
                 panic!("server did not start; stderr:\n{}", stderr_text.lock().unwrap());
             }
         };
-        Server { child, url, data_dir, stderr: stderr_text }
+        Server { child, url, token, data_dir, stderr: stderr_text }
     }
 
     pub fn stderr(&self) -> String {
@@ -105,6 +108,17 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Creates a user in a data directory with `skillhive user add` and returns its token.
+pub fn add_user(data_dir: &Path, name: &str) -> String {
+    let output = Command::new(skillhive_binary())
+        .args(["user", "add", name, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run skillhive user add");
+    assert!(output.status.success(), "user add failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("token is text").trim().to_string()
 }
 
 /// The model name the default server serves.

@@ -99,10 +99,13 @@ async fn the_openai_backend_serves_through_another_endpoint() {
         "relayed",
         "--max-tokens",
         "200000",
+        "--openai-api-key",
+        &upstream.token,
     ]);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
     let body: Value = client
         .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth(&proxy.token)
         .json(&json!({"model": "relayed", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 12}))
         .send()
         .await
@@ -116,6 +119,7 @@ async fn the_openai_backend_serves_through_another_endpoint() {
 
     let response = client
         .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth(&proxy.token)
         .json(&json!({"model": "relayed", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 12, "stream": true}))
         .send()
         .await
@@ -132,6 +136,7 @@ async fn the_openai_backend_serves_through_another_endpoint() {
     // The upstream's errors reach the client as client errors, not as a 500.
     let status = client
         .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth(&proxy.token)
         .json(&json!({"model": "relayed", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}))
         .send()
         .await
@@ -149,10 +154,11 @@ fn the_official_openai_python_client_works() {
         .arg(repo_root().join("tests/openai_client.py"))
         .arg(&server.url)
         .arg(MODEL)
+        .arg(&server.token)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} ({e}); scripts/test creates .venv with the openai package"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "openai client failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("openai client: 5 checks passed"), "{stdout}");
+    assert!(stdout.contains("openai client: 6 checks passed"), "{stdout}");
 }

@@ -12,7 +12,13 @@ fn client() -> reqwest::Client {
 }
 
 async fn post(server: &Server, body: Value) -> (u16, Value) {
-    let response = client().post(format!("{}/v1/chat/completions", server.url)).json(&body).send().await.unwrap();
+    let response = client()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(&server.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -20,6 +26,7 @@ async fn post(server: &Server, body: Value) -> (u16, Value) {
 async fn post_raw(server: &Server, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let response = client()
         .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(&server.token)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -76,7 +83,8 @@ async fn chat_completion_returns_text_usage_and_is_logged() {
     assert_eq!(health["status"], "ok");
     let db = server.data_dir.path().join("skillhive.db");
     assert!(db.exists(), "no database at {}", db.display());
-    let models: Value = client().get(format!("{}/v1/models", server.url)).send().await.unwrap().json().await.unwrap();
+    let models: Value =
+        client().get(format!("{}/v1/models", server.url)).bearer_auth(&server.token).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
     assert!(server.terminate(), "server did not shut down cleanly on SIGTERM");
 }
@@ -86,6 +94,7 @@ async fn streamed_completion_yields_chunks_usage_and_done() {
     let server = Server::start(&[]);
     let response = client()
         .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(&server.token)
         .json(&json!({
             "model": MODEL,
             "messages": [{"role": "user", "content": "Count from one to ten."}],
@@ -232,6 +241,17 @@ async fn a_seed_makes_sampling_reproducible() {
 #[tokio::test]
 async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     let server = Server::start(&["--max-tokens", "64", "--body-limit", "4096"]);
+
+    // Without a token, or with a wrong one, nothing is served.
+    for token in [None, Some("sh-wrong")] {
+        let mut request = client().post(format!("{}/v1/chat/completions", server.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_openai_error(&response.json().await.unwrap(), "invalid_api_key");
+    }
 
     let (status, body) = post_raw(&server, "{\"model\": ").await;
     assert_eq!(status, 400);

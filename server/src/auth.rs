@@ -1,0 +1,74 @@
+//! API tokens and the `AuthUser` extractor.
+//!
+//! A token is shown once, when it is made; the database keeps only its sha256, so a
+//! leaked database does not leak working tokens.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::store::{Store, User};
+use crate::AppState;
+
+/// Prefix of every token, so that a leaked one is recognizable in logs and scanners.
+pub const TOKEN_PREFIX: &str = "sh-";
+
+/// A new random token (256 bits from the OS generator, via two v4 UUIDs).
+pub fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a user with a first token; returns the user and the plain token.
+pub async fn create_user_with_token(store: &dyn Store, name: &str, is_admin: bool) -> anyhow::Result<(User, String)> {
+    let user = store.create_user(name, is_admin).await?;
+    let token = new_token();
+    store.add_token(&user.id, &hash_token(&token)).await?;
+    Ok((user, token))
+}
+
+/// The user behind the request's `Authorization: Bearer` token. Handlers that take it
+/// cannot run for anonymous requests.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        match state.store.user_by_token(&hash_token(token)).await? {
+            Some(user) => Ok(AuthUser(user)),
+            None => Err(ApiError::Unauthorized("the token is not valid")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_prefixed_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+        assert_eq!(hash_token(&a).len(), 64);
+    }
+}
