@@ -119,6 +119,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
 
     let engine = build_engine(&config).await?;
+    let engine_window = engine.info().context_window;
     let state = AppState {
         engine,
         store: Arc::new(store),
@@ -127,6 +128,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_tokens_cap: config.max_tokens,
             default_max_tokens: config.default_max_tokens.min(config.max_tokens),
         },
+        agent: Arc::new(crate::sessions_api::AgentRuntime::new(
+            config.data_dir.join("workspaces"),
+            agent::agent_loop::AgentConfig {
+                context_window: engine_window.unwrap_or(8192),
+                ..Default::default()
+            },
+            // The shared skill repository arrives with its own issue; until then agents
+            // see no skills.
+            Arc::new(agent::agent_loop::StaticSkills::default()),
+        )),
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// No token, a malformed header, or a token that matches no user.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The request clashes with the current state (a turn already running, none to cancel).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request body is larger than this server accepts")]
     PayloadTooLarge,
     #[error("the inference backend is unavailable")]
@@ -37,6 +40,7 @@ impl ApiError {
             ApiError::BadRequest { code, param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", code, *param),
             ApiError::NotFound(_, code) => (StatusCode::NOT_FOUND, "invalid_request_error", code, None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict", None),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod openai_api;
+pub mod sessions_api;
 pub mod store;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub store: Arc<dyn store::Store>,
     pub limits: GenerationLimits,
+    pub agent: Arc<sessions_api::AgentRuntime>,
 }
 
 /// Limits on HTTP requests themselves.
@@ -59,6 +61,13 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/models", get(openai_api::list_models))
         .route("/v1/models/{id}", get(openai_api::get_model))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/api/sessions", post(sessions_api::create_session).get(sessions_api::list_sessions))
+        .route("/api/sessions/{id}", get(sessions_api::get_session))
+        .route("/api/sessions/{id}/messages", post(sessions_api::post_message))
+        .route("/api/sessions/{id}/cancel", post(sessions_api::cancel_turn))
+        .route("/api/sessions/{id}/trajectory", get(sessions_api::trajectory))
+        .route("/api/sessions/{id}/feedback", post(sessions_api::feedback))
+        .route("/api/trajectories", get(sessions_api::trajectories_since))
         .fallback(error::not_found)
         .with_state(state)
         // The body limit is tower-http's; axum's own default limit is lifted so that there

@@ -607,6 +607,11 @@ mod app_tests {
             engine: engine.clone(),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
+            agent: Arc::new(crate::sessions_api::AgentRuntime::new(
+                dir.path().join("workspaces"),
+                Default::default(),
+                Arc::new(agent::agent_loop::StaticSkills::default()),
+            )),
         };
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)

@@ -28,6 +28,30 @@ pub struct User {
     pub is_admin: bool,
 }
 
+/// An agent session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Session {
+    pub id: String,
+    pub title: String,
+    pub model: String,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One stored trajectory event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredEvent {
+    /// Global cursor, increasing.
+    pub id: i64,
+    pub session_id: String,
+    /// Position within its session, from 1.
+    pub seq: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
 /// Why a user could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateUserError {
@@ -44,10 +68,39 @@ pub trait Store: Send + Sync {
     async fn add_token(&self, user_id: &str, token_hash: &str) -> anyhow::Result<()>;
     /// The user a token hash belongs to.
     async fn user_by_token(&self, token_hash: &str) -> anyhow::Result<Option<User>>;
+
+    // Every session query below filters by the owner: another user's session is absent.
+    async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session>;
+    async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>>;
+    async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>>;
+    async fn session_history(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>>;
+    async fn update_session(&self, user_id: &str, session_id: &str, status: &str, history: Option<&str>) -> anyhow::Result<()>;
+    /// Appends an event at the next position of its session; committed before returning.
+    async fn append_event(&self, user_id: &str, session_id: &str, kind: &str, payload: &serde_json::Value) -> anyhow::Result<i64>;
+    async fn session_events(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<StoredEvent>>;
+    /// The user's events after cursor `since`, oldest first, at most `limit`.
+    async fn events_since(&self, user_id: &str, since: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>>;
+    async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()>;
     /// Checks that the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
     async fn record_completion(&self, record: &CompletionRecord) -> anyhow::Result<()>;
     async fn completion_count(&self) -> anyhow::Result<i64>;
+}
+
+type SessionRow = (String, String, String, String, String, String);
+type EventRow = (i64, String, i64, String, String, String);
+
+impl From<SessionRow> for Session {
+    fn from((id, title, model, status, created_at, updated_at): SessionRow) -> Self {
+        Session { id, title, model, status, created_at, updated_at }
+    }
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = anyhow::Error;
+    fn try_from((id, session_id, seq, kind, payload, created_at): EventRow) -> anyhow::Result<Self> {
+        Ok(StoredEvent { id, session_id, seq, kind, payload: serde_json::from_str(&payload)?, created_at })
+    }
 }
 
 pub struct SqliteStore {
@@ -136,6 +189,112 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(id, name, is_admin)| User { id, name, is_admin }))
+    }
+
+    async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query("INSERT INTO sessions (id, user_id, title, model) VALUES (?, ?, ?, ?)")
+            .bind(&id)
+            .bind(user_id)
+            .bind(title)
+            .bind(model)
+            .execute(&self.pool)
+            .await?;
+        self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("session vanished after insert"))
+    }
+
+    async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>> {
+        let rows: Vec<SessionRow> = sqlx::query_as(
+            "SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? ORDER BY created_at DESC, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>> {
+        let row: Option<SessionRow> = sqlx::query_as(
+            "SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? AND id = ?",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Session::from))
+    }
+
+    async fn session_history(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT history FROM sessions WHERE user_id = ? AND id = ?")
+            .bind(user_id)
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(h,)| h))
+    }
+
+    async fn update_session(&self, user_id: &str, session_id: &str, status: &str, history: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET status = ?, history = COALESCE(?, history),
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE user_id = ? AND id = ?",
+        )
+        .bind(status)
+        .bind(history)
+        .bind(user_id)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_event(&self, user_id: &str, session_id: &str, kind: &str, payload: &serde_json::Value) -> anyhow::Result<i64> {
+        let (seq,): (i64,) = sqlx::query_as(
+            "INSERT INTO events (session_id, user_id, seq, kind, payload)
+             SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1, ?3, ?4 FROM events WHERE session_id = ?1
+             RETURNING seq",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(kind)
+        .bind(payload.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seq)
+    }
+
+    async fn session_events(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT id, session_id, seq, kind, payload, created_at FROM events WHERE user_id = ? AND session_id = ? ORDER BY seq",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn events_since(&self, user_id: &str, since: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT id, session_id, seq, kind, payload, created_at FROM events WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO feedback (session_id, user_id, turn, rating, comment) VALUES (?, ?, ?, ?, ?)")
+            .bind(session_id)
+            .bind(user_id)
+            .bind(turn)
+            .bind(rating)
+            .bind(comment)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 

@@ -40,6 +40,11 @@ impl Server {
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let data_dir = tempfile::tempdir().expect("temp data dir");
         let token = add_user(data_dir.path(), "tester");
+        Self::launch(data_dir, token, extra_args, env)
+    }
+
+    /// Starts a server on an existing data directory (after [`Server::kill`]).
+    pub fn launch(data_dir: tempfile::TempDir, token: String, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(skillhive_binary());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -85,6 +90,15 @@ impl Server {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and hands back its data
+    /// directory and token, to start it again with [`Server::launch`].
+    pub fn kill(mut self) -> (tempfile::TempDir, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
+        (data_dir, std::mem::take(&mut self.token))
     }
 
     /// Sends SIGTERM and waits for the process; returns whether it exited successfully.

@@ -1,0 +1,135 @@
+//! The agent API end to end: a real turn on the real model, what it recorded, isolation
+//! between users, and durability across a SIGKILL.
+
+use std::time::Duration;
+
+use e2e::{add_user, Server};
+use serde_json::{json, Value};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
+}
+
+async fn call(method: reqwest::Method, server: &Server, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = client().request(method, format!("{}{path}", server.url)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn new_session(server: &Server, token: &str) -> String {
+    let (status, session) = call(reqwest::Method::POST, server, token, "/api/sessions", Some(json!({"title": "files"}))).await;
+    assert_eq!(status, 201, "{session}");
+    session["id"].as_str().unwrap().to_string()
+}
+
+fn kinds(events: &Value) -> Vec<String> {
+    events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_turn_on_the_real_model_is_recorded_in_order_and_survives_sigkill() {
+    let server = Server::start(&[]);
+    let token = server.token.clone();
+    let session = new_session(&server, &token).await;
+    let (status, reply) = call(
+        reqwest::Method::POST,
+        &server,
+        &token,
+        &format!("/api/sessions/{session}/messages"),
+        Some(json!({"content": "Create a file hello.txt containing the word hello, then read it back."})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let stop = reply["stop_reason"].as_str().unwrap().to_string();
+
+    let (_, trajectory) = call(reqwest::Method::GET, &server, &token, &format!("/api/sessions/{session}/trajectory"), None).await;
+    let events = &trajectory["events"];
+    let kinds = kinds(events);
+    assert_eq!(kinds[0], "user_message");
+    assert_eq!(kinds[1], "model_call", "{kinds:?}");
+    assert_eq!(kinds.last().unwrap(), "stop");
+    assert_eq!(events.as_array().unwrap().last().unwrap()["payload"]["reason"], stop);
+    let seqs: Vec<i64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "events are numbered in order");
+    // Every tool call has its result, and a successful write left its file in this
+    // user's workspace.
+    let workspaces = server.data_dir.path().join("workspaces");
+    let user_dirs: Vec<_> = std::fs::read_dir(&workspaces).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(user_dirs.len(), 1);
+    for (i, event) in events.as_array().unwrap().iter().enumerate() {
+        if event["kind"] == "tool_call" {
+            let id = &event["payload"]["call_id"];
+            let result = events.as_array().unwrap()[i + 1..]
+                .iter()
+                .find(|e| e["kind"] == "tool_result" && &e["payload"]["call_id"] == id)
+                .unwrap_or_else(|| panic!("tool call {id} has no result"));
+            if event["payload"]["name"] == "write" && result["payload"]["ok"] == true {
+                let args: Value = serde_json::from_str(event["payload"]["arguments"].as_str().unwrap()).unwrap();
+                let written = std::fs::read_to_string(user_dirs[0].join(args["path"].as_str().unwrap())).unwrap();
+                assert_eq!(written, args["content"].as_str().unwrap());
+            }
+        }
+    }
+
+    // The acknowledged turn is in the database after a SIGKILL and a restart.
+    let recorded = events.as_array().unwrap().len();
+    let (data_dir, token) = server.kill();
+    let restarted = Server::launch(data_dir, token.clone(), &[], &[]);
+    let (status, again) = call(reqwest::Method::GET, &restarted, &token, &format!("/api/sessions/{session}/trajectory"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["events"].as_array().unwrap().len(), recorded);
+    assert_eq!(again["session"]["status"], "idle");
+}
+
+#[tokio::test]
+async fn users_cannot_see_each_others_sessions_or_trajectories() {
+    let server = Server::start(&[]);
+    let alice = server.token.clone();
+    let bob = add_user(server.data_dir.path(), "bob");
+    let session = new_session(&server, &alice).await;
+    let (status, _) = call(reqwest::Method::POST, &server, &alice, &format!("/api/sessions/{session}/feedback"), Some(json!({"rating": "up"}))).await;
+    assert_eq!(status, 201);
+
+    use reqwest::Method;
+    let probes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/api/sessions/{session}"), None),
+        (Method::GET, format!("/api/sessions/{session}/trajectory"), None),
+        (Method::POST, format!("/api/sessions/{session}/messages"), Some(json!({"content": "hi"}))),
+        (Method::POST, format!("/api/sessions/{session}/feedback"), Some(json!({"rating": "down"}))),
+        (Method::POST, format!("/api/sessions/{session}/cancel"), None),
+    ];
+    for (method, path, body) in probes {
+        let (status, reply) = call(method.clone(), &server, &bob, &path, body).await;
+        assert_eq!(status, 404, "{method} {path} as bob: {reply}");
+        assert_eq!(reply["error"]["code"], "session_not_found");
+    }
+    let (_, bobs) = call(Method::GET, &server, &bob, "/api/sessions", None).await;
+    assert_eq!(bobs["sessions"], json!([]));
+    let (_, alices) = call(Method::GET, &server, &alice, "/api/sessions", None).await;
+    assert_eq!(alices["sessions"].as_array().unwrap().len(), 1);
+
+    // Bob's own session works, and the cursor feed shows each only their own events.
+    let bobs_session = new_session(&server, &bob).await;
+    let (status, _) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/messages"), Some(json!({"content": "Say hi."}))).await;
+    assert_eq!(status, 200);
+    let (_, feed) = call(Method::GET, &server, &bob, "/api/trajectories?since=0", None).await;
+    let events = feed["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["session_id"] == bobs_session.as_str()));
+    let (_, alice_feed) = call(Method::GET, &server, &alice, "/api/trajectories?since=0", None).await;
+    assert_eq!(alice_feed["events"], json!([]));
+    let next = feed["next_since"].as_i64().unwrap();
+    let (_, rest) = call(Method::GET, &server, &bob, &format!("/api/trajectories?since={next}"), None).await;
+    assert_eq!(rest["events"], json!([]));
+
+    // Bad input is refused clearly.
+    let (status, reply) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/feedback"), Some(json!({"rating": "meh"}))).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_value")));
+    let (status, _) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/cancel"), None).await;
+    assert_eq!(status, 409, "nothing is running");
+}
