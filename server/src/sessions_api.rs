@@ -6,13 +6,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use std::convert::Infallible;
+
 use axum::extract::rejection::JsonRejection;
+use axum::http::header::ACCEPT;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use agent::agent_loop::{run_turn, AgentConfig, SkillSource, TurnContext};
 use agent::engine::ChatMessage;
@@ -46,17 +52,23 @@ impl AgentRuntime {
 
 /// Writes each event to the database as it happens, so an event the API reported is
 /// durable.
+/// When the client streams, each stored event is also forwarded to it, after the write.
 struct StoreSink {
     store: Arc<dyn Store>,
     user_id: String,
     session_id: String,
+    forward: Option<mpsc::UnboundedSender<Value>>,
 }
 
 #[async_trait::async_trait]
 impl EventSink for StoreSink {
     async fn record(&self, event: Event) -> anyhow::Result<()> {
         let payload = serde_json::to_value(&event)?;
-        self.store.append_event(&self.user_id, &self.session_id, event.kind(), &payload).await?;
+        let seq = self.store.append_event(&self.user_id, &self.session_id, event.kind(), &payload).await?;
+        if let Some(forward) = &self.forward {
+            // A client that went away does not stop the turn; its events are stored anyway.
+            let _ = forward.send(json!({ "seq": seq, "kind": event.kind(), "payload": payload }));
+        }
         Ok(())
     }
 }
@@ -103,19 +115,26 @@ pub struct NewMessage {
     content: String,
 }
 
-/// Runs one agent turn and answers when it ends. The turn runs as its own task: a client
-/// that disconnects does not abandon it half-recorded.
+/// Runs one agent turn. Plain requests are answered when the turn ends; with
+/// `Accept: text/event-stream` each event is sent as it is recorded, then a `done` event.
+/// The turn runs as its own task: a client that disconnects does not abandon it
+/// half-recorded.
 pub async fn post_message(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<NewMessage>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = json_body(body)?;
     if body.content.trim().is_empty() {
         return Err(ApiError::bad_request("content must not be empty", "invalid_value", Some("content")));
     }
     let session = own_session(&state, &user, &id).await?;
+    let streaming = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
     let (cancel, cancel_rx) = watch::channel(false);
     {
         let mut running = state.agent.running();
@@ -124,17 +143,34 @@ pub async fn post_message(
         }
         running.insert(session.id.clone(), cancel);
     }
+    let (forward, mut forwarded) = mpsc::unbounded_channel();
     let user_id = user.0.id.clone();
     let task_state = state.clone();
     let session_id = session.id.clone();
+    let forward = streaming.then_some(forward);
     let turn = tokio::spawn(async move {
         let state = task_state;
-        let result = run_session_turn(&state, &user_id, &session_id, &body.content, cancel_rx).await;
+        let result = run_session_turn(&state, &user_id, &session_id, &body.content, cancel_rx, forward).await;
         state.agent.running().remove(&session_id);
         result
     });
-    let (stop, answer) = turn.await.map_err(|e| anyhow::anyhow!("the turn task failed: {e}"))??;
-    Ok(Json(json!({ "session_id": session.id, "stop_reason": stop, "answer": answer })))
+    if !streaming {
+        let (stop, answer) = turn.await.map_err(|e| anyhow::anyhow!("the turn task failed: {e}"))??;
+        return Ok(Json(json!({ "session_id": session.id, "stop_reason": stop, "answer": answer })).into_response());
+    }
+    let session_id = session.id.clone();
+    let events = async_stream::stream! {
+        while let Some(event) = forwarded.recv().await {
+            yield Ok::<SseEvent, Infallible>(SseEvent::default().event("event").data(event.to_string()));
+        }
+        let done = match turn.await {
+            Ok(Ok((stop, answer))) => json!({ "session_id": session_id, "stop_reason": stop, "answer": answer }),
+            Ok(Err(error)) => json!({ "session_id": session_id, "error": error.to_string() }),
+            Err(error) => json!({ "session_id": session_id, "error": format!("the turn task failed: {error}") }),
+        };
+        yield Ok(SseEvent::default().event("done").data(done.to_string()));
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn run_session_turn(
@@ -143,11 +179,12 @@ async fn run_session_turn(
     session_id: &str,
     content: &str,
     cancel: watch::Receiver<bool>,
+    forward: Option<mpsc::UnboundedSender<Value>>,
 ) -> Result<(agent::trajectory::StopReason, Option<String>), ApiError> {
     let history_json = state.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
     let workspace = Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?;
-    let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string() };
+    let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
     state.store.update_session(user_id, session_id, "running", None).await?;
     let mut ctx = TurnContext {
         engine: state.engine.as_ref(),

@@ -87,6 +87,47 @@ async fn a_turn_on_the_real_model_is_recorded_in_order_and_survives_sigkill() {
 }
 
 #[tokio::test]
+async fn a_streamed_turn_sends_each_event_as_recorded_then_done() {
+    use futures::StreamExt;
+    let server = Server::start(&[]);
+    let session = new_session(&server, &server.token).await;
+    let response = client()
+        .post(format!("{}/api/sessions/{session}/messages", server.url))
+        .bearer_auth(&server.token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": "List the files in the workspace."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut raw = String::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let mut streamed = Vec::new();
+    let mut done = None;
+    let mut kind = "";
+    for line in raw.lines() {
+        if let Some(name) = line.strip_prefix("event: ") {
+            kind = if name == "done" { "done" } else { "event" };
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let value: Value = serde_json::from_str(data).unwrap();
+            if kind == "done" { done = Some(value) } else { streamed.push(value) }
+        }
+    }
+    let done = done.expect("a done event ends the stream");
+    assert!(done["stop_reason"].is_string(), "{done}");
+    // What was streamed is exactly what was stored, in the same order.
+    let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
+    let stored: Vec<(i64, String)> = trajectory["events"].as_array().unwrap().iter().map(|e| (e["seq"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string())).collect();
+    let sent: Vec<(i64, String)> = streamed.iter().map(|e| (e["seq"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string())).collect();
+    assert_eq!(sent, stored);
+    assert_eq!(sent.first().map(|e| e.1.as_str()), Some("user_message"));
+}
+
+#[tokio::test]
 async fn users_cannot_see_each_others_sessions_or_trajectories() {
     let server = Server::start(&[]);
     let alice = server.token.clone();
