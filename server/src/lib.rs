@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod openai_api;
+pub mod proxy;
 pub mod sessions_api;
 pub mod store;
 

@@ -20,11 +20,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use agent::engine::{
-    ChatMessage, FinishReason, Generation, GenerationRequest, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice,
-    ToolSpec,
+    ChatMessage, FinishReason, Generation, GenerationRequest, Prompt, Role, StreamEvent, TokenLogprob, ToolCall,
+    ToolChoice, ToolSpec,
 };
+use axum::http::HeaderMap;
 
 use crate::auth::AuthUser;
+use crate::proxy::{inject_catalog, ProxyRecorder};
 use crate::error::ApiError;
 use crate::store::CompletionRecord;
 use crate::AppState;
@@ -387,19 +389,28 @@ fn completion_json(id: &str, model: &str, generation: &Generation) -> Value {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
     })?;
-    let parsed = parse_request(&state, &body)?;
+    let mut parsed = parse_request(&state, &body)?;
+    // Proxy mode: the exchange joins the caller's trajectory, and the model sees the
+    // skills the caller may use.
+    let recorder = ProxyRecorder::open(&state, &user.0.id, &headers).await?;
+    if let Prompt::Messages(messages) = &mut parsed.generation.prompt {
+        recorder.record_request(messages).await?;
+        let entries = state.agent.skills.catalog();
+        inject_catalog(messages, &entries, state.agent.config.catalog_budget);
+    }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = state.engine.info().id.clone();
     let started = Instant::now();
     if parsed.stream {
-        return stream_completion(state, parsed, id, model, started).await;
+        return stream_completion(state, parsed, id, model, started, recorder).await;
     }
     let result = state.engine.generate(parsed.generation).await;
     let (usage, outcome) = match &result {
@@ -408,7 +419,21 @@ pub async fn chat_completions(
     };
     record(&state, &id, &model, false, usage, started, outcome).await;
     let generation = result?;
-    Ok(Json(completion_json(&id, &model, &generation)).into_response())
+    let first = generation.choices.first().cloned().unwrap_or_default();
+    recorder
+        .record_response(
+            generation.usage.prompt_tokens,
+            started.elapsed().as_millis() as u64,
+            &first.text,
+            &first.tool_calls,
+            generation.usage.completion_tokens,
+        )
+        .await?;
+    let mut response = Json(completion_json(&id, &model, &generation)).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&recorder.session_id) {
+        response.headers_mut().insert("x-session-id", value);
+    }
+    Ok(response)
 }
 
 /// Logs a served completion. The log is for operators; a failure to write it must not fail
@@ -442,6 +467,7 @@ async fn stream_completion(
     id: String,
     model: String,
     started: Instant,
+    recorder: ProxyRecorder,
 ) -> Result<Response, ApiError> {
     let include_usage = parsed.include_usage;
     let n = parsed.generation.n;
@@ -469,7 +495,15 @@ async fn stream_completion(
         }
         let mut usage = agent::engine::Usage::default();
         let mut outcome = "ok".to_string();
+        // The first choice as it was streamed, for the trajectory.
+        let mut streamed_text = String::new();
+        let mut streamed_calls: Vec<ToolCall> = Vec::new();
         while let Some(event) = events.next().await {
+            match &event {
+                Ok(StreamEvent::Delta { index: 0, text, .. }) => streamed_text.push_str(text),
+                Ok(StreamEvent::ToolCalls { index: 0, calls }) => streamed_calls.extend(calls.iter().cloned()),
+                _ => {}
+            }
             let data = match event {
                 Ok(StreamEvent::Delta { index, text, logprobs }) => {
                     let logprobs = (!logprobs.is_empty()).then(|| json!({ "content": logprobs.iter().map(logprob_json).collect::<Vec<_>>() }));
@@ -497,6 +531,13 @@ async fn stream_completion(
             yield Ok(Event::default().data(data.to_string()));
         }
         record(&state, &record_id, &record_model, true, usage, started, outcome).await;
+        let latency = started.elapsed().as_millis() as u64;
+        if let Err(error) = recorder
+            .record_response(usage.prompt_tokens, latency, &streamed_text, &streamed_calls, usage.completion_tokens)
+            .await
+        {
+            tracing::error!(?error, "could not record a streamed exchange");
+        }
         yield Ok(Event::default().data("[DONE]"));
     };
     Ok(Sse::new(sse).keep_alive(KeepAlive::default()).into_response())
@@ -664,6 +705,66 @@ mod app_tests {
         // Without a limit the server's default applies.
         post(&router, &token, json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
         assert_eq!(engine.seen.lock().unwrap()[1].max_tokens, 10);
+    }
+
+    async fn send(router: &axum::Router, token: &str, session: Option<&str>, body: Value) -> (StatusCode, Option<String>) {
+        let mut request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(session) = session {
+            request = request.header("x-session-id", session);
+        }
+        let response = router.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let session = response.headers().get("x-session-id").map(|v| v.to_str().unwrap().to_string());
+        (response.status(), session)
+    }
+
+    async fn get_json(router: &axum::Router, token: &str, path: &str) -> Value {
+        let request = Request::get(path).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn proxied_exchanges_are_recorded_as_the_callers_trajectory() {
+        let (router, _engine, store, _dir, token) = fixture().await;
+        let tools = json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]);
+        // An external agent's loop: the model calls a tool, the client runs it and sends
+        // the result back in the next request, under its own session id.
+        let (status, first) = send(&router, &token, Some("ext-1"), json!({"model": "scripted", "tools": tools,
+            "messages": [{"role": "user", "content": "read a"}]})).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, second) = send(&router, &token, Some("ext-1"), json!({"model": "scripted", "messages": [
+            {"role": "user", "content": "read a"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "file body"}
+        ]})).await;
+        assert_eq!(first, second, "one client session id, one session");
+        let session = first.unwrap();
+        let trajectory = get_json(&router, &token, &format!("/api/sessions/{session}/trajectory")).await;
+        let kinds: Vec<&str> = trajectory["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["user_message", "model_call", "model_output", "tool_call", "tool_result", "model_call", "model_output", "final_answer"]
+        );
+        assert_eq!(trajectory["events"][4]["payload"]["name"], "read");
+        assert_eq!(trajectory["events"][4]["payload"]["excerpt"], "file body");
+
+        // Without an id, requests close together share one session, apart from ext-1.
+        let plain = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+        let (_, a) = send(&router, &token, None, plain.clone()).await;
+        let (_, b) = send(&router, &token, None, plain.clone()).await;
+        assert_eq!(a, b);
+        assert_ne!(a.as_deref(), Some(session.as_str()));
+
+        // Another user's exchanges never land in these sessions.
+        let (_, other) = crate::auth::create_user_with_token(store.as_ref(), "other", false).await.unwrap();
+        let (_, theirs) = send(&router, &other, Some("ext-1"), plain).await;
+        assert_ne!(theirs.as_deref(), Some(session.as_str()));
+        assert_eq!(get_json(&router, &token, "/api/sessions").await["sessions"].as_array().unwrap().len(), 2);
+        let (status, _) = send(&router, &token, Some(&"x".repeat(200)), json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

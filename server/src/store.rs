@@ -72,6 +72,10 @@ pub trait Store: Send + Sync {
     // Every session query below filters by the owner: another user's session is absent.
     async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session>;
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>>;
+    /// The session a proxied exchange belongs to: the one named by the client's id, else
+    /// the user's latest id-less proxy session if it was active within `idle_secs`, else a
+    /// new one.
+    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str, idle_secs: i64) -> anyhow::Result<Session>;
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>>;
     async fn session_history(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>>;
     async fn update_session(&self, user_id: &str, session_id: &str, status: &str, history: Option<&str>) -> anyhow::Result<()>;
@@ -201,6 +205,60 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("session vanished after insert"))
+    }
+
+    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str, idle_secs: i64) -> anyhow::Result<Session> {
+        let existing: Option<(String,)> = match external_id {
+            Some(external) => {
+                sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
+                    .bind(user_id)
+                    .bind(external)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query_as(
+                    "SELECT id FROM sessions WHERE user_id = ? AND source = 'proxy' AND external_id IS NULL
+                     AND updated_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) ORDER BY updated_at DESC LIMIT 1",
+                )
+                .bind(user_id)
+                .bind(format!("-{idle_secs} seconds"))
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        let id = match existing {
+            Some((id,)) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let title = external_id.map(|e| format!("proxy {e}")).unwrap_or_else(|| "proxy".into());
+                // Two first requests with the same client id may race; the unique index
+                // lets one insert win and the other find it.
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, title, model, source, external_id) VALUES (?, ?, ?, ?, 'proxy', ?)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&id)
+                .bind(user_id)
+                .bind(&title)
+                .bind(model)
+                .bind(external_id)
+                .execute(&self.pool)
+                .await?;
+                match external_id {
+                    Some(external) => {
+                        let (id,): (String,) = sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
+                            .bind(user_id)
+                            .bind(external)
+                            .fetch_one(&self.pool)
+                            .await?;
+                        id
+                    }
+                    None => id,
+                }
+            }
+        };
+        self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("proxy session vanished"))
     }
 
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>> {

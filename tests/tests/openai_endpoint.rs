@@ -86,6 +86,26 @@ async fn chat_completion_returns_text_usage_and_is_logged() {
     let models: Value =
         client().get(format!("{}/v1/models", server.url)).bearer_auth(&server.token).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
+
+    // Proxy mode: the exchange is in this user's trajectory.
+    let sessions: Value =
+        client().get(format!("{}/api/sessions", server.url)).bearer_auth(&server.token).send().await.unwrap().json().await.unwrap();
+    let session = sessions["sessions"][0]["id"].as_str().expect("a proxy session").to_string();
+    let trajectory: Value = client()
+        .get(format!("{}/api/sessions/{session}/trajectory", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = trajectory["events"].as_array().unwrap();
+    assert_eq!(events[0]["payload"]["text"], "What is the capital of France?");
+    let call = events.iter().find(|e| e["kind"] == "model_call").expect("a model call");
+    assert_eq!(call["payload"]["prompt_tokens"], usage["prompt_tokens"]);
+    let output = events.iter().find(|e| e["kind"] == "model_output").expect("a model output");
+    assert_eq!(output["payload"]["text"], text);
     assert!(server.terminate(), "server did not shut down cleanly on SIGTERM");
 }
 
