@@ -7,6 +7,7 @@
 pub mod agent_loop;
 pub mod engine;
 pub mod exec;
+pub mod import;
 pub mod model;
 pub mod repack;
 pub mod skills;
