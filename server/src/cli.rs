@@ -35,6 +35,17 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Import an OpenClaw transcript (JSONL v3) or a SkillClaw session record as a user's
+    /// session; a malformed file imports nothing.
+    Import {
+        file: std::path::PathBuf,
+        /// The user the session belongs to.
+        #[arg(long)]
+        user: String,
+        /// Directory holding the database, as for `serve`.
+        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+        data_dir: std::path::PathBuf,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -77,6 +88,7 @@ pub async fn main() -> ExitCode {
         Command::Serve(config) => serve(config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
         Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
+        Command::Import { file, user, data_dir } => import(&file, &user, &data_dir).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
             Ok(())
@@ -99,6 +111,19 @@ async fn add_user(name: &str, admin: bool, data_dir: &std::path::Path) -> anyhow
     eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
+    Ok(())
+}
+
+async fn import(file: &std::path::Path, user: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let imported = agent::import::parse(&text).with_context(|| format!("{} cannot be imported", file.display()))?;
+    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
+    let owner = store.user_by_name(user).await?.with_context(|| format!("no user named `{user}`; create it with `skillhive user add`"))?;
+    use crate::store::Store;
+    match store.import_session(&owner.id, &imported).await? {
+        Some(session) => println!("imported {} events as session {}", imported.events.len(), session.id),
+        None => anyhow::bail!("the {} session `{}` was already imported", imported.source, imported.external_id),
+    }
     Ok(())
 }
 

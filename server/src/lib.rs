@@ -69,6 +69,7 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/sessions/{id}/trajectory", get(sessions_api::trajectory))
         .route("/api/sessions/{id}/feedback", post(sessions_api::feedback))
         .route("/api/trajectories", get(sessions_api::trajectories_since))
+        .route("/api/trajectories/import", post(sessions_api::import_trajectory))
         .fallback(error::not_found)
         .with_state(state)
         // The body limit is tower-http's; axum's own default limit is lifted so that there

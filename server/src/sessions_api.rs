@@ -260,3 +260,23 @@ pub async fn trajectories_since(
     let next = events.last().map(|e| e.id).unwrap_or(query.since);
     Ok(Json(json!({ "events": events, "next_since": next })))
 }
+
+/// Imports an OpenClaw transcript (JSONL v3) or a SkillClaw session record, sent as the
+/// request body, as one of the caller's sessions. A malformed file is refused with the
+/// line of its first problem, and nothing of it is stored.
+pub async fn import_trajectory(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
+    })?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the file is not UTF-8 text", "invalid_body", None))?;
+    let imported = agent::import::parse(text).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_transcript", None))?;
+    match state.store.import_session(&user.0.id, &imported).await? {
+        Some(session) => Ok((StatusCode::CREATED, Json(json!({ "session": session, "events": imported.events.len() })))),
+        None => Err(ApiError::Conflict(format!("the {} session `{}` was already imported", imported.source, imported.external_id))),
+    }
+}

@@ -85,6 +85,10 @@ pub trait Store: Send + Sync {
     /// The user's events after cursor `since`, oldest first, at most `limit`.
     async fn events_since(&self, user_id: &str, since: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>>;
     async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()>;
+    async fn user_by_name(&self, name: &str) -> anyhow::Result<Option<User>>;
+    /// Stores an imported session and all its events in one transaction: all or nothing.
+    /// `Ok(None)` when this user already imported a session with the same source id.
+    async fn import_session(&self, user_id: &str, imported: &agent::import::ImportedSession) -> anyhow::Result<Option<Session>>;
     /// Checks that the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
     async fn record_completion(&self, record: &CompletionRecord) -> anyhow::Result<()>;
@@ -341,6 +345,46 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn user_by_name(&self, name: &str) -> anyhow::Result<Option<User>> {
+        let row: Option<(String, String, bool)> = sqlx::query_as("SELECT id, name, is_admin FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(id, name, is_admin)| User { id, name, is_admin }))
+    }
+
+    async fn import_session(&self, user_id: &str, imported: &agent::import::ImportedSession) -> anyhow::Result<Option<Session>> {
+        let external_id = format!("{}:{}", imported.source, imported.external_id);
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO sessions (id, user_id, title, model, source, external_id) VALUES (?, ?, ?, 'imported', ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(user_id)
+        .bind(&imported.title)
+        .bind(imported.source)
+        .bind(&external_id)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(None);
+        }
+        for (seq, event) in imported.events.iter().enumerate() {
+            sqlx::query("INSERT INTO events (session_id, user_id, seq, kind, payload) VALUES (?, ?, ?, ?, ?)")
+                .bind(&id)
+                .bind(user_id)
+                .bind(seq as i64 + 1)
+                .bind(event.kind())
+                .bind(serde_json::to_string(event)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.get_session(user_id, &id).await
     }
 
     async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()> {

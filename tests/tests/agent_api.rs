@@ -174,3 +174,60 @@ async fn users_cannot_see_each_others_sessions_or_trajectories() {
     let (status, _) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/cancel"), None).await;
     assert_eq!(status, 409, "nothing is running");
 }
+
+#[tokio::test]
+async fn transcripts_import_whole_or_not_at_all() {
+    let server = Server::start(&[]);
+    let fixtures = e2e::repo_root().join("tests/fixtures");
+    let openclaw = std::fs::read_to_string(fixtures.join("openclaw-session.jsonl")).unwrap();
+    let post = |body: String| {
+        client()
+            .post(format!("{}/api/trajectories/import", server.url))
+            .bearer_auth(&server.token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    let response = post(openclaw.clone()).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let imported: Value = response.json().await.unwrap();
+    let session = imported["session"]["id"].as_str().unwrap().to_string();
+    let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
+    assert_eq!(
+        kinds(&trajectory["events"]),
+        ["user_message", "model_call", "model_output", "tool_call", "tool_result", "model_call", "model_output", "final_answer"]
+    );
+    assert_eq!(post(openclaw.clone()).await.unwrap().status(), 409, "the same transcript twice is refused");
+
+    // A truncated file is refused with its line, and nothing of it is stored.
+    let (_, before) = call(reqwest::Method::GET, &server, &server.token, "/api/sessions", None).await;
+    let truncated = openclaw.replace("oc-7f3a", "oc-other");
+    let truncated = &truncated[..truncated.len() - 40];
+    let response = post(truncated.to_string()).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("line 6"), "{error}");
+    let (_, after) = call(reqwest::Method::GET, &server, &server.token, "/api/sessions", None).await;
+    assert_eq!(before["sessions"], after["sessions"]);
+
+    // The command line imports into the same database, for a named user.
+    let run = |file: std::path::PathBuf| {
+        std::process::Command::new(e2e::skillhive_binary())
+            .args(["import"])
+            .arg(file)
+            .args(["--user", "tester", "--data-dir"])
+            .arg(server.data_dir.path())
+            .output()
+            .unwrap()
+    };
+    let output = run(fixtures.join("skillclaw-session.json"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("imported 11 events"));
+    let bad = server.data_dir.path().join("bad.jsonl");
+    std::fs::write(&bad, truncated).unwrap();
+    let output = run(bad);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 6"), "{}", String::from_utf8_lossy(&output.stderr));
+    let (_, last) = call(reqwest::Method::GET, &server, &server.token, "/api/sessions", None).await;
+    assert_eq!(last["sessions"].as_array().unwrap().len(), 2);
+}
