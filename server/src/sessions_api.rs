@@ -53,11 +53,17 @@ impl AgentRuntime {
 /// Writes each event to the database as it happens, so an event the API reported is
 /// durable.
 /// When the client streams, each stored event is also forwarded to it, after the write.
-struct StoreSink {
+pub struct StoreSink {
     store: Arc<dyn Store>,
     user_id: String,
     session_id: String,
     forward: Option<mpsc::UnboundedSender<Value>>,
+}
+
+impl StoreSink {
+    pub fn new(store: Arc<dyn Store>, user_id: &str, session_id: &str) -> Self {
+        Self { store, user_id: user_id.to_string(), session_id: session_id.to_string(), forward: None }
+    }
 }
 
 #[async_trait::async_trait]
