@@ -319,13 +319,16 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
                 match exec::run(ctx.workspace.root(), command, &ctx.config.exec_policy, ctx.config.exec_limits).await {
                     Err(e) => ToolOutput::error(e.to_string()),
                     Ok(outcome) => {
-                        let mut text = format!("{}{}", outcome.stdout, outcome.stderr);
+                        // Notes go first, so that they survive any cut of the output.
+                        let mut text = String::new();
                         if outcome.timed_out {
-                            text.push_str("\n[killed: the command ran past its time limit]");
+                            text.push_str("[killed: the command ran past its time limit]\n");
                         }
                         if outcome.output_truncated {
-                            text.push_str("\n[killed: the output passed its size limit]");
+                            text.push_str("[killed: the output passed its size limit]\n");
                         }
+                        text.push_str(&outcome.stdout);
+                        text.push_str(&outcome.stderr);
                         ToolOutput { ok: outcome.succeeded(), exit_code: outcome.exit_code, text, skill_read: None }
                     }
                 },

@@ -286,3 +286,139 @@ pub async fn import_trajectory(
         None => Err(ApiError::Conflict(format!("the {} session `{}` was already imported", imported.source, imported.external_id))),
     }
 }
+
+/// Turns through the API on a scripted engine: sandbox refusals become recorded tool
+/// errors and the server goes on serving.
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use agent::engine::{Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, ToolCall, Usage};
+    use agent::exec::{ExecLimits, ExecPolicy};
+
+    use super::*;
+    use crate::store::SqliteStore;
+    use crate::{app, GenerationLimits, HttpLimits};
+
+    struct ScriptedEngine {
+        info: ModelInfo,
+        script: Mutex<VecDeque<Choice>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Engine for ScriptedEngine {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        async fn generate(&self, _: GenerationRequest) -> Result<Generation, EngineError> {
+            let choice = self.script.lock().unwrap().pop_front().unwrap_or(Choice { text: "done".into(), ..Default::default() });
+            Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } })
+        }
+        async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
+            Err(EngineError::InvalidRequest("not scripted".into()))
+        }
+        async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
+            Err(EngineError::InvalidRequest("not scripted".into()))
+        }
+    }
+
+    fn tool(name: &str, arguments: Value) -> Choice {
+        Choice {
+            tool_calls: vec![ToolCall { id: format!("call-{name}-{}", arguments), name: name.into(), arguments: arguments.to_string() }],
+            ..Default::default()
+        }
+    }
+
+    async fn request(router: &axum::Router, token: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let builder = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+        let request = match body {
+            Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())),
+            None => builder.body(Body::empty()),
+        }
+        .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn sandbox_refusals_are_recorded_as_tool_errors_and_the_server_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, "secret").unwrap();
+        let script = vec![
+            tool("read", json!({"path": "../outside.txt"})),
+            tool("read", json!({"path": outside.to_string_lossy()})),
+            tool("exec", json!({"command": "rm -rf notes"})),
+            tool("exec", json!({"command": "cat /etc/passwd"})),
+            Choice { text: "I could not.".into(), ..Default::default() },
+        ];
+        let full = vec![tool("exec", json!({"command": "sleep 20"})), tool("exec", json!({"command": "yes"}))];
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let make = |script: Vec<Choice>, policy: ExecPolicy| AppState {
+            engine: Arc::new(ScriptedEngine {
+                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+                script: Mutex::new(script.into()),
+            }),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+            agent: Arc::new(AgentRuntime::new(
+                dir.path().join("workspaces"),
+                AgentConfig {
+                    exec_policy: policy,
+                    exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024 },
+                    ..Default::default()
+                },
+                Arc::new(agent::agent_loop::StaticSkills::default()),
+            )),
+        };
+        let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let id = session["id"].as_str().unwrap().to_string();
+        let (status, reply) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["stop_reason"], "final_answer");
+
+        let results = |events: &[crate::store::StoredEvent]| -> Vec<(bool, String)> {
+            events
+                .iter()
+                .filter(|e| e.kind == "tool_result")
+                .map(|e| (e.payload["ok"].as_bool().unwrap(), e.payload["excerpt"].as_str().unwrap().to_string()))
+                .collect()
+        };
+        let events = store.session_events(&user.id, &id).await.unwrap();
+        let results = results(&events);
+        assert_eq!(results.len(), 4);
+        assert!(results.iter().all(|(ok, _)| !ok), "{results:?}");
+        assert!(results[0].1.contains("leaves the workspace"));
+        assert!(results[1].1.contains("absolute"));
+        assert!(results[2].1.contains("not an allowed command"));
+        assert!(results[3].1.contains("outside the workspace"));
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+
+        // With everything allowed, a command past its time and a flood are killed and cut.
+        let router = app(make(full, ExecPolicy::Full), HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let id = session["id"].as_str().unwrap().to_string();
+        let (status, _) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let events = store.session_events(&user.id, &id).await.unwrap();
+        let killed: Vec<&crate::store::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
+        assert_eq!(killed.len(), 2);
+        assert!(killed[0].payload["excerpt"].as_str().unwrap().contains("time limit"));
+        assert!(killed[1].payload["excerpt"].as_str().unwrap().contains("size limit"));
+        assert!(killed.iter().all(|e| e.payload["ok"] == false && e.payload["exit_code"].is_null()));
+
+        // And the server still answers.
+        let (status, _) = request(&router, &token, "GET", "/api/sessions", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
