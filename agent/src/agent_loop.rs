@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::engine::{ChatMessage, Engine, GenerationRequest, Role, ToolCall, ToolSpec};
+use futures::StreamExt;
+
+use crate::engine::{
+    ChatMessage, Choice, Engine, EngineError, Generation, GenerationRequest, Role, StreamEvent, ToolCall, ToolSpec, Usage,
+};
 use crate::exec::{self, ExecLimits, ExecPolicy};
 use crate::skills::catalog::{self, CatalogEntry};
 use crate::trajectory::{Event, EventSink, StopReason};
@@ -177,7 +181,7 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
         request.tools = tool_specs();
         let call_started = Instant::now();
         let generation = tokio::select! {
-            result = tokio::time::timeout(remaining, ctx.engine.generate(request)) => match result {
+            result = tokio::time::timeout(remaining, generate(ctx, request)) => match result {
                 Ok(Ok(generation)) => generation,
                 Ok(Err(error)) => return stop(ctx, StopReason::Error, Some(error.to_string())).await,
                 Err(_) => return stop(ctx, StopReason::MaxWallTime, None).await,
@@ -235,6 +239,29 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
         }
     }
     stop(ctx, StopReason::MaxSteps, None).await
+}
+
+/// One model step; streamed when the sink wants the text as it comes.
+async fn generate(ctx: &TurnContext<'_>, request: GenerationRequest) -> Result<Generation, EngineError> {
+    if !ctx.sink.wants_deltas() {
+        return ctx.engine.generate(request).await;
+    }
+    let mut events = ctx.engine.generate_stream(request).await?;
+    let mut choice = Choice::default();
+    let mut usage = Usage::default();
+    while let Some(event) = events.next().await {
+        match event? {
+            StreamEvent::Delta { index: 0, text, .. } => {
+                ctx.sink.delta(&text);
+                choice.text.push_str(&text);
+            }
+            StreamEvent::ToolCalls { index: 0, calls } => choice.tool_calls.extend(calls),
+            StreamEvent::Finish { index: 0, reason } => choice.finish_reason = Some(reason),
+            StreamEvent::Usage(u) => usage = u,
+            _ => {}
+        }
+    }
+    Ok(Generation { choices: vec![choice], usage })
 }
 
 async fn cancelled(mut cancel: watch::Receiver<bool>) {

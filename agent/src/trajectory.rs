@@ -67,6 +67,16 @@ impl Event {
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync {
     async fn record(&self, event: Event) -> anyhow::Result<()>;
+
+    /// Whether someone is watching text as it is generated; the loop then streams each
+    /// model step and passes its text on through [`EventSink::delta`].
+    fn wants_deltas(&self) -> bool {
+        false
+    }
+
+    /// Generated text as it arrives. Deltas are not events: the model output that they
+    /// add up to is recorded whole when the step ends.
+    fn delta(&self, _text: &str) {}
 }
 
 /// A sink that keeps events in memory, for tests and for callers that store them later.

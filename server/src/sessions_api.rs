@@ -77,6 +77,16 @@ impl EventSink for StoreSink {
         }
         Ok(())
     }
+
+    fn wants_deltas(&self) -> bool {
+        self.forward.is_some()
+    }
+
+    fn delta(&self, text: &str) {
+        if let Some(forward) = &self.forward {
+            let _ = forward.send(json!({ "kind": "delta", "text": text }));
+        }
+    }
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -167,7 +177,8 @@ pub async fn post_message(
     let session_id = session.id.clone();
     let events = async_stream::stream! {
         while let Some(event) = forwarded.recv().await {
-            yield Ok::<SseEvent, Infallible>(SseEvent::default().event("event").data(event.to_string()));
+            let name = if event["kind"] == "delta" { "delta" } else { "event" };
+            yield Ok::<SseEvent, Infallible>(SseEvent::default().event(name).data(event.to_string()));
         }
         let done = match turn.await {
             Ok(Ok((stop, answer))) => json!({ "session_id": session_id, "stop_reason": stop, "answer": answer }),
@@ -320,8 +331,24 @@ mod tests {
             let choice = self.script.lock().unwrap().pop_front().unwrap_or(Choice { text: "done".into(), ..Default::default() });
             Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } })
         }
-        async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
-            Err(EngineError::InvalidRequest("not scripted".into()))
+        async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+            use agent::engine::{FinishReason, StreamEvent};
+            let generation = self.generate(request).await?;
+            let choice = generation.choices[0].clone();
+            let mut events = Vec::new();
+            // The text arrives in two pieces, as tokens would.
+            let middle = choice.text.len() / 2;
+            for piece in [&choice.text[..middle], &choice.text[middle..]] {
+                if !piece.is_empty() {
+                    events.push(Ok(StreamEvent::Delta { index: 0, text: piece.to_string(), logprobs: vec![] }));
+                }
+            }
+            if !choice.tool_calls.is_empty() {
+                events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: choice.tool_calls.clone() }));
+            }
+            events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::Stop }));
+            events.push(Ok(StreamEvent::Usage(generation.usage)));
+            Ok(Box::pin(futures::stream::iter(events)))
         }
         async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
             Err(EngineError::InvalidRequest("not scripted".into()))
@@ -346,6 +373,58 @@ mod tests {
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn streamed_turns_send_text_deltas_then_the_recorded_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let state = AppState {
+            engine: Arc::new(ScriptedEngine {
+                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+                script: Mutex::new(vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }].into()),
+            }),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default(), Arc::new(agent::agent_loop::StaticSkills::default()))),
+        };
+        let router = app(state, HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let id = session["id"].as_str().unwrap();
+        let response = router
+            .clone()
+            .oneshot(
+                Request::post(format!("/api/sessions/{id}/messages"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .header("accept", "text/event-stream")
+                    .body(Body::from(json!({"content": "what is here?"}).to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        let mut names = Vec::new();
+        let mut deltas = String::new();
+        let mut name = String::new();
+        for line in body.lines() {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let value: Value = serde_json::from_str(data).unwrap();
+                if name == "delta" {
+                    deltas.push_str(value["text"].as_str().unwrap());
+                }
+                names.push(if name == "event" { value["kind"].as_str().unwrap().to_string() } else { name.clone() });
+            }
+        }
+        assert_eq!(deltas, "Nothing here.");
+        assert_eq!(
+            names,
+            ["user_message", "model_call", "model_output", "tool_call", "tool_result", "delta", "delta", "model_call", "model_output", "final_answer", "stop", "done"]
+        );
     }
 
     #[tokio::test]
