@@ -328,7 +328,12 @@ mod tests {
             &self.info
         }
         async fn generate(&self, _: GenerationRequest) -> Result<Generation, EngineError> {
-            let choice = self.script.lock().unwrap().pop_front().unwrap_or(Choice { text: "done".into(), ..Default::default() });
+            // A script that holds only a `hang` choice models a model that never answers.
+            let next = self.script.lock().unwrap().pop_front();
+            if next.as_ref().is_some_and(|c| c.text == "hang") {
+                return std::future::pending().await;
+            }
+            let choice = next.unwrap_or(Choice { text: "done".into(), ..Default::default() });
             Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } })
         }
         async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
@@ -425,6 +430,45 @@ mod tests {
             names,
             ["user_message", "model_call", "model_output", "tool_call", "tool_result", "delta", "delta", "model_call", "model_output", "final_answer", "stop", "done"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_running_turn_is_cancelled_through_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let state = AppState {
+            engine: Arc::new(ScriptedEngine {
+                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+                script: Mutex::new(vec![Choice { text: "hang".into(), ..Default::default() }].into()),
+            }),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default(), Arc::new(agent::agent_loop::StaticSkills::default()))),
+        };
+        let router = app(state, HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let id = session["id"].as_str().unwrap().to_string();
+        let turn = {
+            let (router, token, id) = (router.clone(), token.clone(), id.clone());
+            tokio::spawn(async move { request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await })
+        };
+        // Wait until the turn is running, then cancel it.
+        let mut cancelled = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let (status, _) = request(&router, &token, "POST", &format!("/api/sessions/{id}/cancel"), None).await;
+            if status == StatusCode::ACCEPTED {
+                cancelled = Some(status);
+                break;
+            }
+        }
+        assert_eq!(cancelled, Some(StatusCode::ACCEPTED));
+        let (status, reply) = tokio::time::timeout(Duration::from_secs(5), turn).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(reply["stop_reason"], "cancelled");
+        let (_, second) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "again"}))).await;
+        assert_eq!(second["stop_reason"], "final_answer", "the session is usable after a cancel");
     }
 
     #[tokio::test]
