@@ -58,6 +58,15 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
+        }
+    }
+}
+
 /// The JSON body of an OpenAI-shaped error.
 pub fn error_body(message: &str, kind: &str, code: &str, param: Option<&str>) -> serde_json::Value {
     json!({ "error": { "message": message, "type": kind, "code": code, "param": param } })

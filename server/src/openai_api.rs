@@ -393,10 +393,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
-    })?;
+    let body = body?;
     let mut parsed = parse_request(&state, &body)?;
     // Proxy mode: the exchange joins the caller's trajectory, and the model sees the
     // skills the caller may use.

@@ -286,10 +286,7 @@ pub async fn import_trajectory(
     user: AuthUser,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::bad_request(rejection.body_text(), "invalid_body", None),
-    })?;
+    let body = body?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the file is not UTF-8 text", "invalid_body", None))?;
     let imported = agent::import::parse(text).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_transcript", None))?;
     match state.store.import_session(&user.0.id, &imported).await? {
