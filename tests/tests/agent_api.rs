@@ -88,7 +88,6 @@ async fn a_turn_on_the_real_model_is_recorded_in_order_and_survives_sigkill() {
 
 #[tokio::test]
 async fn a_streamed_turn_sends_each_event_as_recorded_then_done() {
-    use futures::StreamExt;
     let server = Server::start(&[]);
     let session = new_session(&server, &server.token).await;
     let response = client()
@@ -101,11 +100,7 @@ async fn a_streamed_turn_sends_each_event_as_recorded_then_done() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let mut raw = String::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    let raw = response.text().await.unwrap();
     let mut streamed = Vec::new();
     let mut done = None;
     let mut kind = "";

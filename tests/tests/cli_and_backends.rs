@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{repo_root, skillhive_binary, Server, MODEL};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 #[test]
@@ -124,11 +123,7 @@ async fn the_openai_backend_serves_through_another_endpoint() {
         .send()
         .await
         .unwrap();
-    let mut raw = String::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        raw.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    let raw = response.text().await.unwrap();
     let deltas = raw.lines().filter(|l| l.starts_with("data: {") && l.contains("\"content\":\"") && !l.contains("\"content\":\"\"")).count();
     assert!(deltas >= 2, "{raw}");
     assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use e2e::{Server, MODEL};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn client() -> reqwest::Client {
@@ -36,21 +35,10 @@ async fn post_raw(server: &Server, body: impl Into<reqwest::Body>) -> (u16, Valu
     (status, response.json().await.unwrap())
 }
 
-/// Reads an SSE response into its `data:` payloads.
+/// Reads an SSE response, to its end, into its `data:` payloads.
 async fn sse_payloads(response: reqwest::Response) -> Vec<String> {
-    let mut payloads = Vec::new();
-    let mut pending = String::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        pending.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            if let Some(data) = line.trim_end().strip_prefix("data: ") {
-                payloads.push(data.to_string());
-            }
-        }
-    }
-    payloads
+    let body = response.text().await.unwrap();
+    body.lines().filter_map(|line| line.strip_prefix("data: ")).map(str::to_string).collect()
 }
 
 fn assert_openai_error(body: &Value, code: &str) {
