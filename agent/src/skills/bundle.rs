@@ -1,0 +1,250 @@
+//! A skill bundle: the files of one skill version (`SKILL.md` plus optional `scripts/`,
+//! `references/` and `assets/`), validated as a whole, hashed and fingerprinted.
+//!
+//! The fingerprint is ClawHub's: sha256 over the `path:sha256` lines of every file, sorted
+//! by path and joined with `\n`. ClawHub's CLI sorts with JavaScript's `localeCompare`,
+//! which is Unicode collation, not byte order (`references/` sorts before `SKILL.md`), so
+//! the same collation is used here: a fingerprint computed by `clawhub` on an installed
+//! folder must equal the one the server stored, or every update would look like a local
+//! edit.
+
+use std::collections::BTreeMap;
+
+use icu_collator::options::CollatorOptions;
+use icu_collator::{Collator, CollatorBorrowed};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::format::{parse_skill_md, FormatError, SkillManifest};
+
+/// Largest single file in a bundle.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Largest bundle, all files together.
+pub const MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
+/// Most files in a bundle.
+pub const MAX_FILES: usize = 256;
+
+/// The files of one skill version, by relative path (`/`-separated).
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// One file as a manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks a path inside a bundle: relative, `/`-separated, no empty, `.` or `..` segment,
+/// no hidden segment (ClawHub skips those when hashing, so they could never match), and no
+/// character that is unsafe in a file name on common systems.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 512 {
+        return Err("a file path must be 1 to 512 bytes".into());
+    }
+    if path.starts_with('/') || path.contains('\\') || path.contains(':') {
+        return Err(format!("`{path}` must be a relative path with `/` separators"));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!("`{path}` has an empty, `.` or `..` segment"));
+        }
+        if segment.starts_with('.') {
+            return Err(format!("`{path}` has a hidden segment"));
+        }
+        if segment.chars().any(|c| c.is_control()) {
+            return Err(format!("`{path}` contains a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a whole bundle for the skill `slug`: paths, size caps and `SKILL.md`.
+/// Messages name files as `<slug>/<path>`.
+pub fn validate_bundle(slug: &str, files: &Files) -> Result<SkillManifest, Vec<FormatError>> {
+    let mut errors = Vec::new();
+    let error = |file: &str, rule: &'static str, message: String| FormatError { file: format!("{slug}/{file}"), line: 1, rule, message };
+    if files.len() > MAX_FILES {
+        errors.push(error("", "bundle-files", format!("a bundle has at most {MAX_FILES} files; this one has {}", files.len())));
+    }
+    let total: usize = files.values().map(Vec::len).sum();
+    if total > MAX_BUNDLE_BYTES {
+        errors.push(error("", "bundle-size", format!("a bundle is at most {MAX_BUNDLE_BYTES} bytes; this one is {total}")));
+    }
+    for (path, bytes) in files {
+        if let Err(message) = check_path(path) {
+            errors.push(error(path, "path", message));
+        }
+        if bytes.len() > MAX_FILE_BYTES {
+            errors.push(error(path, "file-size", format!("a file is at most {MAX_FILE_BYTES} bytes; this one is {}", bytes.len())));
+        }
+    }
+    let manifest = match files.get("SKILL.md") {
+        None => {
+            errors.push(error("SKILL.md", "skill-md-required", "a bundle must have a SKILL.md at its root".into()));
+            None
+        }
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Err(_) => {
+                errors.push(error("SKILL.md", "utf8", "SKILL.md must be UTF-8 text".into()));
+                None
+            }
+            Ok(text) => match parse_skill_md(&format!("{slug}/SKILL.md"), Some(slug), text) {
+                Ok(manifest) => Some(manifest),
+                Err(mut found) => {
+                    errors.append(&mut found);
+                    None
+                }
+            },
+        },
+    };
+    match manifest {
+        Some(manifest) if errors.is_empty() => Ok(manifest),
+        _ => Err(errors),
+    }
+}
+
+/// Each file's path, sha256 and size, in path order.
+pub fn file_entries(files: &Files) -> Vec<FileEntry> {
+    files.iter().map(|(path, bytes)| FileEntry { path: path.clone(), sha256: sha256_hex(bytes), size: bytes.len() as u64 }).collect()
+}
+
+fn collator() -> CollatorBorrowed<'static> {
+    Collator::try_new(Default::default(), CollatorOptions::default()).expect("the root collation is compiled in")
+}
+
+/// ClawHub's fingerprint over `(path, sha256)` pairs.
+pub fn fingerprint<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let collator = collator();
+    let mut entries: Vec<(&str, &str)> = entries.into_iter().collect();
+    entries.sort_by(|a, b| collator.compare(a.0, b.0).then_with(|| a.0.cmp(b.0)));
+    let payload = entries.iter().map(|(path, sha)| format!("{path}:{sha}")).collect::<Vec<_>>().join("\n");
+    sha256_hex(payload.as_bytes())
+}
+
+/// The fingerprint of a bundle's files.
+pub fn fingerprint_files(files: &Files) -> String {
+    let entries = file_entries(files);
+    fingerprint(entries.iter().map(|e| (e.path.as_str(), e.sha256.as_str())))
+}
+
+/// What a skill needs from the machine its commands run on, from `metadata.openclaw`
+/// (`requires.bins`, `requires.env`, `os`), as OpenClaw gates skills.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub bins: Vec<String>,
+    pub env: Vec<String>,
+    pub os: Vec<String>,
+}
+
+impl Requirements {
+    pub fn of(manifest: &SkillManifest) -> Self {
+        let openclaw = manifest.metadata.get("openclaw");
+        let list = |value: Option<&Value>| -> Vec<String> {
+            match value {
+                Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(Value::String(s)) => vec![s.clone()],
+                _ => Vec::new(),
+            }
+        };
+        let requires = openclaw.and_then(|o| o.get("requires"));
+        Self {
+            bins: list(requires.and_then(|r| r.get("bins"))),
+            env: list(requires.and_then(|r| r.get("env"))),
+            os: list(openclaw.and_then(|o| o.get("os"))),
+        }
+    }
+
+    /// The first unmet requirement on this host, or `None` when the skill is eligible.
+    pub fn unmet_on_this_host(&self) -> Option<String> {
+        let os = match std::env::consts::OS {
+            "macos" => "darwin",
+            "windows" => "win32",
+            other => other,
+        };
+        if !self.os.is_empty() && !self.os.iter().any(|o| o == os) {
+            return Some(format!("os {os} is not one of {:?}", self.os));
+        }
+        if let Some(bin) = self.bins.iter().find(|bin| !binary_on_path(bin)) {
+            return Some(format!("binary `{bin}` is not on PATH"));
+        }
+        if let Some(var) = self.env.iter().find(|var| std::env::var_os(var).is_none()) {
+            return Some(format!("environment variable `{var}` is not set"));
+        }
+        None
+    }
+}
+
+fn binary_on_path(name: &str) -> bool {
+    if name.contains('/') {
+        return std::path::Path::new(name).is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(entries: &[(&str, &str)]) -> Files {
+        entries.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())).collect()
+    }
+
+    const SKILL: &str = "---\nname: demo\ndescription: A demo. Use when testing.\n---\nDo it.\n";
+
+    #[test]
+    fn fingerprint_matches_one_computed_by_hand() {
+        let files = bundle(&[("SKILL.md", SKILL), ("references/notes.md", "notes\n")]);
+        // Collation puts `references/…` before `SKILL.md` (case is compared last).
+        let payload = format!("references/notes.md:{}\nSKILL.md:{}", sha256_hex(b"notes\n"), sha256_hex(SKILL.as_bytes()));
+        assert_eq!(fingerprint_files(&files), sha256_hex(payload.as_bytes()));
+    }
+
+    #[test]
+    fn collation_orders_paths_as_javascript_locale_compare_does() {
+        // Orders taken from Node's `localeCompare` on the same strings.
+        let mut paths = vec!["SKILL.md", "scripts/run.sh", "references/a.md", "assets/x.png", "a_b.md", "a-b.md", "a.md", "A.md", "b1.md", "b10.md", "b2.md"];
+        let collator = collator();
+        paths.sort_by(|a, b| collator.compare(a, b));
+        assert_eq!(paths, vec!["a_b.md", "a-b.md", "a.md", "A.md", "assets/x.png", "b1.md", "b10.md", "b2.md", "references/a.md", "scripts/run.sh", "SKILL.md"]);
+    }
+
+    #[test]
+    fn bundle_rules_name_the_file_and_rule() {
+        let ok = bundle(&[("SKILL.md", SKILL), ("scripts/run.sh", "echo hi\n")]);
+        assert_eq!(validate_bundle("demo", &ok).unwrap().name, "demo");
+
+        let rules = |files: &Files| validate_bundle("demo", files).unwrap_err().into_iter().map(|e| (e.file, e.rule)).collect::<Vec<_>>();
+        assert_eq!(rules(&bundle(&[("README.md", "x")])), vec![("demo/SKILL.md".to_string(), "skill-md-required")]);
+        assert_eq!(
+            rules(&bundle(&[("SKILL.md", SKILL), ("../evil", "x"), (".hidden", "x")])),
+            vec![("demo/../evil".to_string(), "path"), ("demo/.hidden".to_string(), "path")]
+        );
+        let big = "x".repeat(MAX_FILE_BYTES + 1);
+        assert_eq!(rules(&bundle(&[("SKILL.md", SKILL), ("assets/big.txt", &big)])), vec![("demo/assets/big.txt".to_string(), "file-size")]);
+        let many: Files = (0..=MAX_FILES).map(|i| (format!("assets/{i}.txt"), b"x".to_vec())).chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())]).collect();
+        assert_eq!(rules(&many), vec![("demo/".to_string(), "bundle-files")]);
+        let total: Files = (0..9).map(|i| (format!("assets/{i}.bin"), vec![0u8; MAX_FILE_BYTES])).chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())]).collect();
+        assert_eq!(rules(&total), vec![("demo/".to_string(), "bundle-size")]);
+        // The name must equal the slug the bundle is published under.
+        assert_eq!(validate_bundle("other", &ok).unwrap_err()[0].rule, "name-folder");
+    }
+
+    #[test]
+    fn requirements_come_from_metadata_openclaw() {
+        let text = "---\nname: demo\ndescription: d\nmetadata:\n  openclaw:\n    requires:\n      bins: [sh, no-such-binary-xyz]\n      env: [HOME]\n    os: [linux, darwin]\n---\n";
+        let manifest = parse_skill_md("SKILL.md", None, text).unwrap();
+        let requirements = Requirements::of(&manifest);
+        assert_eq!(requirements.bins, vec!["sh", "no-such-binary-xyz"]);
+        assert_eq!(requirements.unmet_on_this_host().unwrap(), "binary `no-such-binary-xyz` is not on PATH");
+        let met = Requirements { bins: vec!["sh".into()], env: vec!["PATH".into()], os: vec![] };
+        assert_eq!(met.unmet_on_this_host(), None);
+        let other_os = Requirements { os: vec!["win32".into()], ..Default::default() };
+        assert!(other_os.unmet_on_this_host().unwrap().starts_with("os "));
+    }
+}
