@@ -15,6 +15,7 @@ use agent::engine::{Choice, Engine, EngineError, EventStream, Generation, Genera
 use agent::trajectory::Event;
 use agent::workspace::Workspace;
 use server::sessions_api::{AgentRuntime, StoreSink};
+use server::skills_api::SkillRepo;
 use server::store::{SqliteStore, Store};
 use server::{app, AppState, GenerationLimits, HttpLimits};
 
@@ -102,13 +103,16 @@ async fn main() -> anyhow::Result<()> {
                 .to_string(),
         );
     }
-    let api_store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("api.db")).await?);
+    let sqlite = SqliteStore::open(&dir.path().join("api.db")).await?;
+    let skills = SkillRepo::sqlite(&sqlite, dir.path().join("blobs"));
+    let api_store: Arc<dyn Store> = Arc::new(sqlite);
     let (_, token) = server::auth::create_user_with_token(api_store.as_ref(), "bench", false).await?;
     let state = AppState {
         engine: Arc::new(InstantEngine::new()),
         store: api_store,
         limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-        agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default(), Arc::new(StaticSkills::default()))),
+        agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default())),
+        skills,
     };
     let http = HttpLimits { body_bytes: 256 * 1024 * 1024, ..HttpLimits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

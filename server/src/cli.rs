@@ -16,7 +16,9 @@ use agent::model::{self, PullOutcome, DEFAULT_MODEL};
 
 use crate::config::{Backend, DType, ServeConfig, Weights};
 use agent::repack::{self, WeightFormat};
-use crate::store::SqliteStore;
+use crate::skill_store::{load_starter_skills, starter_skills, SkillStore, SqliteSkillStore};
+use crate::skills_api::SkillRepo;
+use crate::store::{SqliteStore, Store};
 use crate::{app, AppState, GenerationLimits, HttpLimits};
 
 #[derive(Debug, Parser)]
@@ -65,6 +67,15 @@ enum UserCommand {
         #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
         data_dir: std::path::PathBuf,
     },
+    /// Add a user to a group, so they see and may publish the group's skills
+    /// (scope `group:<GROUP>`).
+    Join {
+        name: String,
+        group: String,
+        /// Directory holding the database, as for `serve`.
+        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +99,7 @@ pub async fn main() -> ExitCode {
         Command::Serve(config) => serve(config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
         Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
+        Command::User { command: UserCommand::Join { name, group, data_dir } } => join_group(&name, &group, &data_dir).await,
         Command::Import { file, user, data_dir } => import(&file, &user, &data_dir).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
@@ -111,6 +123,15 @@ async fn add_user(name: &str, admin: bool, data_dir: &std::path::Path) -> anyhow
     eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
+    Ok(())
+}
+
+async fn join_group(name: &str, group: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
+    let user = store.user_by_name(name).await?.with_context(|| format!("no user named `{name}`"))?;
+    let skills = SqliteSkillStore::new(store.pool(), data_dir.join("blobs"));
+    skills.add_group_member(group, &user.id).await?;
+    println!("{name} is a member of group:{group}");
     Ok(())
 }
 
@@ -143,6 +164,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let db_path = config.data_dir.join("skillhive.db");
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
 
+    let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
+    let loaded = load_starter_skills(skills.store.as_ref(), starter_skills()?).await.context("cannot load the starter skills")?;
+    if loaded > 0 {
+        tracing::info!(loaded, "starter skills published to the shared repository");
+    }
+    // Publications by other processes (the CLI, an evolver) reach sync clients too.
+    tokio::spawn(skills.clone().follow_changes());
+
     let engine = build_engine(&config).await?;
     let engine_window = engine.info().context_window;
     let state = AppState {
@@ -159,10 +188,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 context_window: engine_window.unwrap_or(8192),
                 ..Default::default()
             },
-            // The shared skill repository arrives with its own issue; until then agents
-            // see no skills.
-            Arc::new(agent::agent_loop::StaticSkills::default()),
         )),
+        skills,
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// The request clashes with the current state (a turn already running, none to cancel).
     #[error("{0}")]
     Conflict(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the request body is larger than this server accepts")]
     PayloadTooLarge,
     #[error("the inference backend is unavailable")]
@@ -41,6 +44,7 @@ impl ApiError {
             ApiError::NotFound(_, code) => (StatusCode::NOT_FOUND, "invalid_request_error", code, None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "invalid_request_error", "permission_denied", None),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),

@@ -9,8 +9,12 @@ pub mod config;
 pub mod error;
 pub mod openai_api;
 pub mod proxy;
+pub mod clawhub_api;
 pub mod sessions_api;
+pub mod skill_store;
+pub mod skills_api;
 pub mod store;
+
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,7 @@ pub struct AppState {
     pub store: Arc<dyn store::Store>,
     pub limits: GenerationLimits,
     pub agent: Arc<sessions_api::AgentRuntime>,
+    pub skills: Arc<skills_api::SkillRepo>,
 }
 
 /// Limits on HTTP requests themselves.
@@ -70,6 +75,25 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/sessions/{id}/feedback", post(sessions_api::feedback))
         .route("/api/trajectories", get(sessions_api::trajectories_since))
         .route("/api/trajectories/import", post(sessions_api::import_trajectory))
+        .route("/api/skills", get(skills_api::list_skills).post(skills_api::publish))
+        .route("/api/skills/{slug}", get(skills_api::get_skill).delete(skills_api::delete_skill))
+        .route("/api/skills/{slug}/versions", get(skills_api::list_versions))
+        .route("/api/skills/{slug}/versions/{version}", get(skills_api::get_version))
+        .route("/api/skills/{slug}/files/{*path}", get(skills_api::get_file))
+        .route("/api/skills/{slug}/diff", get(skills_api::diff))
+        .route("/api/skills/{slug}/rollback", post(skills_api::rollback))
+        .route("/api/sync/manifest", get(skills_api::manifest))
+        .route("/api/sync/events", get(skills_api::events))
+        .route("/.well-known/clawhub.json", get(clawhub_api::well_known))
+        .route("/.well-known/clawdhub.json", get(clawhub_api::well_known))
+        .route("/api/v1/search", get(clawhub_api::search))
+        .route("/api/v1/resolve", get(clawhub_api::resolve))
+        .route("/api/v1/download", get(clawhub_api::download))
+        .route("/api/v1/skills", get(clawhub_api::list))
+        .route("/api/v1/skills/{slug}", get(clawhub_api::skill))
+        .route("/api/v1/skills/{slug}/versions", get(clawhub_api::versions))
+        .route("/api/v1/skills/{slug}/versions/{version}", get(clawhub_api::version))
+        .route("/api/v1/skills/{slug}/file", get(clawhub_api::file))
         .fallback(error::not_found)
         .with_state(state)
         // The body limit is tower-http's; axum's own default limit is lifted so that there

@@ -400,7 +400,8 @@ pub async fn chat_completions(
     let recorder = ProxyRecorder::open(&state, &user.0.id, &headers).await?;
     if let Prompt::Messages(messages) = &mut parsed.generation.prompt {
         recorder.record_request(messages).await?;
-        let entries = state.agent.skills.catalog();
+        let viewer = state.skills.viewer(&user.0.id).await?;
+        let entries = agent::agent_loop::SkillSource::catalog(&state.skills.agent_skills(&viewer).await?);
         inject_catalog(messages, &entries, state.agent.config.catalog_budget);
     }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
@@ -645,11 +646,8 @@ mod app_tests {
             engine: engine.clone(),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
-            agent: Arc::new(crate::sessions_api::AgentRuntime::new(
-                dir.path().join("workspaces"),
-                Default::default(),
-                Arc::new(agent::agent_loop::StaticSkills::default()),
-            )),
+            agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
+            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
         };
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)

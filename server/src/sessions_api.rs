@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use agent::agent_loop::{run_turn, AgentConfig, SkillSource, TurnContext};
+use agent::agent_loop::{run_turn, AgentConfig, TurnContext};
 use agent::engine::ChatMessage;
 use agent::trajectory::{Event, EventSink};
 use agent::workspace::Workspace;
@@ -35,14 +35,13 @@ pub struct AgentRuntime {
     /// Each user's workspace is a directory below this one, named by the user's id.
     pub workspaces: PathBuf,
     pub config: AgentConfig,
-    pub skills: Arc<dyn SkillSource>,
     /// Cancel switches of the turns running now, by session id.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl AgentRuntime {
-    pub fn new(workspaces: PathBuf, config: AgentConfig, skills: Arc<dyn SkillSource>) -> Self {
-        Self { workspaces, config, skills, running: Mutex::new(HashMap::new()) }
+    pub fn new(workspaces: PathBuf, config: AgentConfig) -> Self {
+        Self { workspaces, config, running: Mutex::new(HashMap::new()) }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
@@ -202,11 +201,14 @@ async fn run_session_turn(
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
     let workspace = Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?;
     let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
+    // The skills are read once per turn, so a publication reaches the next turn.
+    let viewer = state.skills.viewer(user_id).await?;
+    let skills = state.skills.agent_skills(&viewer).await?;
     state.store.update_session(user_id, session_id, "running", None).await?;
     let mut ctx = TurnContext {
         engine: state.engine.as_ref(),
         workspace: &workspace,
-        skills: state.agent.skills.as_ref(),
+        skills: &skills,
         sink: &sink,
         config: &state.agent.config,
         cancel,
@@ -389,7 +391,8 @@ mod tests {
             }),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default(), Arc::new(agent::agent_loop::StaticSkills::default()))),
+            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
+            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -441,7 +444,8 @@ mod tests {
             }),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default(), Arc::new(agent::agent_loop::StaticSkills::default()))),
+            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
+            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -497,8 +501,8 @@ mod tests {
                     exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024 },
                     ..Default::default()
                 },
-                Arc::new(agent::agent_loop::StaticSkills::default()),
             )),
+            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;

@@ -133,6 +133,11 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// The connection pool, for the other stores that share this database file.
+    pub fn pool(&self) -> SqlitePool {
+        self.pool.clone()
+    }
 }
 
 #[async_trait]

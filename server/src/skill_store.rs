@@ -1,0 +1,825 @@
+//! The skill repository's storage: skills by slug and scope, immutable versions, files as
+//! content-addressed blobs on disk, and the change log that sync clients follow.
+//!
+//! Visibility is decided here, once: every read takes a [`Viewer`] and sees only the
+//! scopes it may see (`shared`, its groups, its own private skills). When the same slug
+//! exists in several visible scopes, the most specific one wins (private, then group, then
+//! shared), so a user can shadow a shared skill with their own edit.
+//!
+//! Rollback publishes a copy of the old version as a new, higher version instead of moving
+//! `latest` back. Clients (the `clawhub` CLI among them) treat a lower version than the
+//! one installed as "up to date", so moving the tag back would never reach them; a new
+//! version reaches every client, and the history stays append-only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use agent::skills::bundle::{self, FileEntry, Files};
+use agent::skills::format::FormatError;
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+/// Where a skill lives and who may see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Shared,
+    Group(String),
+    /// Private to one user (by id).
+    User(String),
+}
+
+impl Scope {
+    /// How the scope is stored.
+    pub fn key(&self) -> String {
+        match self {
+            Scope::Shared => "shared".into(),
+            Scope::Group(name) => format!("group:{name}"),
+            Scope::User(id) => format!("user:{id}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Self {
+        if let Some(name) = key.strip_prefix("group:") {
+            Scope::Group(name.to_string())
+        } else if let Some(id) = key.strip_prefix("user:") {
+            Scope::User(id.to_string())
+        } else {
+            Scope::Shared
+        }
+    }
+
+    /// How the API names the scope: user ids are never shown, a private skill is `private`.
+    pub fn label(&self) -> String {
+        match self {
+            Scope::User(_) => "private".into(),
+            other => other.key(),
+        }
+    }
+
+    /// Parses what a client sends (`shared`, `group:<name>`, `private`) for `viewer`.
+    pub fn parse_for(text: &str, viewer: &Viewer) -> Result<Self, String> {
+        match text {
+            "shared" => Ok(Scope::Shared),
+            "private" => Ok(Scope::User(viewer.user_id.clone())),
+            other => match other.strip_prefix("group:") {
+                Some(name) if valid_group_name(name) => Ok(Scope::Group(name.to_string())),
+                _ => Err(format!("scope must be `shared`, `private` or `group:<name>`, not `{other}`")),
+            },
+        }
+    }
+
+    /// Lower is more specific; the most specific visible copy of a slug wins.
+    fn rank(&self) -> u8 {
+        match self {
+            Scope::User(_) => 0,
+            Scope::Group(_) => 1,
+            Scope::Shared => 2,
+        }
+    }
+}
+
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Who is reading: a user and the groups they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub user_id: String,
+    pub is_admin: bool,
+    pub groups: Vec<String>,
+}
+
+impl Viewer {
+    /// Every scope this viewer may see.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut scopes = vec![Scope::User(self.user_id.clone()).key(), Scope::Shared.key()];
+        scopes.extend(self.groups.iter().map(|g| Scope::Group(g.clone()).key()));
+        scopes
+    }
+
+    fn may_write(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Shared => self.is_admin,
+            Scope::Group(name) => self.groups.contains(name),
+            Scope::User(id) => *id == self.user_id,
+        }
+    }
+}
+
+/// Who publishes.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    User(Viewer),
+    /// The evolver, with its run id.
+    Evolver(String),
+    /// The server itself (starter skills).
+    System,
+}
+
+impl Actor {
+    fn author(&self) -> (&'static str, Option<String>) {
+        match self {
+            Actor::User(viewer) => ("user", Some(viewer.user_id.clone())),
+            Actor::Evolver(run) => ("evolver", Some(run.clone())),
+            Actor::System => ("system", None),
+        }
+    }
+
+    fn may_write(&self, scope: &Scope) -> bool {
+        match self {
+            Actor::User(viewer) => viewer.may_write(scope),
+            // The evolver and the server write the shared repository only.
+            Actor::Evolver(_) | Actor::System => *scope == Scope::Shared,
+        }
+    }
+}
+
+/// A new version to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub slug: String,
+    pub scope: Scope,
+    /// Semver; `None` bumps the patch number of the highest version (or starts at 1.0.0).
+    pub version: Option<String>,
+    pub changelog: String,
+    pub files: Files,
+    pub provenance: Value,
+}
+
+/// One version, as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VersionInfo {
+    pub slug: String,
+    pub scope: String,
+    pub version: String,
+    pub description: String,
+    pub fingerprint: String,
+    pub author_kind: String,
+    /// The user or evolver run that published it; omitted for other users' private data.
+    pub author_id: Option<String>,
+    pub changelog: String,
+    pub parent_version: Option<String>,
+    pub provenance: Value,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+}
+
+/// One skill with its `latest` version.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SkillInfo {
+    pub slug: String,
+    pub scope: String,
+    pub latest: VersionInfo,
+    pub version_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A skill as the sync manifest lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub version: String,
+    pub fingerprint: String,
+    pub scope: String,
+}
+
+/// One change in the log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Change {
+    pub cursor: i64,
+    pub slug: String,
+    #[serde(skip)]
+    pub scope_key: String,
+    pub scope: String,
+    pub kind: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("the skill bundle is not valid")]
+    Invalid(Vec<FormatError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no such skill or version")]
+    NotFound,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for RepoError {
+    fn from(e: sqlx::Error) -> Self {
+        RepoError::Other(e.into())
+    }
+}
+
+#[async_trait]
+pub trait SkillStore: Send + Sync {
+    /// A user as a reader of the repository: admin or not, and their groups.
+    async fn viewer(&self, user_id: &str) -> anyhow::Result<Viewer>;
+    async fn add_group_member(&self, group: &str, user_id: &str) -> anyhow::Result<()>;
+    /// Publishes a new immutable version; the new version's info.
+    async fn publish(&self, actor: &Actor, request: PublishRequest) -> Result<VersionInfo, RepoError>;
+    /// Publishes a copy of `version` as the new latest.
+    async fn rollback(&self, actor: &Actor, viewer: &Viewer, slug: &str, version: &str) -> Result<VersionInfo, RepoError>;
+    /// Soft-deletes the skill the viewer sees under `slug`.
+    async fn delete_skill(&self, viewer: &Viewer, slug: &str) -> Result<(), RepoError>;
+    /// The visible skills matching `query` (in slug or description) and `scope` (a label).
+    async fn list_skills(&self, viewer: &Viewer, query: Option<&str>, scope: Option<&str>) -> anyhow::Result<Vec<SkillInfo>>;
+    async fn skill(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<SkillInfo>>;
+    /// Every version, newest first.
+    async fn versions(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<Vec<VersionInfo>>>;
+    /// One version with its file list.
+    async fn version(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<VersionInfo>>;
+    /// The files of one version.
+    async fn bundle(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<Files>>;
+    /// The newest version of a visible skill whose fingerprint is `fingerprint`.
+    async fn version_by_fingerprint(&self, viewer: &Viewer, slug: &str, fingerprint: &str) -> anyhow::Result<Option<String>>;
+    /// slug → latest version for everything visible, and the cursor it is current to.
+    async fn manifest(&self, viewer: &Viewer) -> anyhow::Result<(i64, BTreeMap<String, ManifestEntry>)>;
+    /// Visible changes after `cursor`, oldest first.
+    async fn changes_since(&self, viewer: &Viewer, cursor: i64) -> anyhow::Result<Vec<Change>>;
+    /// Every change after `cursor` in every scope, oldest first (for the in-process feed,
+    /// which filters per subscriber).
+    async fn all_changes_since(&self, cursor: i64) -> anyhow::Result<Vec<Change>>;
+    /// The newest cursor.
+    async fn latest_cursor(&self) -> anyhow::Result<i64>;
+    async fn skill_count(&self) -> anyhow::Result<i64>;
+}
+
+/// The SQLite skill store and its blob directory.
+#[derive(Clone)]
+pub struct SqliteSkillStore {
+    pool: SqlitePool,
+    blobs: PathBuf,
+}
+
+type SkillRow = (i64, String, String, Option<String>, i64, i64);
+type VersionRow = (String, String, String, String, Option<String>, String, Option<String>, String, i64);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+impl SqliteSkillStore {
+    pub fn new(pool: SqlitePool, blobs: PathBuf) -> Self {
+        Self { pool, blobs }
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.blobs.join(&sha256[..2]).join(sha256)
+    }
+
+    /// Writes a blob if absent: to a temporary file, synced, then renamed, so a crash
+    /// never leaves a partial blob under its hash.
+    fn write_blob(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.blob_path(sha256);
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = path.parent().expect("blob paths have a parent");
+        std::fs::create_dir_all(dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut temp, bytes)?;
+        temp.as_file().sync_all()?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    fn read_blob(&self, sha256: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.blob_path(sha256);
+        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("blob {} is unreadable: {e}", path.display()))?;
+        // A blob is checked on every read: a damaged file must never be served as the
+        // version it claims to be.
+        anyhow::ensure!(bundle::sha256_hex(&bytes) == sha256, "blob {} does not match its hash", path.display());
+        Ok(bytes)
+    }
+
+    /// The visible, undeleted skill a viewer sees under `slug`.
+    async fn resolve(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<SkillRow>> {
+        let scopes = viewer.scopes();
+        let sql = format!(
+            "SELECT id, slug, scope, latest_version, created_at, updated_at FROM skills \
+             WHERE slug = ? AND deleted_at IS NULL AND scope IN ({})",
+            placeholders(scopes.len())
+        );
+        let mut query = sqlx::query_as::<_, SkillRow>(&sql).bind(slug);
+        for scope in &scopes {
+            query = query.bind(scope);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().min_by_key(|row| Scope::from_key(&row.2).rank()))
+    }
+
+    async fn version_rows(&self, skill_id: i64, version: Option<&str>) -> anyhow::Result<Vec<VersionRow>> {
+        let base = "SELECT version, description, fingerprint, author_kind, author_id, changelog, parent_version, provenance, created_at \
+                    FROM skill_versions WHERE skill_id = ?";
+        let rows = match version {
+            Some(v) => sqlx::query_as(&format!("{base} AND version = ?")).bind(skill_id).bind(v).fetch_all(&self.pool).await?,
+            None => sqlx::query_as(&format!("{base} ORDER BY seq DESC")).bind(skill_id).fetch_all(&self.pool).await?,
+        };
+        Ok(rows)
+    }
+
+    fn version_info(viewer: Option<&Viewer>, slug: &str, scope_key: &str, row: VersionRow) -> VersionInfo {
+        let (version, description, fingerprint, author_kind, author_id, changelog, parent_version, provenance, created_at) = row;
+        // Another user's id is theirs to show; only the author sees their own id.
+        let author_id = match (author_kind.as_str(), viewer) {
+            ("user", Some(v)) if author_id.as_deref() != Some(v.user_id.as_str()) => None,
+            _ => author_id,
+        };
+        VersionInfo {
+            slug: slug.to_string(),
+            scope: Scope::from_key(scope_key).label(),
+            version,
+            description,
+            fingerprint,
+            author_kind,
+            author_id,
+            changelog,
+            parent_version,
+            provenance: serde_json::from_str(&provenance).unwrap_or(Value::Null),
+            created_at,
+            files: Vec::new(),
+        }
+    }
+
+    async fn files_of(&self, skill_id: i64, version: &str) -> anyhow::Result<Vec<FileEntry>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT path, sha256, size FROM skill_files WHERE skill_id = ? AND version = ? ORDER BY path")
+                .bind(skill_id)
+                .bind(version)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(path, sha256, size)| FileEntry { path, sha256, size: size as u64 }).collect())
+    }
+
+    async fn skill_info(&self, viewer: &Viewer, row: SkillRow) -> anyhow::Result<Option<SkillInfo>> {
+        let (id, slug, scope, latest, created_at, updated_at) = row;
+        let Some(latest) = latest else { return Ok(None) };
+        let Some(version_row) = self.version_rows(id, Some(&latest)).await?.pop() else { return Ok(None) };
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM skill_versions WHERE skill_id = ?").bind(id).fetch_one(&self.pool).await?;
+        Ok(Some(SkillInfo {
+            latest: Self::version_info(Some(viewer), &slug, &scope, version_row),
+            scope: Scope::from_key(&scope).label(),
+            slug,
+            version_count: count,
+            created_at,
+            updated_at,
+        }))
+    }
+
+    /// Inserts a version inside `tx`; the skill row must exist.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_version(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        skill_id: i64,
+        request: &PublishRequest,
+        actor: &Actor,
+        kind: &str,
+    ) -> Result<VersionInfo, RepoError> {
+        let manifest = bundle::validate_bundle(&request.slug, &request.files).map_err(RepoError::Invalid)?;
+        let existing: Vec<(String, String)> =
+            sqlx::query_as("SELECT version, fingerprint FROM skill_versions WHERE skill_id = ? ORDER BY seq DESC")
+                .bind(skill_id)
+                .fetch_all(&mut **tx)
+                .await?;
+        let (latest,): (Option<String>,) =
+            sqlx::query_as("SELECT latest_version FROM skills WHERE id = ?").bind(skill_id).fetch_one(&mut **tx).await?;
+        let highest = existing.iter().filter_map(|(v, _)| semver::Version::parse(v).ok()).max();
+        let version = match &request.version {
+            Some(text) => {
+                let parsed = semver::Version::parse(text)
+                    .map_err(|e| RepoError::BadRequest(format!("version `{text}` is not semver: {e}")))?;
+                if existing.iter().any(|(v, _)| v == text) {
+                    return Err(RepoError::Conflict(format!("version {text} of `{}` exists and cannot change", request.slug)));
+                }
+                if let Some(highest) = &highest {
+                    if parsed <= *highest {
+                        return Err(RepoError::Conflict(format!("version {text} must be higher than {highest}")));
+                    }
+                }
+                parsed.to_string()
+            }
+            None => match &highest {
+                Some(h) => semver::Version::new(h.major, h.minor, h.patch + 1).to_string(),
+                None => "1.0.0".into(),
+            },
+        };
+        let entries = bundle::file_entries(&request.files);
+        let fingerprint = bundle::fingerprint(entries.iter().map(|e| (e.path.as_str(), e.sha256.as_str())));
+        let latest_fingerprint = existing.iter().find(|(v, _)| Some(v) == latest.as_ref()).map(|(_, f)| f.clone());
+        if latest_fingerprint.as_deref() == Some(fingerprint.as_str()) {
+            return Err(RepoError::Conflict(format!(
+                "the bundle is identical to the latest version {} of `{}`",
+                latest.unwrap_or_default(),
+                request.slug
+            )));
+        }
+        for bytes in request.files.values() {
+            self.write_blob(&bundle::sha256_hex(bytes), bytes)?;
+        }
+        let now = now_ms();
+        let (author_kind, author_id) = actor.author();
+        let provenance = serde_json::to_string(&request.provenance).map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO skill_versions (skill_id, version, seq, description, fingerprint, author_kind, author_id, changelog, parent_version, provenance, created_at) \
+             VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM skill_versions WHERE skill_id = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(skill_id)
+        .bind(&version)
+        .bind(skill_id)
+        .bind(&manifest.description)
+        .bind(&fingerprint)
+        .bind(author_kind)
+        .bind(&author_id)
+        .bind(&request.changelog)
+        .bind(&latest)
+        .bind(&provenance)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        for entry in &entries {
+            sqlx::query("INSERT INTO skill_files (skill_id, version, path, sha256, size) VALUES (?, ?, ?, ?, ?)")
+                .bind(skill_id)
+                .bind(&version)
+                .bind(&entry.path)
+                .bind(&entry.sha256)
+                .bind(entry.size as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query("UPDATE skills SET latest_version = ?, updated_at = ?, deleted_at = NULL WHERE id = ?")
+            .bind(&version)
+            .bind(now)
+            .bind(skill_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO skill_changes (skill_id, slug, scope, kind, version, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(skill_id)
+            .bind(&request.slug)
+            .bind(request.scope.key())
+            .bind(kind)
+            .bind(&version)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(VersionInfo {
+            slug: request.slug.clone(),
+            scope: request.scope.label(),
+            version,
+            description: manifest.description,
+            fingerprint,
+            author_kind: author_kind.to_string(),
+            author_id,
+            changelog: request.changelog.clone(),
+            parent_version: latest,
+            provenance: request.provenance.clone(),
+            created_at: now,
+            files: entries,
+        })
+    }
+
+    async fn visible_rows(&self, viewer: &Viewer) -> anyhow::Result<Vec<SkillRow>> {
+        let scopes = viewer.scopes();
+        let sql = format!(
+            "SELECT id, slug, scope, latest_version, created_at, updated_at FROM skills \
+             WHERE deleted_at IS NULL AND latest_version IS NOT NULL AND scope IN ({}) ORDER BY slug",
+            placeholders(scopes.len())
+        );
+        let mut query = sqlx::query_as::<_, SkillRow>(&sql);
+        for scope in &scopes {
+            query = query.bind(scope);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        // One row per slug: the most specific scope.
+        let mut best: BTreeMap<String, SkillRow> = BTreeMap::new();
+        for row in rows {
+            let better = best.get(&row.1).is_none_or(|b| Scope::from_key(&row.2).rank() < Scope::from_key(&b.2).rank());
+            if better {
+                best.insert(row.1.clone(), row);
+            }
+        }
+        Ok(best.into_values().collect())
+    }
+}
+
+#[async_trait]
+impl SkillStore for SqliteSkillStore {
+    async fn viewer(&self, user_id: &str) -> anyhow::Result<Viewer> {
+        let (is_admin,): (bool,) = sqlx::query_as("SELECT is_admin FROM users WHERE id = ?").bind(user_id).fetch_optional(&self.pool).await?.unwrap_or((false,));
+        let groups: Vec<(String,)> = sqlx::query_as("SELECT group_name FROM group_members WHERE user_id = ? ORDER BY group_name")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Viewer { user_id: user_id.to_string(), is_admin, groups: groups.into_iter().map(|(g,)| g).collect() })
+    }
+
+    async fn add_group_member(&self, group: &str, user_id: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(valid_group_name(group), "a group name is 1 to 64 letters, digits, `-` or `_`");
+        sqlx::query("INSERT OR IGNORE INTO group_members (group_name, user_id) VALUES (?, ?)")
+            .bind(group)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, actor: &Actor, request: PublishRequest) -> Result<VersionInfo, RepoError> {
+        if !actor.may_write(&request.scope) {
+            return Err(RepoError::Forbidden(format!("you may not publish to scope `{}`", request.scope.label())));
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query("INSERT OR IGNORE INTO skills (slug, scope, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(&request.slug)
+            .bind(request.scope.key())
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let (skill_id,): (i64,) = sqlx::query_as("SELECT id FROM skills WHERE slug = ? AND scope = ?")
+            .bind(&request.slug)
+            .bind(request.scope.key())
+            .fetch_one(&mut *tx)
+            .await?;
+        let info = self.insert_version(&mut tx, skill_id, &request, actor, "publish").await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    async fn rollback(&self, actor: &Actor, viewer: &Viewer, slug: &str, version: &str) -> Result<VersionInfo, RepoError> {
+        let (skill_id, _, scope_key, latest, _, _) = self.resolve(viewer, slug).await?.ok_or(RepoError::NotFound)?;
+        let scope = Scope::from_key(&scope_key);
+        if !actor.may_write(&scope) {
+            return Err(RepoError::Forbidden(format!("you may not change skills in scope `{}`", scope.label())));
+        }
+        let files = self.bundle(viewer, slug, version).await?.ok_or(RepoError::NotFound)?;
+        let request = PublishRequest {
+            slug: slug.to_string(),
+            scope,
+            version: None,
+            changelog: format!("Rollback to {version}"),
+            files,
+            provenance: serde_json::json!({ "rollback": { "restored": version, "replaced": latest } }),
+        };
+        let mut tx = self.pool.begin().await?;
+        let info = self.insert_version(&mut tx, skill_id, &request, actor, "rollback").await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    async fn delete_skill(&self, viewer: &Viewer, slug: &str) -> Result<(), RepoError> {
+        let (skill_id, _, scope_key, _, _, _) = self.resolve(viewer, slug).await?.ok_or(RepoError::NotFound)?;
+        let scope = Scope::from_key(&scope_key);
+        if !viewer.may_write(&scope) {
+            return Err(RepoError::Forbidden(format!("you may not delete skills in scope `{}`", scope.label())));
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query("UPDATE skills SET deleted_at = ?, updated_at = ? WHERE id = ?").bind(now).bind(now).bind(skill_id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO skill_changes (skill_id, slug, scope, kind, version, created_at) VALUES (?, ?, ?, 'delete', NULL, ?)")
+            .bind(skill_id)
+            .bind(slug)
+            .bind(&scope_key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_skills(&self, viewer: &Viewer, query: Option<&str>, scope: Option<&str>) -> anyhow::Result<Vec<SkillInfo>> {
+        let needle = query.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+        let mut out = Vec::new();
+        for row in self.visible_rows(viewer).await? {
+            if scope.is_some_and(|s| Scope::from_key(&row.2).label() != s) {
+                continue;
+            }
+            let Some(info) = self.skill_info(viewer, row).await? else { continue };
+            if let Some(needle) = &needle {
+                let haystack = format!("{} {}", info.slug, info.latest.description).to_lowercase();
+                if !needle.split_whitespace().all(|word| haystack.contains(word)) {
+                    continue;
+                }
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    async fn skill(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<SkillInfo>> {
+        match self.resolve(viewer, slug).await? {
+            Some(row) => self.skill_info(viewer, row).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn versions(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<Vec<VersionInfo>>> {
+        let Some((id, slug, scope, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
+        let rows = self.version_rows(id, None).await?;
+        Ok(Some(rows.into_iter().map(|row| Self::version_info(Some(viewer), &slug, &scope, row)).collect()))
+    }
+
+    async fn version(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<VersionInfo>> {
+        let Some((id, slug, scope, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
+        let Some(row) = self.version_rows(id, Some(version)).await?.pop() else { return Ok(None) };
+        let mut info = Self::version_info(Some(viewer), &slug, &scope, row);
+        info.files = self.files_of(id, version).await?;
+        Ok(Some(info))
+    }
+
+    async fn bundle(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<Files>> {
+        let Some((id, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
+        let entries = self.files_of(id, version).await?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut files = Files::new();
+        for entry in entries {
+            files.insert(entry.path, self.read_blob(&entry.sha256)?);
+        }
+        Ok(Some(files))
+    }
+
+    async fn version_by_fingerprint(&self, viewer: &Viewer, slug: &str, fingerprint: &str) -> anyhow::Result<Option<String>> {
+        let Some((id, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT version FROM skill_versions WHERE skill_id = ? AND fingerprint = ? ORDER BY seq DESC LIMIT 1")
+                .bind(id)
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn manifest(&self, viewer: &Viewer) -> anyhow::Result<(i64, BTreeMap<String, ManifestEntry>)> {
+        // The cursor is read first: a publication racing this read is then either in the
+        // manifest or after the cursor, never lost between the two.
+        let cursor = self.latest_cursor().await?;
+        let rows = self.visible_rows(viewer).await?;
+        let ids: HashMap<i64, (String, String, String)> =
+            rows.into_iter().filter_map(|(id, slug, scope, latest, ..)| latest.map(|v| (id, (slug, scope, v)))).collect();
+        let mut manifest = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok((cursor, manifest));
+        }
+        let sql = format!(
+            "SELECT v.skill_id, v.fingerprint FROM skill_versions v JOIN skills s ON s.id = v.skill_id AND s.latest_version = v.version \
+             WHERE v.skill_id IN ({})",
+            placeholders(ids.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
+        for id in ids.keys() {
+            query = query.bind(id);
+        }
+        for (id, fingerprint) in query.fetch_all(&self.pool).await? {
+            let (slug, scope, version) = &ids[&id];
+            manifest.insert(
+                slug.clone(),
+                ManifestEntry { version: version.clone(), fingerprint, scope: Scope::from_key(scope).label() },
+            );
+        }
+        Ok((cursor, manifest))
+    }
+
+    async fn changes_since(&self, viewer: &Viewer, cursor: i64) -> anyhow::Result<Vec<Change>> {
+        let scopes = viewer.scopes();
+        let sql = format!(
+            "SELECT cursor, slug, scope, kind, version FROM skill_changes WHERE cursor > ? AND scope IN ({}) ORDER BY cursor LIMIT 1000",
+            placeholders(scopes.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64, String, String, String, Option<String>)>(&sql).bind(cursor);
+        for scope in &scopes {
+            query = query.bind(scope);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(cursor, slug, scope_key, kind, version)| Change {
+                cursor,
+                slug,
+                scope: Scope::from_key(&scope_key).label(),
+                scope_key,
+                kind,
+                version,
+            })
+            .collect())
+    }
+
+    async fn all_changes_since(&self, cursor: i64) -> anyhow::Result<Vec<Change>> {
+        let rows: Vec<(i64, String, String, String, Option<String>)> =
+            sqlx::query_as("SELECT cursor, slug, scope, kind, version FROM skill_changes WHERE cursor > ? ORDER BY cursor LIMIT 1000")
+                .bind(cursor)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(cursor, slug, scope_key, kind, version)| Change { cursor, slug, scope: Scope::from_key(&scope_key).label(), scope_key, kind, version }).collect())
+    }
+
+    async fn latest_cursor(&self) -> anyhow::Result<i64> {
+        let (cursor,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(cursor), 0) FROM skill_changes").fetch_one(&self.pool).await?;
+        Ok(cursor)
+    }
+
+    async fn skill_count(&self) -> anyhow::Result<i64> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM skills").fetch_one(&self.pool).await?;
+        Ok(count)
+    }
+}
+
+/// Reads a skill folder from disk into a bundle, skipping hidden entries (`.clawhub/`,
+/// `.git/`), as ClawHub does when it hashes a folder.
+pub fn read_skill_dir(dir: &Path) -> anyhow::Result<Files> {
+    fn walk(root: &Path, dir: &Path, files: &mut Files) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, &path, files)?;
+            } else if kind.is_file() {
+                let relative = path.strip_prefix(root)?.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                files.insert(relative, std::fs::read(&path)?);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Files::new();
+    walk(dir, dir, &mut files)?;
+    Ok(files)
+}
+
+/// Publishes the starter skills (slug and files) as the server's own shared skills when
+/// the repository is empty, that is on its first start. Later starts leave the repository
+/// alone, so a starter skill an admin deleted or the evolver improved stays as it is.
+/// Returns how many were loaded.
+pub async fn load_starter_skills(store: &dyn SkillStore, skills: Vec<(String, Files)>) -> anyhow::Result<usize> {
+    if store.skill_count().await? > 0 {
+        return Ok(0);
+    }
+    let mut loaded = 0;
+    for (slug, files) in skills {
+        let request = PublishRequest {
+            slug: slug.clone(),
+            scope: Scope::Shared,
+            version: Some("1.0.0".into()),
+            changelog: "Starter skill".into(),
+            files,
+            provenance: serde_json::json!({ "source": "starter" }),
+        };
+        match store.publish(&Actor::System, request).await {
+            Ok(_) => loaded += 1,
+            Err(RepoError::Invalid(errors)) => {
+                let list = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                anyhow::bail!("starter skill {slug} is not valid: {list}");
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot load starter skill {slug}: {e}")),
+        }
+    }
+    Ok(loaded)
+}
+
+/// The starter skills in `skills/` at the repository root, compiled into the binary so
+/// that it needs no checkout to run.
+pub fn starter_skills() -> anyhow::Result<Vec<(String, Files)>> {
+    static STARTER: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/../skills");
+    fn collect(dir: &include_dir::Dir<'_>, root: &Path, files: &mut Files) {
+        for file in dir.files() {
+            let relative = file.path().strip_prefix(root).unwrap_or(file.path());
+            let path = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            files.insert(path, file.contents().to_vec());
+        }
+        for sub in dir.dirs() {
+            collect(sub, root, files);
+        }
+    }
+    let mut skills = Vec::new();
+    for dir in STARTER.dirs() {
+        let slug = dir.path().file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let mut files = Files::new();
+        collect(dir, dir.path(), &mut files);
+        skills.push((slug, files));
+    }
+    skills.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(skills)
+}

@@ -1,0 +1,466 @@
+//! The skill repository over HTTP: browsing, publishing, rollback and diffs under
+//! `/api/skills`, and sync under `/api/sync` (a manifest with a strong ETag and `since`
+//! deltas, and an SSE feed of publications).
+//!
+//! [`SkillRepo`] pairs the store with what sync needs in memory: the newest change cursor,
+//! one cached manifest per set of visible scopes, and a broadcast channel for the feed. A
+//! manifest request that matches the client's ETag is answered from memory, without the
+//! database, which is what lets many clients poll often.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Mutex};
+
+use agent::agent_loop::StaticSkills;
+use agent::skills::bundle::{Files, Requirements};
+use agent::skills::catalog::CatalogEntry;
+use agent::skills::format::parse_skill_md;
+
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::skill_store::{Actor, Change, PublishRequest, RepoError, Scope, SkillStore, Viewer};
+use crate::AppState;
+
+/// How long a user's group membership is trusted before it is read again.
+const VIEWER_TTL: Duration = Duration::from_secs(10);
+/// How often changes written by other processes (the CLI, an evolver) are picked up.
+pub const CHANGE_POLL: Duration = Duration::from_secs(1);
+
+struct CachedManifest {
+    cursor: i64,
+    etag: String,
+    body: Bytes,
+}
+
+/// The skill store plus the in-memory side of sync.
+pub struct SkillRepo {
+    pub store: Arc<dyn SkillStore>,
+    /// Newest change this process has seen.
+    cursor: AtomicI64,
+    /// Serializes refreshes so that each change is broadcast once.
+    refresh_lock: Mutex<()>,
+    changes: broadcast::Sender<Change>,
+    manifests: std::sync::Mutex<HashMap<Vec<String>, CachedManifest>>,
+    viewers: std::sync::Mutex<HashMap<String, (Instant, Viewer)>>,
+}
+
+impl SkillRepo {
+    pub fn new(store: Arc<dyn SkillStore>) -> Self {
+        Self {
+            store,
+            cursor: AtomicI64::new(0),
+            refresh_lock: Mutex::new(()),
+            changes: broadcast::channel(1024).0,
+            manifests: std::sync::Mutex::new(HashMap::new()),
+            viewers: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A repository on the SQLite database of `store`, with blobs under `blobs`.
+    pub fn sqlite(store: &crate::store::SqliteStore, blobs: std::path::PathBuf) -> Arc<Self> {
+        Arc::new(Self::new(Arc::new(crate::skill_store::SqliteSkillStore::new(store.pool(), blobs))))
+    }
+
+    /// The viewer for a user (by id), cached for [`VIEWER_TTL`]. Whether the user is an
+    /// admin is looked up with their groups.
+    pub async fn viewer(&self, user_id: &str) -> Result<Viewer, ApiError> {
+        if let Some((at, viewer)) = self.viewers.lock().expect("viewer cache").get(user_id) {
+            if at.elapsed() < VIEWER_TTL {
+                return Ok(viewer.clone());
+            }
+        }
+        let viewer = self.store.viewer(user_id).await?;
+        self.viewers.lock().expect("viewer cache").insert(user_id.to_string(), (Instant::now(), viewer.clone()));
+        Ok(viewer)
+    }
+
+    /// Picks up changes newer than the last seen cursor and broadcasts them. Called after
+    /// every write in this process and every [`CHANGE_POLL`] for writes from others.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let _guard = self.refresh_lock.lock().await;
+        let known = self.cursor.load(Ordering::Acquire);
+        let changes = self.store.all_changes_since(known).await?;
+        if let Some(last) = changes.last() {
+            for change in &changes {
+                // No subscriber is not an error: the change is in the log for later readers.
+                let _ = self.changes.send(change.clone());
+            }
+            self.cursor.store(last.cursor, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Follows the change log forever (for `serve`).
+    pub async fn follow_changes(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot read the skill change log");
+            }
+            tokio::time::sleep(CHANGE_POLL).await;
+        }
+    }
+
+    /// The full manifest for a viewer: its ETag and body, from the cache when current.
+    async fn manifest(&self, viewer: &Viewer) -> anyhow::Result<(String, Bytes)> {
+        let mut key = viewer.scopes();
+        key.sort();
+        let cursor = self.cursor.load(Ordering::Acquire);
+        if let Some(cached) = self.manifests.lock().expect("manifest cache").get(&key) {
+            if cached.cursor == cursor {
+                return Ok((cached.etag.clone(), cached.body.clone()));
+            }
+        }
+        let (_, skills) = self.store.manifest(viewer).await?;
+        let body = serde_json::to_vec(&json!({ "cursor": cursor, "full": true, "skills": skills, "removed": [] }))?;
+        let etag = format!("\"{}\"", &agent::skills::bundle::sha256_hex(&body)[..32]);
+        let body = Bytes::from(body);
+        self.manifests
+            .lock()
+            .expect("manifest cache")
+            .insert(key, CachedManifest { cursor, etag: etag.clone(), body: body.clone() });
+        Ok((etag, body))
+    }
+
+    /// The skills an agent of this viewer may read: the latest `SKILL.md` of every
+    /// visible skill whose requirements (`metadata.openclaw`) this host meets.
+    pub async fn agent_skills(&self, viewer: &Viewer) -> anyhow::Result<StaticSkills> {
+        let mut skills = Vec::new();
+        for info in self.store.list_skills(viewer, None, None).await? {
+            let Some(files) = self.store.bundle(viewer, &info.slug, &info.latest.version).await? else { continue };
+            let Some(text) = files.get("SKILL.md").and_then(|b| String::from_utf8(b.clone()).ok()) else { continue };
+            let Ok(manifest) = parse_skill_md("SKILL.md", None, &text) else { continue };
+            if let Some(reason) = Requirements::of(&manifest).unmet_on_this_host() {
+                tracing::debug!(slug = %info.slug, %reason, "skill not eligible on this host");
+                continue;
+            }
+            let entry = CatalogEntry { slug: info.slug.clone(), version: info.latest.version.clone(), description: manifest.description };
+            skills.push((entry, text));
+        }
+        Ok(StaticSkills { skills })
+    }
+
+    /// Records that this process wrote a change, so readers see it at once.
+    async fn after_write(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot read the skill change log");
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Invalid(errors) => {
+                let list = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                ApiError::bad_request(format!("the skill bundle is not valid: {list}"), "invalid_skill", Some("files"))
+            }
+            RepoError::BadRequest(message) => ApiError::bad_request(message, "invalid_request", None),
+            RepoError::Conflict(message) => ApiError::Conflict(message),
+            RepoError::Forbidden(message) => ApiError::Forbidden(message),
+            RepoError::NotFound => not_found(),
+            RepoError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such skill or version".into(), "skill_not_found")
+}
+
+async fn viewer_of(state: &AppState, user: &AuthUser) -> Result<Viewer, ApiError> {
+    state.skills.viewer(&user.0.id).await
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    q: Option<String>,
+    scope: Option<String>,
+}
+
+pub async fn list_skills(State(state): State<AppState>, user: AuthUser, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let skills = state.skills.store.list_skills(&viewer, query.q.as_deref(), query.scope.as_deref()).await?;
+    Ok(Json(json!({ "skills": skills })))
+}
+
+pub async fn get_skill(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let skill = state.skills.store.skill(&viewer, &slug).await?.ok_or_else(not_found)?;
+    Ok(Json(serde_json::to_value(skill).map_err(anyhow::Error::from)?))
+}
+
+pub async fn delete_skill(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<StatusCode, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    state.skills.store.delete_skill(&viewer, &slug).await?;
+    state.skills.after_write().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_versions(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let versions = state.skills.store.versions(&viewer, &slug).await?.ok_or_else(not_found)?;
+    Ok(Json(json!({ "slug": slug, "versions": versions })))
+}
+
+pub async fn get_version(State(state): State<AppState>, user: AuthUser, Path((slug, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let version = state.skills.store.version(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
+    Ok(Json(serde_json::to_value(version).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+pub struct FileQuery {
+    version: Option<String>,
+}
+
+/// The version a request names, else `latest`.
+async fn version_or_latest(state: &AppState, viewer: &Viewer, slug: &str, version: Option<String>) -> Result<String, ApiError> {
+    match version {
+        Some(v) => Ok(v),
+        None => Ok(state.skills.store.skill(viewer, slug).await?.ok_or_else(not_found)?.latest.version),
+    }
+}
+
+pub async fn get_file(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((slug, path)): Path<(String, String)>,
+    Query(query): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let version = version_or_latest(&state, &viewer, &slug, query.version).await?;
+    let files = state.skills.store.bundle(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
+    let bytes = files.get(&path).cloned().ok_or_else(|| ApiError::NotFound(format!("version {version} of `{slug}` has no file `{path}`"), "file_not_found"))?;
+    Ok(file_response(&path, bytes))
+}
+
+fn file_response(path: &str, bytes: Vec<u8>) -> Response {
+    let content_type = match (std::str::from_utf8(&bytes).is_ok(), path.rsplit('.').next()) {
+        (true, Some("md")) => "text/markdown; charset=utf-8",
+        (true, Some("json")) => "application/json",
+        (true, _) => "text/plain; charset=utf-8",
+        (false, _) => "application/octet-stream",
+    };
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct DiffQuery {
+    from: String,
+    to: String,
+}
+
+/// A unified diff between two versions, file by file.
+pub async fn diff(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let from = state.skills.store.bundle(&viewer, &slug, &query.from).await?.ok_or_else(not_found)?;
+    let to = state.skills.store.bundle(&viewer, &slug, &query.to).await?.ok_or_else(not_found)?;
+    Ok(Json(json!({ "slug": slug, "from": query.from, "to": query.to, "diff": unified_diff(&from, &to, &query.from, &query.to) })))
+}
+
+/// Every changed file as a unified diff (`--- a/<path>@<from>` / `+++ b/<path>@<to>`);
+/// binary files are named, not shown.
+pub fn unified_diff(from: &Files, to: &Files, from_label: &str, to_label: &str) -> String {
+    let mut paths: Vec<&String> = from.keys().chain(to.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    let mut out = String::new();
+    for path in paths {
+        let (old, new) = (from.get(path), to.get(path));
+        if old == new {
+            continue;
+        }
+        let text = |bytes: Option<&Vec<u8>>| bytes.map(|b| std::str::from_utf8(b).map(str::to_string));
+        match (text(old), text(new)) {
+            (Some(Err(_)), _) | (_, Some(Err(_))) => out.push_str(&format!("Binary file {path} differs\n")),
+            (old, new) => {
+                let old = old.and_then(Result::ok).unwrap_or_default();
+                let new = new.and_then(Result::ok).unwrap_or_default();
+                let diff = similar::TextDiff::from_lines(&old, &new);
+                out.push_str(
+                    &diff
+                        .unified_diff()
+                        .context_radius(3)
+                        .header(&format!("a/{path}@{from_label}"), &format!("b/{path}@{to_label}"))
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// One file of a published bundle: text as is, or bytes in base64.
+#[derive(Deserialize)]
+pub struct BundleFile {
+    path: String,
+    content: Option<String>,
+    content_base64: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct PublishBody {
+    slug: String,
+    /// `shared`, `private` (the default) or `group:<name>`.
+    scope: Option<String>,
+    version: Option<String>,
+    changelog: Option<String>,
+    files: Vec<BundleFile>,
+}
+
+pub async fn publish(State(state): State<AppState>, user: AuthUser, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: PublishBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), "invalid_json", None))?;
+    let viewer = viewer_of(&state, &user).await?;
+    let scope = Scope::parse_for(body.scope.as_deref().unwrap_or("private"), &viewer)
+        .map_err(|m| ApiError::bad_request(m, "invalid_scope", Some("scope")))?;
+    let mut files = Files::new();
+    for file in body.files {
+        let bytes = match (file.content, file.content_base64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| ApiError::bad_request(format!("`{}`: content_base64 is not base64: {e}", file.path), "invalid_file", Some("files")))?,
+            _ => return Err(ApiError::bad_request(format!("`{}` needs exactly one of content or content_base64", file.path), "invalid_file", Some("files"))),
+        };
+        if files.insert(file.path.clone(), bytes).is_some() {
+            return Err(ApiError::bad_request(format!("`{}` is listed twice", file.path), "invalid_file", Some("files")));
+        }
+    }
+    let request = PublishRequest {
+        slug: body.slug,
+        scope,
+        version: body.version,
+        changelog: body.changelog.unwrap_or_default(),
+        files,
+        provenance: json!({ "source": "api" }),
+    };
+    let info = state.skills.store.publish(&Actor::User(viewer), request).await?;
+    state.skills.after_write().await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
+}
+
+#[derive(Deserialize)]
+pub struct RollbackBody {
+    version: String,
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: RollbackBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body (expected {{\"version\": \"x.y.z\"}}): {e}"), "invalid_json", None))?;
+    let viewer = viewer_of(&state, &user).await?;
+    let info = state.skills.store.rollback(&Actor::User(viewer.clone()), &viewer, &slug, &body.version).await?;
+    state.skills.after_write().await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
+}
+
+#[derive(Deserialize)]
+pub struct ManifestQuery {
+    since: Option<i64>,
+}
+
+/// `GET /api/sync/manifest`: every visible skill's latest version and fingerprint, with a
+/// strong ETag (304 on `If-None-Match`), or with `?since=<cursor>` only what changed.
+pub async fn manifest(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Query(query): Query<ManifestQuery>,
+) -> Result<Response, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    if let Some(since) = query.since {
+        return Ok(Json(changes_manifest(&state, &viewer, since).await?).into_response());
+    }
+    let (etag, body) = state.skills.manifest(&viewer).await?;
+    let etag_header = HeaderValue::from_str(&etag).map_err(anyhow::Error::from)?;
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|candidate| candidate.trim() == etag || candidate.trim() == "*"));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response());
+    }
+    Ok(([(header::ETAG, etag_header), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// The delta after `since`: each changed slug with its current entry, or in `removed`
+/// when the viewer no longer sees it.
+async fn changes_manifest(state: &AppState, viewer: &Viewer, since: i64) -> Result<Value, ApiError> {
+    let changes = state.skills.store.changes_since(viewer, since).await?;
+    let cursor = changes.last().map(|c| c.cursor).unwrap_or(since).max(since);
+    let (_, current) = state.skills.store.manifest(viewer).await?;
+    let mut skills = BTreeMap::new();
+    let mut removed = Vec::new();
+    for change in &changes {
+        match current.get(&change.slug) {
+            Some(entry) => {
+                skills.insert(change.slug.clone(), entry.clone());
+            }
+            None if !removed.contains(&change.slug) => removed.push(change.slug.clone()),
+            None => {}
+        }
+    }
+    Ok(json!({ "cursor": cursor, "full": false, "skills": skills, "removed": removed }))
+}
+
+/// `GET /api/sync/events`: an SSE stream of visible changes (`event: publish`, `rollback`
+/// or `delete`; `id` is the cursor). With `Last-Event-ID` the missed changes come first.
+pub async fn events(State(state): State<AppState>, user: AuthUser, headers: HeaderMap) -> Result<Response, ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let mut live = state.skills.changes.subscribe();
+    let last_seen = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+    let backlog = match last_seen {
+        Some(cursor) => state.skills.store.changes_since(&viewer, cursor).await?,
+        None => Vec::new(),
+    };
+    let scopes = viewer.scopes();
+    let stream = async_stream::stream! {
+        let mut sent = last_seen.unwrap_or(0);
+        for change in backlog {
+            sent = change.cursor;
+            yield Ok::<SseEvent, Infallible>(sse_event(&change));
+        }
+        loop {
+            match live.recv().await {
+                Ok(change) => {
+                    if change.cursor <= sent || !scopes.contains(&change.scope_key) {
+                        continue;
+                    }
+                    sent = change.cursor;
+                    yield Ok(sse_event(&change));
+                }
+                // A slow subscriber that missed changes is told to resynchronize.
+                Err(broadcast::error::RecvError::Lagged(_)) => yield Ok(SseEvent::default().event("resync").data("{}")),
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn sse_event(change: &Change) -> SseEvent {
+    SseEvent::default().event(change.kind.clone()).id(change.cursor.to_string()).data(serde_json::to_string(change).unwrap_or_default())
+}
