@@ -18,6 +18,7 @@ use crate::config::{Backend, DType, ServeConfig, Weights};
 use agent::repack::{self, WeightFormat};
 use crate::skill_store::{load_starter_skills, starter_skills, SkillStore, SqliteSkillStore};
 use crate::skills_api::SkillRepo;
+use crate::sync_client::{SyncClient, SyncOptions};
 use crate::store::{SqliteStore, Store};
 use crate::{app, AppState, GenerationLimits, HttpLimits};
 
@@ -47,6 +48,28 @@ enum Command {
         /// Directory holding the database, as for `serve`.
         #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
         data_dir: std::path::PathBuf,
+    },
+    /// Keep a local skills folder in step with a server: installs and updates what the
+    /// manifest lists, keeps local edits, never touches folders it did not install.
+    Sync {
+        /// The server's base URL.
+        #[arg(long, env = "SKILLHIVE_SERVER")]
+        server: String,
+        /// An API token for the server.
+        #[arg(long, env = "SKILLHIVE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The local skills folder.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Overwrite local edits and same-named folders sync did not install.
+        #[arg(long)]
+        force: bool,
+        /// Also upload the OpenClaw session transcripts (`*.jsonl`) in this folder.
+        #[arg(long)]
+        push: Option<std::path::PathBuf>,
+        /// Keep running, syncing again whenever the server publishes a change.
+        #[arg(long)]
+        watch: bool,
     },
     /// Manage users.
     User {
@@ -101,6 +124,7 @@ pub async fn main() -> ExitCode {
         Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
         Command::User { command: UserCommand::Join { name, group, data_dir } } => join_group(&name, &group, &data_dir).await,
         Command::Import { file, user, data_dir } => import(&file, &user, &data_dir).await,
+        Command::Sync { server, token, dir, force, push, watch } => sync(SyncOptions { server, token, dir, force, push, watch }).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
             Ok(())
@@ -132,6 +156,16 @@ async fn join_group(name: &str, group: &str, data_dir: &std::path::Path) -> anyh
     let skills = SqliteSkillStore::new(store.pool(), data_dir.join("blobs"));
     skills.add_group_member(group, &user.id).await?;
     println!("{name} is a member of group:{group}");
+    Ok(())
+}
+
+async fn sync(options: SyncOptions) -> anyhow::Result<()> {
+    let watch = options.watch;
+    let client = SyncClient::new(options)?;
+    if watch {
+        return client.watch().await;
+    }
+    client.sync_once().await?.print();
     Ok(())
 }
 

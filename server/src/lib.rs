@@ -14,6 +14,7 @@ pub mod sessions_api;
 pub mod skill_store;
 pub mod skills_api;
 pub mod store;
+pub mod sync_client;
 
 
 use std::sync::Arc;

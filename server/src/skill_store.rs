@@ -181,7 +181,7 @@ pub struct SkillInfo {
 }
 
 /// A skill as the sync manifest lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ManifestEntry {
     pub version: String,
     pub fingerprint: String,
