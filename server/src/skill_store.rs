@@ -823,3 +823,119 @@ pub fn starter_skills() -> anyhow::Result<Vec<(String, Files)>> {
     skills.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(skills)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    fn files(body: &str) -> Files {
+        let mut files = Files::new();
+        files.insert("SKILL.md".into(), format!("---\nname: notes\ndescription: Keep notes. Use when asked to remember.\n---\n{body}\n").into_bytes());
+        files.insert("references/style.md".into(), b"Short lines.\n".to_vec());
+        files
+    }
+
+    fn request(scope: Scope, version: Option<&str>, body: &str) -> PublishRequest {
+        PublishRequest { slug: "notes".into(), scope, version: version.map(str::to_string), changelog: body.into(), files: files(body), provenance: Value::Null }
+    }
+
+    async fn fixture() -> (tempfile::TempDir, SqliteSkillStore, Viewer, Viewer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let alice = store.create_user("alice", true).await.unwrap();
+        let bob = store.create_user("bob", false).await.unwrap();
+        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
+        let (alice, bob) = (skills.viewer(&alice.id).await.unwrap(), skills.viewer(&bob.id).await.unwrap());
+        (dir, skills, alice, bob)
+    }
+
+    #[tokio::test]
+    async fn a_publish_never_changes_an_existing_version() {
+        let (_dir, skills, alice, _) = fixture().await;
+        let actor = Actor::User(alice.clone());
+        let first = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap();
+        assert_eq!(first.version, "1.0.0");
+        // The fingerprint is ClawHub's, computed by hand: collated paths, `path:sha256` lines.
+        let lines = format!(
+            "references/style.md:{}\nSKILL.md:{}",
+            bundle::sha256_hex(b"Short lines.\n"),
+            bundle::sha256_hex(&files("one")["SKILL.md"])
+        );
+        assert_eq!(first.fingerprint, bundle::sha256_hex(lines.as_bytes()));
+
+        let taken = skills.publish(&actor, request(Scope::Shared, Some("1.0.0"), "changed")).await.unwrap_err();
+        assert!(matches!(&taken, RepoError::Conflict(m) if m.contains("exists and cannot change")), "{taken:?}");
+        let lower = skills.publish(&actor, request(Scope::Shared, Some("0.9.0"), "changed")).await.unwrap_err();
+        assert!(matches!(&lower, RepoError::Conflict(m) if m.contains("must be higher")), "{lower:?}");
+        let same = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap_err();
+        assert!(matches!(&same, RepoError::Conflict(m) if m.contains("identical")), "{same:?}");
+        let bad = skills.publish(&actor, request(Scope::Shared, Some("two"), "x")).await.unwrap_err();
+        assert!(matches!(&bad, RepoError::BadRequest(m) if m.contains("not semver")), "{bad:?}");
+
+        let second = skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap();
+        assert_eq!((second.version.as_str(), second.parent_version.as_deref()), ("1.0.1", Some("1.0.0")));
+        let kept = skills.bundle(&alice, "notes", "1.0.0").await.unwrap().unwrap();
+        assert_eq!(kept, files("one"), "version 1.0.0 keeps its files");
+        // Even SQL written by hand cannot change or remove a published version.
+        let update = sqlx::query("UPDATE skill_versions SET changelog = 'x'").execute(&skills.pool).await.unwrap_err();
+        assert!(update.to_string().contains("immutable"), "{update}");
+        let delete = sqlx::query("DELETE FROM skill_files").execute(&skills.pool).await.unwrap_err();
+        assert!(delete.to_string().contains("immutable"), "{delete}");
+    }
+
+    #[tokio::test]
+    async fn rollback_publishes_a_copy_as_a_higher_version() {
+        let (_dir, skills, alice, _) = fixture().await;
+        let actor = Actor::User(alice.clone());
+        let first = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap();
+        skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap();
+        let restored = skills.rollback(&actor, &alice, "notes", "1.0.0").await.unwrap();
+        assert_eq!(restored.version, "1.0.2");
+        assert_eq!(restored.fingerprint, first.fingerprint);
+        assert_eq!(restored.provenance["rollback"]["restored"], "1.0.0");
+        assert_eq!(skills.skill(&alice, "notes").await.unwrap().unwrap().latest.version, "1.0.2");
+        assert_eq!(skills.versions(&alice, "notes").await.unwrap().unwrap().len(), 3);
+        let kinds: Vec<String> = skills.changes_since(&alice, 0).await.unwrap().into_iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, vec!["publish", "publish", "rollback"]);
+    }
+
+    #[tokio::test]
+    async fn private_skills_are_invisible_and_shadow_shared_ones_for_their_owner() {
+        let (_dir, skills, alice, bob) = fixture().await;
+        skills.publish(&Actor::User(alice.clone()), request(Scope::Shared, None, "shared")).await.unwrap();
+        skills.publish(&Actor::User(bob.clone()), request(Scope::User(bob.user_id.clone()), None, "bob's")).await.unwrap();
+        // Bob (not an admin) may not publish to shared, nor into alice's private scope.
+        let shared = skills.publish(&Actor::User(bob.clone()), request(Scope::Shared, None, "x")).await.unwrap_err();
+        assert!(matches!(shared, RepoError::Forbidden(_)));
+        let other = skills.publish(&Actor::User(bob.clone()), request(Scope::User(alice.user_id.clone()), None, "x")).await.unwrap_err();
+        assert!(matches!(other, RepoError::Forbidden(_)));
+
+        let bob_sees = skills.skill(&bob, "notes").await.unwrap().unwrap();
+        assert_eq!((bob_sees.scope.as_str(), bob_sees.latest.changelog.as_str()), ("private", "bob's"));
+        let alice_sees = skills.skill(&alice, "notes").await.unwrap().unwrap();
+        assert_eq!(alice_sees.scope, "shared");
+        assert_eq!(skills.manifest(&alice).await.unwrap().1["notes"].scope, "shared");
+        assert!(skills.changes_since(&alice, 0).await.unwrap().iter().all(|c| c.scope == "shared"));
+        // Deleting bob's copy uncovers the shared one for him.
+        skills.delete_skill(&bob, "notes").await.unwrap();
+        assert_eq!(skills.skill(&bob, "notes").await.unwrap().unwrap().scope, "shared");
+        assert_eq!(skills.changes_since(&bob, 0).await.unwrap().last().unwrap().kind, "delete");
+    }
+
+    #[tokio::test]
+    async fn groups_see_their_skills_and_invalid_bundles_are_refused_whole() {
+        let (_dir, skills, alice, bob) = fixture().await;
+        skills.add_group_member("team", &bob.user_id).await.unwrap();
+        let bob = skills.viewer(&bob.user_id).await.unwrap();
+        skills.publish(&Actor::User(bob.clone()), request(Scope::Group("team".into()), None, "team")).await.unwrap();
+        assert_eq!(skills.list_skills(&bob, Some("remember"), Some("group:team")).await.unwrap().len(), 1);
+        assert!(skills.skill(&alice, "notes").await.unwrap().is_none());
+
+        let mut broken = request(Scope::Shared, None, "x");
+        broken.files.insert("../escape".into(), b"x".to_vec());
+        let error = skills.publish(&Actor::User(alice.clone()), broken).await.unwrap_err();
+        assert!(matches!(&error, RepoError::Invalid(e) if e[0].rule == "path"), "{error:?}");
+        assert!(skills.skill(&alice, "notes").await.unwrap().is_none(), "nothing of a refused bundle is stored");
+    }
+}
