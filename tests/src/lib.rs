@@ -126,9 +126,19 @@ impl Drop for Server {
 
 /// Creates a user in a data directory with `skillhive user add` and returns its token.
 pub fn add_user(data_dir: &Path, name: &str) -> String {
+    add_user_with(data_dir, name, &[])
+}
+
+/// Creates an admin user and returns its token.
+pub fn add_admin(data_dir: &Path, name: &str) -> String {
+    add_user_with(data_dir, name, &["--admin"])
+}
+
+fn add_user_with(data_dir: &Path, name: &str, flags: &[&str]) -> String {
     let output = Command::new(skillhive_binary())
         .args(["user", "add", name, "--data-dir"])
         .arg(data_dir)
+        .args(flags)
         .output()
         .expect("run skillhive user add");
     assert!(output.status.success(), "user add failed: {}", String::from_utf8_lossy(&output.stderr));

@@ -226,3 +226,46 @@ async fn transcripts_import_whole_or_not_at_all() {
     let (_, last) = call(reqwest::Method::GET, &server, &server.token, "/api/sessions", None).await;
     assert_eq!(last["sessions"].as_array().unwrap().len(), 2);
 }
+
+/// The repository is the agent's skill source: on the real model, a turn that reads a
+/// skill's location gets the published `SKILL.md` and records which version it read.
+#[tokio::test]
+async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
+    use futures::StreamExt;
+    let server = Server::start(&[]);
+    let skill = "---\nname: tidy-notes\ndescription: Tidy a markdown file. Use when asked to clean up notes.\n---\nWrap lines at 72 columns.\n";
+    let (status, published) = call(
+        reqwest::Method::POST,
+        &server,
+        &server.token,
+        "/api/skills",
+        Some(json!({"slug": "tidy-notes", "scope": "private", "files": [{"path": "SKILL.md", "content": skill}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{published}");
+    let session = new_session(&server, &server.token).await;
+    let response = client()
+        .post(format!("{}/api/sessions/{session}/messages", server.url))
+        .bearer_auth(&server.token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": "Call the read tool with path skills/tidy-notes/SKILL.md"}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut received = String::new();
+    // The small model may read it again and again; the first read is enough.
+    while !received.contains("\"kind\":\"skill_read\"") {
+        let Some(chunk) = stream.next().await else { break };
+        received.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    call(reqwest::Method::POST, &server, &server.token, &format!("/api/sessions/{session}/cancel"), None).await;
+    drop(stream);
+    let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
+    let events = trajectory["events"].as_array().unwrap();
+    let read = events.iter().find(|e| e["kind"] == "skill_read").unwrap_or_else(|| panic!("no skill read: {trajectory}"));
+    assert_eq!((read["payload"]["slug"].as_str(), read["payload"]["version"].as_str()), (Some("tidy-notes"), Some("1.0.0")));
+    let result = events.iter().find(|e| e["kind"] == "tool_result").expect("the read's result");
+    assert_eq!(result["payload"]["ok"], true);
+    assert!(result["payload"]["excerpt"].as_str().unwrap().contains("Wrap lines at 72 columns."), "{result}");
+}
