@@ -233,13 +233,15 @@ async fn transcripts_import_whole_or_not_at_all() {
 async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
     use futures::StreamExt;
     let server = Server::start(&[]);
-    let skill = "---\nname: tidy-notes\ndescription: Tidy a markdown file. Use when asked to clean up notes.\n---\nWrap lines at 72 columns.\n";
+    // A new version of a starter skill, published by an admin, is what the agent reads.
+    let admin = e2e::add_admin(server.data_dir.path(), "admin");
+    let skill = "---\nname: csv-inspect\ndescription: Inspect a CSV file's columns, row count and sample rows. Use when the user asks about a .csv file or tabular data.\n---\nCount the rows with wc -l first.\n";
     let (status, published) = call(
         reqwest::Method::POST,
         &server,
-        &server.token,
+        &admin,
         "/api/skills",
-        Some(json!({"slug": "tidy-notes", "scope": "private", "files": [{"path": "SKILL.md", "content": skill}]})),
+        Some(json!({"slug": "csv-inspect", "scope": "shared", "files": [{"path": "SKILL.md", "content": skill}]})),
     )
     .await;
     assert_eq!(status, 201, "{published}");
@@ -248,7 +250,7 @@ async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
         .post(format!("{}/api/sessions/{session}/messages", server.url))
         .bearer_auth(&server.token)
         .header("accept", "text/event-stream")
-        .json(&json!({"content": "Call the read tool with path skills/tidy-notes/SKILL.md"}))
+        .json(&json!({"content": "Call the read tool with path skills/csv-inspect/SKILL.md"}))
         .send()
         .await
         .unwrap();
@@ -264,8 +266,8 @@ async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
     let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
     let events = trajectory["events"].as_array().unwrap();
     let read = events.iter().find(|e| e["kind"] == "skill_read").unwrap_or_else(|| panic!("no skill read: {trajectory}"));
-    assert_eq!((read["payload"]["slug"].as_str(), read["payload"]["version"].as_str()), (Some("tidy-notes"), Some("1.0.0")));
+    assert_eq!((read["payload"]["slug"].as_str(), read["payload"]["version"].as_str()), (Some("csv-inspect"), Some("1.0.1")));
     let result = events.iter().find(|e| e["kind"] == "tool_result").expect("the read's result");
     assert_eq!(result["payload"]["ok"], true);
-    assert!(result["payload"]["excerpt"].as_str().unwrap().contains("Wrap lines at 72 columns."), "{result}");
+    assert!(result["payload"]["excerpt"].as_str().unwrap().contains("Count the rows with wc -l first."), "{result}");
 }
