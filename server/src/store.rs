@@ -113,7 +113,14 @@ impl TryFrom<EventRow> for StoredEvent {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Token hash → user, for [`TOKEN_CACHE_TTL`]. Every request authenticates, and a
+    /// polling sync client must not cost a database round trip each time.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, User)>>,
 }
+
+/// How long a token lookup is trusted before the database is asked again (so a token
+/// removed in the database stops working within this time).
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The migrations at the repository root, compiled into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -131,7 +138,7 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, tokens: Default::default() })
     }
 
     /// The connection pool, for the other stores that share this database file.
@@ -194,6 +201,11 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_token(&self, token_hash: &str) -> anyhow::Result<Option<User>> {
+        if let Some((at, user)) = self.tokens.lock().expect("token cache").get(token_hash) {
+            if at.elapsed() < TOKEN_CACHE_TTL {
+                return Ok(Some(user.clone()));
+            }
+        }
         let row: Option<(String, String, bool)> = sqlx::query_as(
             "SELECT users.id, users.name, users.is_admin FROM api_tokens JOIN users ON users.id = api_tokens.user_id
              WHERE api_tokens.token_hash = ?",
@@ -201,7 +213,17 @@ impl Store for SqliteStore {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, name, is_admin)| User { id, name, is_admin }))
+        let user = row.map(|(id, name, is_admin)| User { id, name, is_admin });
+        // Only known tokens are cached: a token made a moment ago by `skillhive user add`
+        // in another process must work at once.
+        let mut cache = self.tokens.lock().expect("token cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        if let Some(user) = &user {
+            cache.insert(token_hash.to_string(), (std::time::Instant::now(), user.clone()));
+        }
+        Ok(user)
     }
 
     async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session> {
