@@ -464,3 +464,59 @@ pub async fn events(State(state): State<AppState>, user: AuthUser, headers: Head
 fn sse_event(change: &Change) -> SseEvent {
     SseEvent::default().event(change.kind.clone()).id(change.cursor.to_string()).data(serde_json::to_string(change).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skill_store::{SqliteSkillStore, SkillStore};
+    use crate::store::{SqliteStore, Store};
+    use agent::agent_loop::SkillSource;
+
+    fn bundle(name: &str, metadata: &str) -> Files {
+        let text = format!("---\nname: {name}\ndescription: Does {name}. Use when asked.\n{metadata}---\nSteps.\n");
+        Files::from([("SKILL.md".to_string(), text.into_bytes())])
+    }
+
+    #[tokio::test]
+    async fn agents_see_only_skills_whose_requirements_this_host_meets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let user = store.create_user("u", false).await.unwrap();
+        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
+        let publish = |name: &'static str, metadata: &'static str| {
+            let request = PublishRequest {
+                slug: name.into(),
+                scope: Scope::Shared,
+                version: None,
+                changelog: String::new(),
+                files: bundle(name, metadata),
+                provenance: Value::Null,
+            };
+            let skills = skills.clone();
+            async move { skills.publish(&Actor::System, request).await.unwrap() }
+        };
+        publish("plain", "").await;
+        publish("needs-sh", "metadata:\n  openclaw:\n    requires:\n      bins: [sh]\n").await;
+        publish("needs-missing", "metadata:\n  openclaw:\n    requires:\n      bins: [no-such-tool-here]\n").await;
+        publish("needs-env", "metadata:\n  openclaw:\n    requires:\n      env: [SKILLHIVE_NO_SUCH_VARIABLE]\n").await;
+        let repo = SkillRepo::new(Arc::new(skills));
+        let viewer = repo.viewer(&user.id).await.unwrap();
+        let catalog: Vec<String> = repo.agent_skills(&viewer).await.unwrap().catalog().into_iter().map(|e| e.slug).collect();
+        assert_eq!(catalog, vec!["needs-sh", "plain"]);
+    }
+
+    #[test]
+    fn diffs_cover_added_removed_and_binary_files() {
+        let from = Files::from([("SKILL.md".to_string(), b"a\nb\n".to_vec()), ("old.txt".to_string(), b"gone\n".to_vec())]);
+        let to = Files::from([
+            ("SKILL.md".to_string(), b"a\nc\n".to_vec()),
+            ("new.txt".to_string(), b"here\n".to_vec()),
+            ("logo.png".to_string(), vec![0xff, 0x00, 0xfe]),
+        ]);
+        let diff = unified_diff(&from, &to, "1.0.0", "1.1.0");
+        assert!(diff.contains("--- a/SKILL.md@1.0.0\n+++ b/SKILL.md@1.1.0\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n"), "{diff}");
+        assert!(diff.contains("+++ b/new.txt@1.1.0\n@@ -0,0 +1 @@\n+here\n"), "{diff}");
+        assert!(diff.contains("--- a/old.txt@1.0.0\n+++ b/old.txt@1.1.0\n@@ -1 +0,0 @@\n-gone\n"), "{diff}");
+        assert!(diff.contains("Binary file logo.png differs"), "{diff}");
+    }
+}
