@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub catalog_budget: usize,
     pub exec_policy: ExecPolicy,
     pub exec_limits: ExecLimits,
+    /// Seeds each step's sampling (the seed plus the step number), so a replay of the same
+    /// goal with the same model makes the same choices; `None` leaves sampling unseeded.
+    pub seed: Option<u64>,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +73,7 @@ impl Default for AgentConfig {
             catalog_budget: 2_000,
             exec_policy: ExecPolicy::default(),
             exec_limits: ExecLimits::default(),
+            seed: None,
         }
     }
 }
@@ -161,7 +165,7 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
     history.push(ChatMessage::user(user_text));
     record(ctx, Event::UserMessage { text: user_text.to_string() }).await;
 
-    for _step in 0..ctx.config.max_steps {
+    for step in 0..ctx.config.max_steps {
         if *ctx.cancel.borrow() {
             return stop(ctx, StopReason::Cancelled, None).await;
         }
@@ -179,6 +183,7 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
         messages.extend(history.iter().cloned());
         let mut request = GenerationRequest::chat(messages, ctx.config.max_tokens_per_step);
         request.tools = tool_specs();
+        request.seed = ctx.config.seed.map(|seed| seed.wrapping_add(step as u64));
         let call_started = Instant::now();
         let generation = tokio::select! {
             result = tokio::time::timeout(remaining, generate(ctx, request)) => match result {

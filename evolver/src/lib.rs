@@ -1,3 +1,12 @@
 //! The evolver: a background job that mines all users' trajectories into better shared
 //! skills. It depends on `agent` only and sees storage and the engine through traits, so
 //! its pipeline can be tested with scripted parts.
+
+pub mod group;
+pub mod pipeline;
+pub mod redact;
+pub mod safety;
+pub mod store;
+
+pub use pipeline::{Evolver, EvolverConfig, RunError};
+pub use store::{CandidateRecord, EvolverStore, RunReport, SessionSummary, SessionTrace, SkillText, StepReport, SummaryRecord};
