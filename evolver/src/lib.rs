@@ -7,6 +7,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod safety;
 pub mod store;
+pub mod testing;
 
 pub use pipeline::{Evolver, EvolverConfig, RunError};
 pub use store::{CandidateRecord, EvolverStore, RunReport, SessionSummary, SessionTrace, SkillText, StepReport, SummaryRecord};

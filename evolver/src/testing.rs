@@ -1,0 +1,260 @@
+//! Scripted parts for exercising the pipeline without a model or a database: an in-memory
+//! [`EvolverStore`] and a rule-following engine that records every prompt it receives.
+//! The tests and `bench/evolver` use them; the server uses the real ones.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use agent::engine::{
+    ChatMessage, Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, Prompt, Role, ToolCall, Usage,
+};
+use agent::trajectory::{Event, StopReason};
+
+use crate::store::{CandidateRecord, EvolverStore, RunReport, SessionTrace, SkillText, SummaryRecord};
+
+/// Everything a [`MemoryStore`] holds.
+#[derive(Default)]
+pub struct MemoryState {
+    pub sessions: Vec<SessionTrace>,
+    pub summaries: BTreeMap<String, SummaryRecord>,
+    /// slug → versions in order, each `(version, SKILL.md, provenance)`.
+    pub skills: BTreeMap<String, Vec<(String, String, Value)>>,
+    pub candidates: BTreeMap<String, CandidateRecord>,
+    pub runs: Vec<(String, String, RunReport)>,
+    pub lease: Option<String>,
+    pub rollbacks: Vec<(String, String, String)>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    pub state: Mutex<MemoryState>,
+}
+
+impl MemoryStore {
+    pub fn add_skill(&self, slug: &str, skill_md: &str) {
+        self.state.lock().unwrap().skills.entry(slug.into()).or_default().push(("1.0.0".into(), skill_md.into(), Value::Null));
+    }
+    pub fn add_session(&self, trace: SessionTrace) {
+        self.state.lock().unwrap().sessions.push(trace);
+    }
+    pub fn latest(&self, slug: &str) -> Option<(String, String, Value)> {
+        self.state.lock().unwrap().skills.get(slug).and_then(|v| v.last().cloned())
+    }
+}
+
+fn bump(version: &str) -> String {
+    let parts: Vec<u64> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts.as_slice() {
+        [major, minor, patch] => format!("{major}.{minor}.{}", patch + 1),
+        _ => "1.0.0".into(),
+    }
+}
+
+#[async_trait]
+impl EvolverStore for MemoryStore {
+    async fn try_lease(&self, holder: &str, _ttl: Duration) -> anyhow::Result<bool> {
+        let mut state = self.state.lock().unwrap();
+        if state.lease.is_some() {
+            return Ok(false);
+        }
+        state.lease = Some(holder.into());
+        Ok(true)
+    }
+    async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        if state.lease.as_deref() == Some(holder) {
+            state.lease = None;
+        }
+        Ok(())
+    }
+    async fn start_run(&self, trigger: &str) -> anyhow::Result<String> {
+        let mut state = self.state.lock().unwrap();
+        let id = format!("run-{}", state.runs.len() + 1);
+        state.runs.push((id.clone(), trigger.into(), RunReport::default()));
+        Ok(id)
+    }
+    async fn update_run(&self, run_id: &str, _status: &str, report: &RunReport) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(run) = state.runs.iter_mut().find(|r| r.0 == run_id) {
+            run.2 = report.clone();
+        }
+        Ok(())
+    }
+    async fn unsummarized_sessions(&self, limit: usize) -> anyhow::Result<Vec<SessionTrace>> {
+        let state = self.state.lock().unwrap();
+        Ok(state.sessions.iter().filter(|s| !state.summaries.contains_key(&s.session_id)).take(limit).cloned().collect())
+    }
+    async fn save_summary(&self, record: &SummaryRecord) -> anyhow::Result<()> {
+        self.state.lock().unwrap().summaries.insert(record.session_id.clone(), record.clone());
+        Ok(())
+    }
+    async fn summaries_since(&self, since: i64) -> anyhow::Result<Vec<SummaryRecord>> {
+        Ok(self.state.lock().unwrap().summaries.values().filter(|s| s.updated_at >= since).cloned().collect())
+    }
+    async fn shared_skill(&self, slug: &str) -> anyhow::Result<Option<SkillText>> {
+        Ok(self.latest(slug).map(|(version, skill_md, _)| SkillText { slug: slug.into(), version, skill_md }))
+    }
+    async fn shared_skill_version(&self, slug: &str, version: &str) -> anyhow::Result<Option<String>> {
+        let state = self.state.lock().unwrap();
+        Ok(state.skills.get(slug).and_then(|v| v.iter().find(|(ver, ..)| ver == version)).map(|(_, text, _)| text.clone()))
+    }
+    async fn save_candidate(&self, candidate: &CandidateRecord) -> anyhow::Result<()> {
+        self.state.lock().unwrap().candidates.insert(candidate.id.clone(), candidate.clone());
+        Ok(())
+    }
+    async fn candidate(&self, id: &str) -> anyhow::Result<Option<CandidateRecord>> {
+        Ok(self.state.lock().unwrap().candidates.get(id).cloned())
+    }
+    async fn published_candidates(&self) -> anyhow::Result<Vec<CandidateRecord>> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .candidates
+            .values()
+            .filter(|c| c.status == "published" || c.status == "approved_and_published")
+            .cloned()
+            .collect())
+    }
+    async fn publish(&self, _run_id: &str, slug: &str, skill_md: &str, _changelog: &str, provenance: Value) -> anyhow::Result<String> {
+        let mut state = self.state.lock().unwrap();
+        let versions = state.skills.entry(slug.into()).or_default();
+        let version = versions.last().map(|(v, ..)| bump(v)).unwrap_or_else(|| "1.0.0".into());
+        versions.push((version.clone(), skill_md.into(), provenance));
+        Ok(version)
+    }
+    async fn rollback(&self, slug: &str, version: &str, reason: &str) -> anyhow::Result<String> {
+        let mut state = self.state.lock().unwrap();
+        let versions = state.skills.get_mut(slug).ok_or_else(|| anyhow::anyhow!("no skill {slug}"))?;
+        let text = versions.iter().find(|(v, ..)| v == version).map(|(_, t, _)| t.clone()).ok_or_else(|| anyhow::anyhow!("no version"))?;
+        let new = bump(&versions.last().expect("a version").0);
+        versions.push((new.clone(), text, json!({ "rollback": { "restored": version, "reason": reason } })));
+        state.rollbacks.push((slug.into(), version.into(), reason.into()));
+        Ok(new)
+    }
+}
+
+/// A session trace for tests: a request, optionally a skill read and a failing tool, and
+/// how it stopped.
+pub fn trace(id: &str, user: &str, updated_at: i64, request: &str, skill: Option<(&str, &str)>, failed_tool: bool, answered: bool) -> SessionTrace {
+    let mut events = vec![Event::UserMessage { text: request.into() }];
+    if let Some((slug, version)) = skill {
+        events.push(Event::ToolCall { call_id: "c1".into(), name: "read".into(), arguments: format!("{{\"path\":\"skills/{slug}/SKILL.md\"}}") });
+        events.push(Event::SkillRead { slug: slug.into(), version: version.into() });
+        events.push(Event::ToolResult { call_id: "c1".into(), name: "read".into(), ok: true, exit_code: None, excerpt: "skill text".into() });
+    }
+    if failed_tool {
+        events.push(Event::ToolCall { call_id: "c2".into(), name: "exec".into(), arguments: "{\"command\":\"wc -l data.csv\"}".into() });
+        events.push(Event::ToolResult { call_id: "c2".into(), name: "exec".into(), ok: false, exit_code: Some(1), excerpt: "wc: data.csv: No such file".into() });
+    }
+    if answered {
+        events.push(Event::FinalAnswer { text: "Done.".into() });
+        events.push(Event::Stop { reason: StopReason::FinalAnswer, detail: None });
+    } else {
+        events.push(Event::Stop { reason: StopReason::MaxSteps, detail: None });
+    }
+    SessionTrace { session_id: id.into(), user_id: format!("id-{user}"), user_name: user.into(), updated_at, events, feedback: Vec::new() }
+}
+
+/// An engine that follows rules instead of a model:
+/// - a summary request gets a summary whose outcome follows the transcript's stop;
+/// - a decision request gets the decision registered for the first registered key its
+///   prompt contains (else `skip`);
+/// - an agent step (tools offered) reads the catalog's skill first; after a skill that
+///   contains `WORSE` it fails a tool before answering, and without any skill it fails a
+///   tool too. So replays score 1.0 on a plain skill, 0.5 on a `WORSE` one or none.
+pub struct RuleEngine {
+    info: ModelInfo,
+    pub decisions: Mutex<Vec<(String, Value)>>,
+    /// Every prompt received, as one text per request.
+    pub prompts: Mutex<Vec<String>>,
+}
+
+impl Default for RuleEngine {
+    fn default() -> Self {
+        Self {
+            info: ModelInfo { id: "rules".into(), context_window: Some(8192), backend: "mistralrs" },
+            decisions: Mutex::new(Vec::new()),
+            prompts: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl RuleEngine {
+    pub fn decide(&self, key: &str, action: &str, name: &str, description: &str, instructions: &str) {
+        self.decisions.lock().unwrap().push((
+            key.into(),
+            json!({ "action": action, "name": name, "description": description, "instructions": instructions, "rationale": format!("{action} because the evidence shows it") }),
+        ));
+    }
+
+    pub fn calls(&self) -> usize {
+        self.prompts.lock().unwrap().len()
+    }
+
+    fn reply(&self, request: &GenerationRequest) -> Choice {
+        let Prompt::Messages(messages) = &request.prompt else { return Choice::default() };
+        let system = messages.first().map(|m| m.content.as_str()).unwrap_or_default();
+        let user = messages.iter().filter(|m| m.role == Some(Role::User)).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        if !request.tools.is_empty() {
+            return agent_step(system, messages);
+        }
+        if system.contains("You summarize") {
+            let goal = user.lines().find_map(|l| l.strip_prefix("user: ")).unwrap_or("unknown").to_string();
+            let outcome = if user.contains("stop: final_answer") { "success" } else { "failure" };
+            let summary = json!({ "goal": goal, "outcome": outcome, "helped": "reading the skill", "went_wrong": "", "turning_point": "" });
+            return Choice { text: summary.to_string(), ..Default::default() };
+        }
+        let decisions = self.decisions.lock().unwrap();
+        let decision = decisions
+            .iter()
+            .find(|(key, _)| user.contains(key.as_str()))
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| json!({ "action": "skip", "name": "", "description": "", "instructions": "", "rationale": "weak evidence" }));
+        Choice { text: decision.to_string(), ..Default::default() }
+    }
+}
+
+fn call(name: &str, arguments: Value) -> Choice {
+    Choice { tool_calls: vec![ToolCall { id: format!("call-{name}"), name: name.into(), arguments: arguments.to_string() }], ..Default::default() }
+}
+
+fn agent_step(system: &str, messages: &[ChatMessage]) -> Choice {
+    let results: Vec<&str> = messages.iter().filter(|m| m.role == Some(Role::Tool)).map(|m| m.content.as_str()).collect();
+    let location = system
+        .split("<location>")
+        .nth(1)
+        .and_then(|rest| rest.split("</location>").next())
+        .map(str::to_string);
+    match (results.len(), location) {
+        (0, Some(location)) => call("read", json!({ "path": location })),
+        (0, None) => call("read", json!({ "path": "missing.txt" })),
+        (1, Some(_)) if results[0].contains("WORSE") => call("read", json!({ "path": "missing.txt" })),
+        _ => Choice { text: "Done.".into(), ..Default::default() },
+    }
+}
+
+#[async_trait]
+impl Engine for RuleEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        if let Prompt::Messages(messages) = &request.prompt {
+            let text = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            self.prompts.lock().unwrap().push(text);
+        }
+        let choice = self.reply(&request);
+        Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 200, completion_tokens: 40 } })
+    }
+    async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
+        Err(EngineError::InvalidRequest("the rule engine does not stream".into()))
+    }
+    async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::InvalidRequest("the rule engine does not score".into()))
+    }
+}
