@@ -108,6 +108,10 @@ impl Step {
 
 const SUMMARY_SCHEMA_HINT: &str = "Reply with JSON: {\"goal\", \"outcome\" (success|partial|failure|unknown), \"helped\", \"went_wrong\", \"turning_point\"}.";
 
+/// The least a candidate's description and instructions must say, in words.
+pub const MIN_DESCRIPTION_WORDS: usize = 5;
+pub const MIN_BODY_WORDS: usize = 8;
+
 fn summary_schema() -> Value {
     json!({
         "type": "object",
@@ -497,9 +501,23 @@ impl Evolver {
 
     /// The gate: format, safety, then the A/B replay. Returns the verdict with numbers.
     async fn gate(&self, step: &mut Step, candidate: &CandidateRecord, held_out: &[String], identities: &[String]) -> anyhow::Result<Value> {
-        if let Err(errors) = parse_skill_md(&format!("{}/SKILL.md", candidate.slug), Some(&candidate.slug), &candidate.skill_md) {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Ok(json!({ "accepted": false, "failed": "format", "format": list }));
+        let manifest = match parse_skill_md(&format!("{}/SKILL.md", candidate.slug), Some(&candidate.slug), &candidate.skill_md) {
+            Ok(manifest) => manifest,
+            Err(errors) => {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                return Ok(json!({ "accepted": false, "failed": "format", "format": list }));
+            }
+        };
+        // Valid YAML is not yet a skill: it must say when to use it and what to do.
+        let (description_words, body_words) = (manifest.description.split_whitespace().count(), manifest.body.split_whitespace().count());
+        if description_words < MIN_DESCRIPTION_WORDS || body_words < MIN_BODY_WORDS {
+            return Ok(json!({
+                "accepted": false,
+                "failed": "format",
+                "format": format!(
+                    "too thin: {description_words} words of description (at least {MIN_DESCRIPTION_WORDS}) and {body_words} of instructions (at least {MIN_BODY_WORDS})"
+                ),
+            }));
         }
         let identity_refs: Vec<&str> = identities.iter().map(String::as_str).collect();
         let findings = safety::scan(&candidate.skill_md, &identity_refs);
@@ -521,7 +539,12 @@ impl Evolver {
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (base, cand) = (mean(&scores.0), mean(&scores.1));
-        let accepted = cand >= base - self.config.ab_threshold;
+        // An improvement must not do worse than the version it replaces. A new skill has
+        // nothing to replace, so it must do better than no skill: a tie says nothing.
+        let accepted = match candidate.base_version {
+            Some(_) => cand >= base - self.config.ab_threshold,
+            None => cand > base,
+        };
         Ok(json!({
             "accepted": accepted,
             "failed": if accepted { Value::Null } else { json!("replay") },

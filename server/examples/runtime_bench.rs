@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let sqlite = SqliteStore::open(&dir.path().join("api.db")).await?;
     let skills = SkillRepo::sqlite(&sqlite, dir.path().join("blobs"));
+    let evolver = server::evolver_api::EvolverService::new(&sqlite, &skills, Default::default());
     let api_store: Arc<dyn Store> = Arc::new(sqlite);
     let (_, token) = server::auth::create_user_with_token(api_store.as_ref(), "bench", false).await?;
     let state = AppState {
@@ -113,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
         agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default())),
         skills,
+        evolver,
     };
     let http = HttpLimits { body_bytes: 256 * 1024 * 1024, ..HttpLimits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -18,6 +18,7 @@ use crate::config::{Backend, DType, ServeConfig, Weights};
 use agent::repack::{self, WeightFormat};
 use crate::skill_store::{load_starter_skills, starter_skills, SkillStore, SqliteSkillStore};
 use crate::skills_api::SkillRepo;
+use crate::evolver_api::EvolverService;
 use crate::sync_client::{SyncClient, SyncOptions};
 use crate::store::{SqliteStore, Store};
 use crate::{app, AppState, GenerationLimits, HttpLimits};
@@ -48,6 +49,15 @@ enum Command {
         /// Directory holding the database, as for `serve`.
         #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
         data_dir: std::path::PathBuf,
+    },
+    /// Run the evolver: mine finished sessions into better shared skills. Takes the same
+    /// model and data options as `serve`.
+    Evolve {
+        /// One run, then exit (otherwise keep running on the schedule).
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        config: ServeConfig,
     },
     /// Keep a local skills folder in step with a server: installs and updates what the
     /// manifest lists, keeps local edits, never touches folders it did not install.
@@ -120,6 +130,7 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(config) => serve(config).await,
+        Command::Evolve { once, config } => evolve(once, config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
         Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
         Command::User { command: UserCommand::Join { name, group, data_dir } } => join_group(&name, &group, &data_dir).await,
@@ -156,6 +167,27 @@ async fn join_group(name: &str, group: &str, data_dir: &std::path::Path) -> anyh
     let skills = SqliteSkillStore::new(store.pool(), data_dir.join("blobs"));
     skills.add_group_member(group, &user.id).await?;
     println!("{name} is a member of group:{group}");
+    Ok(())
+}
+
+async fn evolve(once: bool, config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = SqliteStore::open(&config.data_dir.join("skillhive.db")).await?;
+    let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
+    load_starter_skills(skills.store.as_ref(), starter_skills()?).await?;
+    let engine = build_engine(&config).await?;
+    let service = EvolverService::new(&store, &skills, config.evolver.config());
+    if !once {
+        let service = Arc::new(EvolverService {
+            every_minutes: config.evolver.evolve_every_minutes,
+            after_sessions: config.evolver.evolve_after_sessions,
+            ..Arc::into_inner(service).expect("just made")
+        });
+        service.schedule(engine, skills).await;
+        return Ok(());
+    }
+    let (run_id, report) = service.evolver(engine).run_once("cli").await?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run_id": run_id, "report": report }))?);
     Ok(())
 }
 
@@ -207,6 +239,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(skills.clone().follow_changes());
 
     let engine = build_engine(&config).await?;
+    let evolver = Arc::new(EvolverService {
+        every_minutes: config.evolver.evolve_every_minutes,
+        after_sessions: config.evolver.evolve_after_sessions,
+        ..Arc::into_inner(EvolverService::new(&store, &skills, config.evolver.config())).expect("just made")
+    });
+    tokio::spawn(evolver.clone().schedule(engine.clone(), skills.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {
         engine,
@@ -224,6 +262,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             },
         )),
         skills,
+        evolver,
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 

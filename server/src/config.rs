@@ -98,4 +98,47 @@ pub struct ServeConfig {
     /// Longest a request may take before it is answered with 408, in seconds.
     #[arg(long, env = "SKILLHIVE_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
+
+    #[command(flatten)]
+    pub evolver: EvolverArgs,
+}
+
+/// When the evolver runs and how strict it is.
+#[derive(Debug, Clone, Args)]
+pub struct EvolverArgs {
+    /// Run the evolver every this many minutes (0: never on a timer).
+    #[arg(long, env = "SKILLHIVE_EVOLVE_EVERY_MINUTES", default_value_t = 60)]
+    pub evolve_every_minutes: u64,
+
+    /// Run the evolver once this many finished sessions await it (0: never on a count).
+    #[arg(long, env = "SKILLHIVE_EVOLVE_AFTER_SESSIONS", default_value_t = 20)]
+    pub evolve_after_sessions: i64,
+
+    /// Distinct users a group of sessions needs to count as a pattern.
+    #[arg(long, env = "SKILLHIVE_EVOLVE_MIN_USERS", default_value_t = 2)]
+    pub evolve_min_users: usize,
+
+    /// Days after which evidence weighs half as much.
+    #[arg(long, env = "SKILLHIVE_EVOLVE_HALF_LIFE_DAYS", default_value_t = 14.0)]
+    pub evolve_half_life_days: f64,
+
+    /// How much lower a candidate's replay score may be than the current version's.
+    #[arg(long, env = "SKILLHIVE_EVOLVE_AB_THRESHOLD", default_value_t = 0.0)]
+    pub evolve_ab_threshold: f64,
+
+    /// Hold accepted candidates for an admin's approval instead of publishing them.
+    #[arg(long, env = "SKILLHIVE_EVOLVE_REVIEW")]
+    pub evolve_review: bool,
+}
+
+impl EvolverArgs {
+    pub fn config(&self) -> evolver::EvolverConfig {
+        evolver::EvolverConfig {
+            min_distinct_users: self.evolve_min_users,
+            half_life_days: self.evolve_half_life_days,
+            ab_threshold: self.evolve_ab_threshold,
+            review: self.evolve_review,
+            ..Default::default()
+        }
+    }
 }

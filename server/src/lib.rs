@@ -7,6 +7,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod evolver_api;
+pub mod evolver_store;
 pub mod openai_api;
 pub mod proxy;
 pub mod clawhub_api;
@@ -46,6 +48,7 @@ pub struct AppState {
     pub limits: GenerationLimits,
     pub agent: Arc<sessions_api::AgentRuntime>,
     pub skills: Arc<skills_api::SkillRepo>,
+    pub evolver: Arc<evolver_api::EvolverService>,
 }
 
 /// Limits on HTTP requests themselves.
@@ -85,6 +88,11 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/skills/{slug}/rollback", post(skills_api::rollback))
         .route("/api/sync/manifest", get(skills_api::manifest))
         .route("/api/sync/events", get(skills_api::events))
+        .route("/api/evolver/status", get(evolver_api::status))
+        .route("/api/evolver/runs", get(evolver_api::runs).post(evolver_api::start_run))
+        .route("/api/evolver/runs/{id}", get(evolver_api::run))
+        .route("/api/evolver/candidates/{id}/approve", post(evolver_api::approve))
+        .route("/api/evolver/candidates/{id}/reject", post(evolver_api::reject))
         .route("/.well-known/clawhub.json", get(clawhub_api::well_known))
         .route("/.well-known/clawdhub.json", get(clawhub_api::well_known))
         .route("/api/v1/search", get(clawhub_api::search))

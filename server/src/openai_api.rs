@@ -648,6 +648,7 @@ mod app_tests {
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
             agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
         };
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)

@@ -393,6 +393,7 @@ mod tests {
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -446,6 +447,7 @@ mod tests {
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -503,6 +505,7 @@ mod tests {
                 },
             )),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;

@@ -1,0 +1,248 @@
+//! The evolver's storage on the server's SQLite database and skill repository.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::SqlitePool;
+
+use agent::trajectory::Event;
+use evolver::{CandidateRecord, EvolverStore, RunReport, SessionTrace, SkillText, SummaryRecord};
+
+use crate::skill_store::{Actor, PublishRequest, Scope, SkillStore, Viewer};
+
+pub struct SqliteEvolverStore {
+    pool: SqlitePool,
+    skills: Arc<dyn SkillStore>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The evolver reads and writes the shared scope only; a viewer that belongs to no user
+/// and no group sees exactly that.
+fn shared_viewer() -> Viewer {
+    Viewer { user_id: String::new(), is_admin: true, groups: Vec::new() }
+}
+
+impl SqliteEvolverStore {
+    pub fn new(pool: SqlitePool, skills: Arc<dyn SkillStore>) -> Self {
+        Self { pool, skills }
+    }
+
+    /// Finished sessions not yet summarized (for the "after K new sessions" trigger).
+    pub async fn pending_sessions(&self) -> anyhow::Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM sessions s WHERE s.status != 'running' \
+             AND NOT EXISTS (SELECT 1 FROM session_summaries m WHERE m.session_id = s.id) \
+             AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
+        let rows: Vec<(String, String, String, String, i64, Option<i64>)> =
+            sqlx::query_as("SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, trigger, status, report, started_at, finished_at)| {
+                serde_json::json!({
+                    "id": id, "trigger": trigger, "status": status, "started_at": started_at, "finished_at": finished_at,
+                    "report": serde_json::from_str::<Value>(&report).unwrap_or(Value::Null),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn run(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        let Some(mut run) = self.runs(10_000).await?.into_iter().find(|r| r["id"] == id) else { return Ok(None) };
+        let candidates: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE run_id = ? ORDER BY created_at, id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        run["candidates"] = Value::Array(candidates.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect());
+        Ok(Some(run))
+    }
+}
+
+#[async_trait]
+impl EvolverStore for SqliteEvolverStore {
+    async fn try_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let now = now();
+        let result = sqlx::query(
+            "INSERT INTO evolver_lease (name, holder, expires_at) VALUES ('evolver', ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE evolver_lease.expires_at < ?",
+        )
+        .bind(holder)
+        .bind(now + ttl.as_secs() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM evolver_lease WHERE name = 'evolver' AND holder = ?").bind(holder).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn start_run(&self, trigger: &str) -> anyhow::Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query("INSERT INTO evolver_runs (id, trigger, status, started_at) VALUES (?, ?, 'running', ?)")
+            .bind(&id)
+            .bind(trigger)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    async fn update_run(&self, run_id: &str, status: &str, report: &RunReport) -> anyhow::Result<()> {
+        let finished = (status != "running").then(now);
+        sqlx::query("UPDATE evolver_runs SET status = ?, report = ?, finished_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(serde_json::to_string(report)?)
+            .bind(finished)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn unsummarized_sessions(&self, limit: usize) -> anyhow::Result<Vec<SessionTrace>> {
+        let sessions: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT s.id, s.user_id, u.name, CAST(strftime('%s', s.updated_at) AS INTEGER) FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.status != 'running' \
+             AND NOT EXISTS (SELECT 1 FROM session_summaries m WHERE m.session_id = s.id) \
+             AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id) \
+             ORDER BY s.updated_at, s.id LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut traces = Vec::new();
+        for (session_id, user_id, user_name, updated_at) in sessions {
+            let payloads: Vec<(String,)> = sqlx::query_as("SELECT payload FROM events WHERE session_id = ? ORDER BY seq")
+                .bind(&session_id)
+                .fetch_all(&self.pool)
+                .await?;
+            let events = payloads.into_iter().filter_map(|(p,)| serde_json::from_str::<Event>(&p).ok()).collect();
+            let feedback: Vec<(String,)> = sqlx::query_as("SELECT rating FROM feedback WHERE session_id = ? ORDER BY id")
+                .bind(&session_id)
+                .fetch_all(&self.pool)
+                .await?;
+            traces.push(SessionTrace { session_id, user_id, user_name, updated_at, events, feedback: feedback.into_iter().map(|(r,)| r).collect() });
+        }
+        Ok(traces)
+    }
+
+    async fn save_summary(&self, record: &SummaryRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO session_summaries (session_id, user_id, run_id, updated_at, record, score, score_source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&record.session_id)
+        .bind(&record.user_id)
+        .bind(&record.run_id)
+        .bind(record.updated_at)
+        .bind(serde_json::to_string(record)?)
+        .bind(record.score)
+        .bind(&record.score_source)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn summaries_since(&self, since: i64) -> anyhow::Result<Vec<SummaryRecord>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT record FROM session_summaries WHERE updated_at >= ? ORDER BY updated_at, session_id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
+    }
+
+    async fn shared_skill(&self, slug: &str) -> anyhow::Result<Option<SkillText>> {
+        let viewer = shared_viewer();
+        let Some(info) = self.skills.skill(&viewer, slug).await? else { return Ok(None) };
+        if info.scope != "shared" {
+            return Ok(None);
+        }
+        let Some(skill_md) = self.shared_skill_version(slug, &info.latest.version).await? else { return Ok(None) };
+        Ok(Some(SkillText { slug: slug.to_string(), version: info.latest.version, skill_md }))
+    }
+
+    async fn shared_skill_version(&self, slug: &str, version: &str) -> anyhow::Result<Option<String>> {
+        let files = self.skills.bundle(&shared_viewer(), slug, version).await?;
+        Ok(files.and_then(|f| f.get("SKILL.md").and_then(|b| String::from_utf8(b.clone()).ok())))
+    }
+
+    async fn save_candidate(&self, candidate: &CandidateRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO evolver_candidates (id, run_id, slug, status, record, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record",
+        )
+        .bind(&candidate.id)
+        .bind(&candidate.run_id)
+        .bind(&candidate.slug)
+        .bind(&candidate.status)
+        .bind(serde_json::to_string(candidate)?)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn candidate(&self, id: &str) -> anyhow::Result<Option<CandidateRecord>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.and_then(|(r,)| serde_json::from_str(&r).ok()))
+    }
+
+    async fn published_candidates(&self) -> anyhow::Result<Vec<CandidateRecord>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE status IN ('published', 'approved_and_published')")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
+    }
+
+    async fn publish(&self, run_id: &str, slug: &str, skill_md: &str, changelog: &str, provenance: Value) -> anyhow::Result<String> {
+        // An improvement keeps the skill's other files; a new skill is its SKILL.md.
+        let viewer = shared_viewer();
+        let mut files = match self.skills.skill(&viewer, slug).await? {
+            Some(info) if info.scope == "shared" => self.skills.bundle(&viewer, slug, &info.latest.version).await?.unwrap_or_default(),
+            _ => Default::default(),
+        };
+        files.insert("SKILL.md".into(), skill_md.as_bytes().to_vec());
+        let request = PublishRequest {
+            slug: slug.to_string(),
+            scope: Scope::Shared,
+            version: None,
+            changelog: changelog.to_string(),
+            files,
+            provenance,
+        };
+        let info = self.skills.publish(&Actor::Evolver(run_id.to_string()), request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(info.version)
+    }
+
+    async fn rollback(&self, slug: &str, version: &str, reason: &str) -> anyhow::Result<String> {
+        let viewer = shared_viewer();
+        let files = self.skills.bundle(&viewer, slug, version).await?.ok_or_else(|| anyhow::anyhow!("no version {version} of {slug}"))?;
+        let request = PublishRequest {
+            slug: slug.to_string(),
+            scope: Scope::Shared,
+            version: None,
+            changelog: format!("Automatic rollback to {version}: {reason}"),
+            files,
+            provenance: serde_json::json!({ "rollback": { "restored": version, "reason": reason, "by": "evolver watch" } }),
+        };
+        let info = self.skills.publish(&Actor::Evolver("watch".into()), request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(info.version)
+    }
+}
