@@ -154,35 +154,40 @@ struct Decision {
 /// A redacted, shortened transcript of a session, and what redaction removed.
 pub fn transcript(trace: &SessionTrace, max_chars: usize) -> (String, String, BTreeMap<String, usize>) {
     let identities = [trace.user_name.as_str(), trace.user_id.as_str()];
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    // Each event's own text is redacted before its label is added, so that a user named
+    // like a label ("user", "call") does not blank out the structure of the transcript.
+    let mut clean = |text: &str| {
+        let redacted = redact(text, &identities);
+        for (kind, n) in redacted.counts {
+            *counts.entry(kind).or_insert(0) += n;
+        }
+        redacted.text
+    };
     let mut lines = Vec::new();
     let mut request = String::new();
     for event in &trace.events {
         let line = match event {
             Event::UserMessage { text } => {
+                let text = clean(text);
                 if request.is_empty() {
                     request = text.clone();
                 }
                 format!("user: {text}")
             }
-            Event::ToolCall { name, arguments, .. } => format!("call {name} {arguments}"),
+            Event::ToolCall { name, arguments, .. } => format!("call {name} {}", clean(arguments)),
             Event::ToolResult { ok, exit_code, excerpt, .. } => {
                 let status = if *ok { "ok".to_string() } else { format!("error{}", exit_code.map(|c| format!(" {c}")).unwrap_or_default()) };
-                format!("result {status}: {}", excerpt.chars().take(160).collect::<String>())
+                format!("result {status}: {}", clean(&excerpt.chars().take(160).collect::<String>()))
             }
             Event::SkillRead { slug, .. } => format!("read skill {slug}"),
-            Event::FinalAnswer { text } => format!("answer: {text}"),
+            Event::FinalAnswer { text } => format!("answer: {}", clean(text)),
             Event::Stop { reason, .. } => format!("stop: {}", reason.as_str()),
             _ => continue,
         };
         lines.push(line);
     }
-    let joined = lines.join("\n");
-    let redacted = redact(&joined, &identities);
-    let request = redact(&request, &identities).text;
-    let mut counts = redacted.counts;
-    // The request is a part of the transcript; its redactions are already counted.
-    let text: String = redacted.text.chars().take(max_chars).collect();
-    counts.retain(|_, n| *n > 0);
+    let text: String = lines.join("\n").chars().take(max_chars).collect();
     (text, request, counts)
 }
 

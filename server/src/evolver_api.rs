@@ -145,3 +145,93 @@ pub async fn approve(State(state): State<AppState>, user: AuthUser, Path(id): Pa
 pub async fn reject(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     review(&state, &user, &id, false).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+    use crate::{app, GenerationLimits, HttpLimits};
+    use agent::trajectory::{Event, StopReason};
+    use axum::body::Body;
+    use axum::http::Request;
+    use evolver::testing::RuleEngine;
+    use tower::ServiceExt;
+
+    async fn request(router: &axum::Router, token: &str, method: &str, path: &str) -> (StatusCode, Value) {
+        let request = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn admins_start_runs_and_approve_held_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, admin) = crate::auth::create_user_with_token(store.as_ref(), "admin", true).await.unwrap();
+        let (_, user) = crate::auth::create_user_with_token(store.as_ref(), "user", false).await.unwrap();
+        // Two users asked for the same thing without a skill: a pattern for a new skill.
+        for name in ["admin", "user"] {
+            let owner = store.user_by_name(name).await.unwrap().unwrap();
+            let session = store.create_session(&owner.id, "notes", "m").await.unwrap();
+            for event in [
+                Event::UserMessage { text: "convert markdown notes to html".into() },
+                Event::FinalAnswer { text: "Done.".into() },
+                Event::Stop { reason: StopReason::FinalAnswer, detail: None },
+            ] {
+                store.append_event(&owner.id, &session.id, event.kind(), &serde_json::to_value(&event).unwrap()).await.unwrap();
+            }
+        }
+        let engine = Arc::new(RuleEngine::default());
+        engine.decide("markdown", "create", "markdown to html", "Convert markdown notes to HTML. Use when asked to publish notes.", "1. Read the notes.\n2. Write the HTML file beside them.");
+        let skills = crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs"));
+        let config = EvolverConfig { review: true, ..Default::default() };
+        let state = AppState {
+            engine: engine.clone(),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+            agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("ws"), Default::default())),
+            evolver: EvolverService::new(&store, &skills, config),
+            skills,
+        };
+        let router = app(state, HttpLimits::default());
+
+        for path in ["/api/evolver/status", "/api/evolver/runs"] {
+            assert_eq!(request(&router, &user, "GET", path).await.0, StatusCode::FORBIDDEN);
+        }
+        assert_eq!(request(&router, &user, "POST", "/api/evolver/runs").await.0, StatusCode::FORBIDDEN);
+        let (_, status) = request(&router, &admin, "GET", "/api/evolver/status").await;
+        assert_eq!(status["pending_sessions"], 2);
+
+        let (code, _) = request(&router, &admin, "POST", "/api/evolver/runs").await;
+        assert_eq!(code, StatusCode::ACCEPTED);
+        let mut run = Value::Null;
+        for _ in 0..100 {
+            let (_, runs) = request(&router, &admin, "GET", "/api/evolver/runs").await;
+            run = runs["runs"][0].clone();
+            if run["status"] == "finished" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(run["status"], "finished", "{run}");
+        let (_, detail) = request(&router, &admin, "GET", &format!("/api/evolver/runs/{}", run["id"].as_str().unwrap())).await;
+        let candidate = &detail["candidates"][0];
+        assert_eq!(candidate["status"], "pending_review", "{detail}");
+        assert_eq!(candidate["verdict"]["replay"]["candidate_mean"], 1.0);
+        let id = candidate["id"].as_str().unwrap();
+        assert_eq!(request(&router, &admin, "GET", "/api/skills/markdown-to-html").await.0, StatusCode::NOT_FOUND, "held, not published");
+
+        assert_eq!(request(&router, &user, "POST", &format!("/api/evolver/candidates/{id}/approve")).await.0, StatusCode::FORBIDDEN);
+        let (code, approved) = request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/approve")).await;
+        assert_eq!(code, StatusCode::OK, "{approved}");
+        assert_eq!(approved["status"], "approved_and_published");
+        let (_, skill) = request(&router, &user, "GET", "/api/skills/markdown-to-html").await;
+        assert_eq!(skill["latest"]["author_kind"], "evolver");
+        assert_eq!(skill["latest"]["provenance"]["evolver"]["distinct_users"], 2);
+        assert_eq!(request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/reject")).await.0, StatusCode::CONFLICT);
+        assert_eq!(request(&router, &admin, "POST", "/api/evolver/candidates/nope/approve").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(request(&router, &admin, "GET", "/api/evolver/runs/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -362,3 +362,37 @@ async fn a_private_skill_is_invisible_to_other_users_everywhere() {
     }
     assert_eq!(received.matches("secret-recipe").count(), 1, "only bob's own publication: {received}");
 }
+
+#[tokio::test]
+async fn sync_watch_installs_a_publication_as_it_happens() {
+    let server = Server::start(&[]);
+    let admin = add_admin(server.data_dir.path(), "admin");
+    let dir = tempfile::tempdir().unwrap();
+    let skills = dir.path().join("skills");
+    let mut watcher = Command::new(skillhive_binary())
+        .args(["sync", "--watch", "--server", &server.url, "--token", &server.token, "--dir"])
+        .arg(&skills)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |path: PathBuf, content: String| async move {
+        for _ in 0..100 {
+            if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    let starter = skills.join("csv-inspect/SKILL.md");
+    assert!(wait_for(starter.clone(), std::fs::read_to_string(repo_root().join("skills/csv-inspect/SKILL.md")).unwrap()).await, "the first pass installs");
+    publish(&server, &admin, bundle("tidy-notes", "Wrap at 80 columns.", "shared")).await;
+    let arrived = wait_for(skills.join("tidy-notes/SKILL.md"), skill_md("tidy-notes", "Wrap at 80 columns.")).await;
+    publish(&server, &admin, bundle("tidy-notes", "Wrap at 72 columns.", "shared")).await;
+    let updated = wait_for(skills.join("tidy-notes/SKILL.md"), skill_md("tidy-notes", "Wrap at 72 columns.")).await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(arrived, "a publication reaches a watching client");
+    assert!(updated, "and so does the next version");
+}
