@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let per_session = calls as f64 / report.new_sessions.max(1) as f64;
     println!("sessions: {}; patterns: {}; candidates: {}; published: {}", report.new_sessions, report.patterns, report.candidates, report.published);
     println!("engine calls: {calls} ({per_session:.2} per new session, target <= 1.2); replay calls: {replays}");
-    println!("tokens: {tokens} ({:.0} per new session, as the rule engine counts them)", tokens as f64 / report.new_sessions.max(1) as f64);
+    println!("tokens: {tokens} ({:.0} per new session, estimated at 4 characters a token)", tokens as f64 / report.new_sessions.max(1) as f64);
     for step in &report.steps {
         println!("  {:<10} {:>4} items {:>4} calls {:>6} ms", step.name, step.items, step.llm_calls, step.millis);
     }

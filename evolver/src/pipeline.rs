@@ -19,7 +19,7 @@ use agent::trajectory::{Event, MemorySink, StopReason};
 use agent::workspace::Workspace;
 
 use crate::group::{group, Group, GroupKey};
-use crate::redact::redact;
+use crate::redact::Redactor;
 use crate::safety;
 use crate::store::{CandidateRecord, EvolverStore, RunReport, SessionSummary, SessionTrace, StepReport, SummaryRecord};
 
@@ -106,7 +106,7 @@ impl Step {
     }
 }
 
-const SUMMARY_SCHEMA_HINT: &str = "Reply with JSON: {\"goal\", \"outcome\" (success|partial|failure|unknown), \"helped\", \"went_wrong\", \"turning_point\"}.";
+const SUMMARY_SCHEMA_HINT: &str = "Reply with JSON, for example {\"goal\": \"count the lines of data.csv\", \"outcome\": \"success\", \"helped\": \"running wc -l\", \"went_wrong\": \"nothing\", \"turning_point\": \"the command printed the count\"}. outcome is success, partial, failure or unknown.";
 
 /// The least a candidate's description and instructions must say, in words.
 pub const MIN_DESCRIPTION_WORDS: usize = 5;
@@ -153,12 +153,12 @@ struct Decision {
 
 /// A redacted, shortened transcript of a session, and what redaction removed.
 pub fn transcript(trace: &SessionTrace, max_chars: usize) -> (String, String, BTreeMap<String, usize>) {
-    let identities = [trace.user_name.as_str(), trace.user_id.as_str()];
+    let redactor = Redactor::new(&[trace.user_name.as_str(), trace.user_id.as_str()]);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     // Each event's own text is redacted before its label is added, so that a user named
     // like a label ("user", "call") does not blank out the structure of the transcript.
     let mut clean = |text: &str| {
-        let redacted = redact(text, &identities);
+        let redacted = redactor.redact(text);
         for (kind, n) in redacted.counts {
             *counts.entry(kind).or_insert(0) += n;
         }
@@ -312,7 +312,7 @@ impl Evolver {
                     &format!("You summarize an agent session for a skill library. {SUMMARY_SCHEMA_HINT}"),
                     text,
                     summary_schema(),
-                    160,
+                    200,
                 )
                 .await?;
             let summary: SessionSummary = serde_json::from_value(reply).unwrap_or_default();
@@ -327,8 +327,8 @@ impl Evolver {
                 .collect();
             // What the engine wrote came from redacted text, but it may still have
             // invented an identity-shaped string; the stored summary is redacted again.
-            let identities = [trace.user_name.as_str(), trace.user_id.as_str()];
-            let clean = |s: &str| redact(s, &identities).text;
+            let redactor = Redactor::new(&[trace.user_name.as_str(), trace.user_id.as_str()]);
+            let clean = |s: &str| redactor.redact(s).text;
             let summary = SessionSummary {
                 goal: clean(&summary.goal),
                 outcome: summary.outcome,

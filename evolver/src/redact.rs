@@ -35,24 +35,44 @@ pub struct Redacted {
 
 /// Redacts secrets, e-mail addresses, and the given identities (user name, user id).
 pub fn redact(text: &str, identities: &[&str]) -> Redacted {
-    let mut out = text.to_string();
-    let mut counts = BTreeMap::new();
-    for (kind, pattern) in PATTERNS.iter() {
-        let found = pattern.find_iter(&out).count();
-        if found > 0 {
-            *counts.entry(kind.to_string()).or_insert(0) += found;
-            out = pattern.replace_all(&out, format!("[REDACTED:{kind}]").as_str()).into_owned();
-        }
+    Redactor::new(identities).redact(text)
+}
+
+/// A redactor for one user: the identity patterns are compiled once and reused for every
+/// text of that user's session.
+pub struct Redactor {
+    identities: Vec<Regex>,
+}
+
+impl Redactor {
+    pub fn new(identities: &[&str]) -> Self {
+        let identities = identities
+            .iter()
+            .filter(|i| i.chars().count() >= 3)
+            .map(|identity| Regex::new(&format!(r"(?i)\b{}\b", regex::escape(identity))).expect("escaped identity"))
+            .collect();
+        Self { identities }
     }
-    for identity in identities.iter().filter(|i| i.chars().count() >= 3) {
-        let pattern = Regex::new(&format!(r"(?i)\b{}\b", regex::escape(identity))).expect("escaped identity");
-        let found = pattern.find_iter(&out).count();
-        if found > 0 {
-            *counts.entry("identity".into()).or_insert(0) += found;
-            out = pattern.replace_all(&out, "[REDACTED:identity]").into_owned();
+
+    pub fn redact(&self, text: &str) -> Redacted {
+        let mut out = text.to_string();
+        let mut counts = BTreeMap::new();
+        for (kind, pattern) in PATTERNS.iter() {
+            let found = pattern.find_iter(&out).count();
+            if found > 0 {
+                *counts.entry(kind.to_string()).or_insert(0) += found;
+                out = pattern.replace_all(&out, format!("[REDACTED:{kind}]").as_str()).into_owned();
+            }
         }
+        for pattern in &self.identities {
+            let found = pattern.find_iter(&out).count();
+            if found > 0 {
+                *counts.entry("identity".into()).or_insert(0) += found;
+                out = pattern.replace_all(&out, "[REDACTED:identity]").into_owned();
+            }
+        }
+        Redacted { text: out, counts }
     }
-    Redacted { text: out, counts }
 }
 
 /// Whether the text contains anything [`redact`] would remove (identities aside).

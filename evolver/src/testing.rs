@@ -244,12 +244,17 @@ impl Engine for RuleEngine {
         &self.info
     }
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        let mut prompt_chars = 0;
         if let Prompt::Messages(messages) = &request.prompt {
             let text = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            prompt_chars = text.len();
             self.prompts.lock().unwrap().push(text);
         }
         let choice = self.reply(&request);
-        Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 200, completion_tokens: 40 } })
+        // Token counts estimated at four characters a token, so that benchmarks see the
+        // real size of the prompts the pipeline builds.
+        let completion_chars = choice.text.len() + choice.tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>();
+        Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: prompt_chars.div_ceil(4), completion_tokens: completion_chars.div_ceil(4) } })
     }
     async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
         Err(EngineError::InvalidRequest("the rule engine does not stream".into()))
