@@ -152,17 +152,10 @@ mod tests {
     use crate::store::{SqliteStore, Store};
     use crate::{app, GenerationLimits, HttpLimits};
     use agent::trajectory::{Event, StopReason};
-    use axum::body::Body;
-    use axum::http::Request;
     use evolver::testing::RuleEngine;
-    use tower::ServiceExt;
 
     async fn request(router: &axum::Router, token: &str, method: &str, path: &str) -> (StatusCode, Value) {
-        let request = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        crate::test_support::request(router, token, method, path, None).await
     }
 
     #[tokio::test]

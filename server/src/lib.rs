@@ -31,6 +31,30 @@ use tower_http::trace::TraceLayer;
 
 use agent::engine::Engine;
 
+/// Helpers for the in-process API tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    /// Sends one request to the router as the holder of `token`; the reply's status and
+    /// JSON body (`Null` when the body is not JSON).
+    pub async fn request(router: &axum::Router, token: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let builder = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+        let request = match body {
+            Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())),
+            None => builder.body(Body::empty()),
+        }
+        .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
 /// Limits on generation that the operator sets and every request obeys.
 #[derive(Debug, Clone, Copy)]
 pub struct GenerationLimits {

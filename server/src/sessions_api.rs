@@ -366,18 +366,7 @@ mod tests {
         }
     }
 
-    async fn request(router: &axum::Router, token: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let builder = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
-        let request = match body {
-            Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())),
-            None => builder.body(Body::empty()),
-        }
-        .unwrap();
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
+    use crate::test_support::request;
 
     #[tokio::test]
     async fn streamed_turns_send_text_deltas_then_the_recorded_events() {

@@ -152,3 +152,21 @@ pub const MODEL: &str = "SmolLM2-135M-Instruct-Q4_1";
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
+
+/// An HTTP client for the tests; generous timeout, since turns run on the real model.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().expect("http client")
+}
+
+/// Calls the server's API as the holder of `token`: the status and the JSON body (the
+/// body as a string when it is not JSON).
+pub async fn call(method: reqwest::Method, server: &Server, token: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let mut request = client().request(method, format!("{}{path}", server.url)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body read");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}

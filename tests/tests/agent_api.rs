@@ -1,25 +1,8 @@
 //! The agent API end to end: a real turn on the real model, what it recorded, isolation
 //! between users, and durability across a SIGKILL.
 
-use std::time::Duration;
-
-use e2e::{add_user, Server};
+use e2e::{add_user, call, client, Server};
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
-}
-
-async fn call(method: reqwest::Method, server: &Server, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = client().request(method, format!("{}{path}", server.url)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
 
 async fn new_session(server: &Server, token: &str) -> String {
     let (status, session) = call(reqwest::Method::POST, server, token, "/api/sessions", Some(json!({"title": "files"}))).await;

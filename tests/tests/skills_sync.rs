@@ -6,24 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use e2e::{add_admin, add_user, repo_root, skillhive_binary, Server};
+use e2e::{add_admin, add_user, call, client, repo_root, skillhive_binary, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-async fn call(method: reqwest::Method, server: &Server, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = client().request(method, format!("{}{path}", server.url)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
 
 async fn get(server: &Server, token: &str, path: &str) -> (u16, Value) {
     call(reqwest::Method::GET, server, token, path, None).await
