@@ -158,8 +158,7 @@ async fn a_publication_that_does_worse_is_rolled_back() {
 async fn review_mode_holds_candidates_for_an_admin_and_runs_take_a_lease() {
     let (store, engine) = fixture();
     engine.decide("markdown", "create", "markdown to html", "Convert markdown notes to HTML. Use when asked to publish notes.", "1. Read the notes.\n2. Write the HTML.");
-    let mut config = EvolverConfig::default();
-    config.review = true;
+    let config = EvolverConfig { review: true, ..Default::default() };
     let evolver = Evolver { engine: engine.clone(), store: store.clone(), config };
     let (_, report) = evolver.run_once("test").await.unwrap();
     assert_eq!((report.accepted, report.published), (1, 0));

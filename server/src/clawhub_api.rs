@@ -28,10 +28,12 @@ async fn viewer_of(state: &AppState, user: &AuthUser) -> Result<Viewer, ApiError
     state.skills.viewer(&user.0.id).await
 }
 
-/// Discovery: the API lives at this server's own origin.
+/// Discovery: the API lives at this server's own origin (as a TLS-terminating proxy in
+/// front of it reports it, when there is one).
 pub async fn well_known(headers: HeaderMap) -> Json<Value> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let base = format!("http://{host}");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|p| *p == "https").unwrap_or("http");
+    let base = format!("{scheme}://{host}");
     Json(json!({ "apiBase": base, "registry": base }))
 }
 
