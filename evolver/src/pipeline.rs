@@ -202,10 +202,8 @@ pub fn score(trace: &SessionTrace, judged_outcome: &str) -> (f64, &'static str) 
         _ => None,
     });
     let failed_tools = trace.events.iter().filter(|e| matches!(e, Event::ToolResult { ok: false, .. })).count();
-    match stop {
-        Some(StopReason::FinalAnswer) | None => {}
-        Some(StopReason::Cancelled) => return (0.0, "signals"),
-        Some(_) => return (0.0, "signals"),
+    if !matches!(stop, Some(StopReason::FinalAnswer) | None) {
+        return (0.0, "signals");
     }
     if failed_tools > 0 {
         return (0.3, "signals");
@@ -233,10 +231,11 @@ fn replay_score(events: &[Event]) -> f64 {
 /// Builds a full `SKILL.md` from a decision, keeping what the action does not change.
 fn candidate_skill_md(action: &str, slug: &str, decision: &Decision, current: Option<&str>) -> String {
     let current = current.and_then(|text| parse_skill_md("SKILL.md", None, text).ok());
-    let (description, body) = match (action, &current) {
-        ("rewrite_description", Some(skill)) => (decision.description.clone(), skill.body.clone()),
-        (_, _) => (decision.description.clone(), decision.instructions.clone()),
+    let body = match (action, &current) {
+        ("rewrite_description", Some(skill)) => skill.body.clone(),
+        _ => decision.instructions.clone(),
     };
+    let description = &decision.description;
     let description = description.replace(['\n', '\r'], " ");
     let quoted = serde_json::to_string(description.trim()).unwrap_or_default();
     format!("---\nname: {slug}\ndescription: {quoted}\n---\n{}\n", body.trim())

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::skill_store::{SkillInfo, VersionInfo, Viewer};
+use crate::skills_api::version_or_latest;
 use crate::AppState;
 
 fn not_found() -> ApiError {
@@ -171,13 +172,11 @@ pub async fn file(
     Query(query): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
-    let version = match (query.version, query.tag.as_deref()) {
-        (Some(v), _) => v,
-        (None, None | Some("latest")) => state.skills.store.skill(&viewer, &slug).await?.ok_or_else(not_found)?.latest.version,
-        (None, Some(tag)) => return Err(ApiError::NotFound(format!("unknown tag `{tag}`"), "tag_not_found")),
-    };
-    let files = state.skills.store.bundle(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
-    let bytes = files.get(&query.path).cloned().ok_or_else(not_found)?;
+    if let Some(tag) = query.tag.as_deref().filter(|t| *t != "latest" && query.version.is_none()) {
+        return Err(ApiError::NotFound(format!("unknown tag `{tag}`"), "tag_not_found"));
+    }
+    let version = version_or_latest(&state, &viewer, &slug, query.version).await?;
+    let bytes = state.skills.store.file(&viewer, &slug, &version, &query.path).await?.ok_or_else(not_found)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -210,10 +209,7 @@ pub struct DownloadQuery {
 /// `GET /api/v1/download?slug=&version=`: the version's files as a zip, paths at its root.
 pub async fn download(State(state): State<AppState>, user: AuthUser, Query(query): Query<DownloadQuery>) -> Result<Response, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
-    let version = match query.version {
-        Some(v) => v,
-        None => state.skills.store.skill(&viewer, &query.slug).await?.ok_or_else(not_found)?.latest.version,
-    };
+    let version = version_or_latest(&state, &viewer, &query.slug, query.version).await?;
     let files = state.skills.store.bundle(&viewer, &query.slug, &version).await?.ok_or_else(not_found)?;
     let zip = zip_files(&files).map_err(ApiError::Internal)?;
     let disposition = format!("attachment; filename=\"{}-{}.zip\"", query.slug, version);

@@ -174,15 +174,10 @@ async fn evolve(once: bool, config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let store = SqliteStore::open(&config.data_dir.join("skillhive.db")).await?;
     let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
-    load_starter_skills(skills.store.as_ref(), starter_skills()?).await?;
+    load_starter_skills(skills.store.as_ref(), starter_skills()).await?;
     let engine = build_engine(&config).await?;
-    let service = EvolverService::new(&store, &skills, config.evolver.config());
+    let service = EvolverService::scheduled(&store, &skills, &config.evolver);
     if !once {
-        let service = Arc::new(EvolverService {
-            every_minutes: config.evolver.evolve_every_minutes,
-            after_sessions: config.evolver.evolve_after_sessions,
-            ..Arc::into_inner(service).expect("just made")
-        });
         service.schedule(engine, skills).await;
         return Ok(());
     }
@@ -231,7 +226,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
 
     let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
-    let loaded = load_starter_skills(skills.store.as_ref(), starter_skills()?).await.context("cannot load the starter skills")?;
+    let loaded = load_starter_skills(skills.store.as_ref(), starter_skills()).await.context("cannot load the starter skills")?;
     if loaded > 0 {
         tracing::info!(loaded, "starter skills published to the shared repository");
     }
@@ -239,11 +234,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(skills.clone().follow_changes());
 
     let engine = build_engine(&config).await?;
-    let evolver = Arc::new(EvolverService {
-        every_minutes: config.evolver.evolve_every_minutes,
-        after_sessions: config.evolver.evolve_after_sessions,
-        ..Arc::into_inner(EvolverService::new(&store, &skills, config.evolver.config())).expect("just made")
-    });
+    let evolver = EvolverService::scheduled(&store, &skills, &config.evolver);
     tokio::spawn(evolver.clone().schedule(engine.clone(), skills.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {

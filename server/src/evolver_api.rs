@@ -37,6 +37,16 @@ impl EvolverService {
         })
     }
 
+    /// The service with the schedule and configuration given on the command line.
+    pub fn scheduled(store: &crate::store::SqliteStore, skills: &crate::skills_api::SkillRepo, args: &crate::config::EvolverArgs) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
+            config: args.config(),
+            every_minutes: args.evolve_every_minutes,
+            after_sessions: args.evolve_after_sessions,
+        })
+    }
+
     pub fn evolver(&self, engine: Arc<dyn Engine>) -> Evolver {
         Evolver { engine, store: self.store.clone(), config: self.config.clone() }
     }
@@ -56,15 +66,21 @@ impl EvolverService {
                 continue;
             }
             let trigger = if count { "sessions" } else { "timer" };
-            match self.evolver(engine.clone()).run_once(trigger).await {
-                Ok((run_id, report)) => tracing::info!(%run_id, published = report.published, "evolver run finished"),
-                Err(RunError::Busy) => tracing::debug!("an evolver run is already going"),
-                Err(e) => tracing::warn!(error = %e, "evolver run failed"),
-            }
+            run_and_announce(self.evolver(engine.clone()), &skills, trigger).await;
             last = Instant::now();
-            // Publications reach the manifest and the feed at once.
-            let _ = skills.refresh().await;
         }
+    }
+}
+
+/// One run, logged; its publications then reach the manifest and the feed at once.
+async fn run_and_announce(evolver: Evolver, skills: &crate::skills_api::SkillRepo, trigger: &str) {
+    match evolver.run_once(trigger).await {
+        Ok((run_id, report)) => tracing::info!(%run_id, published = report.published, "evolver run finished"),
+        Err(RunError::Busy) => tracing::debug!("an evolver run is already going"),
+        Err(e) => tracing::warn!(error = %e, "evolver run failed"),
+    }
+    if let Err(e) = skills.refresh().await {
+        tracing::warn!(error = %e, "cannot read the skill change log");
     }
 }
 
@@ -110,13 +126,7 @@ pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<
     }
     let evolver = state.evolver.evolver(state.engine.clone());
     let skills = state.skills.clone();
-    tokio::spawn(async move {
-        match evolver.run_once("api").await {
-            Ok((run_id, report)) => tracing::info!(%run_id, published = report.published, "evolver run finished"),
-            Err(e) => tracing::warn!(error = %e, "evolver run did not complete"),
-        }
-        let _ = skills.refresh().await;
-    });
+    tokio::spawn(async move { run_and_announce(evolver, &skills, "api").await });
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
 }
 

@@ -401,7 +401,7 @@ pub async fn chat_completions(
     if let Prompt::Messages(messages) = &mut parsed.generation.prompt {
         recorder.record_request(messages).await?;
         let viewer = state.skills.viewer(&user.0.id).await?;
-        let entries = agent::agent_loop::SkillSource::catalog(&state.skills.agent_skills(&viewer).await?);
+        let entries = agent::agent_loop::SkillSource::catalog(state.skills.agent_skills(&viewer).await?.as_ref());
         inject_catalog(messages, &entries, state.agent.config.catalog_budget);
     }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());

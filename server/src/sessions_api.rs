@@ -208,7 +208,7 @@ async fn run_session_turn(
     let mut ctx = TurnContext {
         engine: state.engine.as_ref(),
         workspace: &workspace,
-        skills: &skills,
+        skills: skills.as_ref(),
         sink: &sink,
         config: &state.agent.config,
         cancel,

@@ -240,6 +240,8 @@ pub trait SkillStore: Send + Sync {
     async fn versions(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<Vec<VersionInfo>>>;
     /// One version with its file list.
     async fn version(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<VersionInfo>>;
+    /// One file of one version.
+    async fn file(&self, viewer: &Viewer, slug: &str, version: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// The files of one version.
     async fn bundle(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<Files>>;
     /// The newest version of a visible skill whose fingerprint is `fingerprint`.
@@ -656,6 +658,17 @@ impl SkillStore for SqliteSkillStore {
         Ok(Some(files))
     }
 
+    async fn file(&self, viewer: &Viewer, slug: &str, version: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some((id, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
+        let row: Option<(String,)> = sqlx::query_as("SELECT sha256 FROM skill_files WHERE skill_id = ? AND version = ? AND path = ?")
+            .bind(id)
+            .bind(version)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(sha256,)| self.read_blob(&sha256)).transpose()
+    }
+
     async fn version_by_fingerprint(&self, viewer: &Viewer, slug: &str, fingerprint: &str) -> anyhow::Result<Option<String>> {
         let Some((id, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
         let row: Option<(String,)> =
@@ -801,7 +814,7 @@ pub async fn load_starter_skills(store: &dyn SkillStore, skills: Vec<(String, Fi
 
 /// The starter skills in `skills/` at the repository root, compiled into the binary so
 /// that it needs no checkout to run.
-pub fn starter_skills() -> anyhow::Result<Vec<(String, Files)>> {
+pub fn starter_skills() -> Vec<(String, Files)> {
     static STARTER: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/../skills");
     fn collect(dir: &include_dir::Dir<'_>, root: &Path, files: &mut Files) {
         for file in dir.files() {
@@ -821,7 +834,7 @@ pub fn starter_skills() -> anyhow::Result<Vec<(String, Files)>> {
         skills.push((slug, files));
     }
     skills.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(skills)
+    skills
 }
 
 #[cfg(test)]

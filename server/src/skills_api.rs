@@ -54,6 +54,10 @@ pub struct SkillRepo {
     refresh_lock: Mutex<()>,
     changes: broadcast::Sender<Change>,
     manifests: std::sync::Mutex<HashMap<Vec<String>, CachedManifest>>,
+    /// The agents' skills per set of visible scopes, with the cursor they are current to:
+    /// every turn and every proxied completion needs them, and reading every skill's
+    /// blobs each time would put the repository on the hot path.
+    catalogs: std::sync::Mutex<HashMap<Vec<String>, (i64, Arc<StaticSkills>)>>,
     viewers: std::sync::Mutex<HashMap<String, (Instant, Viewer)>>,
 }
 
@@ -65,6 +69,7 @@ impl SkillRepo {
             refresh_lock: Mutex::new(()),
             changes: broadcast::channel(1024).0,
             manifests: std::sync::Mutex::new(HashMap::new()),
+            catalogs: std::sync::Mutex::new(HashMap::new()),
             viewers: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -136,11 +141,19 @@ impl SkillRepo {
 
     /// The skills an agent of this viewer may read: the latest `SKILL.md` of every
     /// visible skill whose requirements (`metadata.openclaw`) this host meets.
-    pub async fn agent_skills(&self, viewer: &Viewer) -> anyhow::Result<StaticSkills> {
+    pub async fn agent_skills(&self, viewer: &Viewer) -> anyhow::Result<Arc<StaticSkills>> {
+        let mut key = viewer.scopes();
+        key.sort();
+        let cursor = self.cursor.load(Ordering::Acquire);
+        if let Some((at, skills)) = self.catalogs.lock().expect("catalog cache").get(&key) {
+            if *at == cursor {
+                return Ok(skills.clone());
+            }
+        }
         let mut skills = Vec::new();
         for info in self.store.list_skills(viewer, None, None).await? {
-            let Some(files) = self.store.bundle(viewer, &info.slug, &info.latest.version).await? else { continue };
-            let Some(text) = files.get("SKILL.md").and_then(|b| String::from_utf8(b.clone()).ok()) else { continue };
+            let Some(bytes) = self.store.file(viewer, &info.slug, &info.latest.version, "SKILL.md").await? else { continue };
+            let Ok(text) = String::from_utf8(bytes) else { continue };
             let Ok(manifest) = parse_skill_md("SKILL.md", None, &text) else { continue };
             if let Some(reason) = Requirements::of(&manifest).unmet_on_this_host() {
                 tracing::debug!(slug = %info.slug, %reason, "skill not eligible on this host");
@@ -149,7 +162,9 @@ impl SkillRepo {
             let entry = CatalogEntry { slug: info.slug.clone(), version: info.latest.version.clone(), description: manifest.description };
             skills.push((entry, text));
         }
-        Ok(StaticSkills { skills })
+        let skills = Arc::new(StaticSkills { skills });
+        self.catalogs.lock().expect("catalog cache").insert(key, (cursor, skills.clone()));
+        Ok(skills)
     }
 
     /// Records that this process wrote a change, so readers see it at once.
@@ -227,7 +242,7 @@ pub struct FileQuery {
 }
 
 /// The version a request names, else `latest`.
-async fn version_or_latest(state: &AppState, viewer: &Viewer, slug: &str, version: Option<String>) -> Result<String, ApiError> {
+pub(crate) async fn version_or_latest(state: &AppState, viewer: &Viewer, slug: &str, version: Option<String>) -> Result<String, ApiError> {
     match version {
         Some(v) => Ok(v),
         None => Ok(state.skills.store.skill(viewer, slug).await?.ok_or_else(not_found)?.latest.version),
@@ -242,8 +257,12 @@ pub async fn get_file(
 ) -> Result<Response, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let version = version_or_latest(&state, &viewer, &slug, query.version).await?;
-    let files = state.skills.store.bundle(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
-    let bytes = files.get(&path).cloned().ok_or_else(|| ApiError::NotFound(format!("version {version} of `{slug}` has no file `{path}`"), "file_not_found"))?;
+    let bytes = state
+        .skills
+        .store
+        .file(&viewer, &slug, &version, &path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("version {version} of `{slug}` has no file `{path}`"), "file_not_found"))?;
     Ok(file_response(&path, bytes))
 }
 
