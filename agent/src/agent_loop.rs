@@ -16,7 +16,7 @@ use futures::StreamExt;
 use crate::engine::{
     ChatMessage, Choice, Engine, EngineError, Generation, GenerationRequest, Role, StreamEvent, ToolCall, ToolSpec, Usage,
 };
-use crate::exec::{self, ExecLimits, ExecPolicy};
+use crate::exec::{self, ExecLimits, ExecPolicy, Sandbox};
 use crate::skills::catalog::{self, CatalogEntry};
 use crate::trajectory::{Event, EventSink, StopReason};
 use crate::workspace::Workspace;
@@ -57,6 +57,10 @@ pub struct AgentConfig {
     pub catalog_budget: usize,
     pub exec_policy: ExecPolicy,
     pub exec_limits: ExecLimits,
+    /// Where commands run; without a sandbox (and without the operator's opt-in) none do.
+    pub exec_sandbox: Sandbox,
+    /// Bytes a user's workspace may hold.
+    pub workspace_quota_bytes: u64,
     /// Seeds each step's sampling (the seed plus the step number), so a replay of the same
     /// goal with the same model makes the same choices; `None` leaves sampling unseeded.
     pub seed: Option<u64>,
@@ -73,6 +77,8 @@ impl Default for AgentConfig {
             catalog_budget: 2_000,
             exec_policy: ExecPolicy::default(),
             exec_limits: ExecLimits::default(),
+            exec_sandbox: Sandbox::default(),
+            workspace_quota_bytes: crate::workspace::DEFAULT_QUOTA_BYTES,
             seed: None,
         }
     }
@@ -347,28 +353,37 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
         }),
         "exec" => match need("command") {
             Err(e) => Err(e),
-            Ok(command) => Ok(
-                match exec::run(ctx.workspace.root(), command, &ctx.config.exec_policy, ctx.config.exec_limits).await {
-                    Err(e) => ToolOutput::error(e.to_string()),
-                    Ok(outcome) => {
-                        // Notes go first, so that they survive any cut of the output.
-                        let mut text = String::new();
-                        if outcome.timed_out {
-                            text.push_str("[killed: the command ran past its time limit]\n");
-                        }
-                        if outcome.output_truncated {
-                            text.push_str("[killed: the output passed its size limit]\n");
-                        }
-                        text.push_str(&outcome.stdout);
-                        text.push_str(&outcome.stderr);
-                        ToolOutput { ok: outcome.succeeded(), exit_code: outcome.exit_code, text, skill_read: None }
-                    }
-                },
-            ),
+            // A command could add to a workspace that is already full; none runs until
+            // files are removed.
+            Ok(command) => match ctx.workspace.check_quota() {
+                Err(e) => Err(e.to_string()),
+                Ok(()) => Ok(run_command(ctx, command).await),
+            },
         },
         other => Err(format!("there is no tool `{other}`")),
     };
     result.unwrap_or_else(ToolOutput::error)
+}
+
+/// Runs one `exec` call and renders what it did for the model.
+async fn run_command(ctx: &TurnContext<'_>, command: &str) -> ToolOutput {
+    let config = ctx.config;
+    match exec::run(ctx.workspace.root(), command, &config.exec_policy, config.exec_limits, &config.exec_sandbox).await {
+        Err(e) => ToolOutput::error(e.to_string()),
+        Ok(outcome) => {
+            // Notes go first, so that they survive any cut of the output.
+            let mut text = String::new();
+            if outcome.timed_out {
+                text.push_str("[killed: the command ran past its time limit]\n");
+            }
+            if outcome.output_truncated {
+                text.push_str("[killed: the output passed its size limit]\n");
+            }
+            text.push_str(&outcome.stdout);
+            text.push_str(&outcome.stderr);
+            ToolOutput { ok: outcome.succeeded(), exit_code: outcome.exit_code, text, skill_read: None }
+        }
+    }
 }
 
 /// A rough token count: about four characters per token for English text and code.

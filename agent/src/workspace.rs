@@ -38,19 +38,78 @@ pub enum WorkspaceError {
     TooLarge(usize),
     #[error("`{0}` is not UTF-8 text")]
     NotText(String),
+    #[error("`{0}` is not a regular file")]
+    NotRegular(String),
+    #[error("the workspace would hold {0} bytes, over its quota of {1}; remove files first")]
+    OverQuota(u64, u64),
     #[error("I/O error on `{0}`: {1}")]
     Io(String, String),
 }
 
+/// Default cap on the bytes a workspace holds, see [`Workspace::with_quota`].
+pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
+/// Entries a usage count visits at most; a workspace with more is treated as full, so
+/// that counting cannot itself become slow.
+const MAX_COUNTED_ENTRIES: usize = 50_000;
+
 pub struct Workspace {
     root: PathBuf,
+    quota_bytes: u64,
 }
 
 impl Workspace {
-    /// Opens (creating if needed) the workspace at `root`.
+    /// Opens (creating if needed) the workspace at `root`, with the default quota.
     pub fn open(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        Ok(Self { root: root.canonicalize()? })
+        Ok(Self { root: root.canonicalize()?, quota_bytes: DEFAULT_QUOTA_BYTES })
+    }
+
+    /// Caps the bytes the workspace may hold: writes that would pass the cap are refused,
+    /// and so are commands while it is over.
+    pub fn with_quota(mut self, bytes: u64) -> Self {
+        self.quota_bytes = bytes;
+        self
+    }
+
+    /// Bytes of regular files in the workspace (symlinks are not followed).
+    pub fn usage(&self) -> u64 {
+        let mut total = 0u64;
+        let mut visited = 0usize;
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                visited += 1;
+                if visited > MAX_COUNTED_ENTRIES {
+                    return u64::MAX;
+                }
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => pending.push(entry.path()),
+                    Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        total
+    }
+
+    /// Refuses when the workspace already holds more than its quota.
+    pub fn check_quota(&self) -> Result<(), WorkspaceError> {
+        let used = self.usage();
+        if used > self.quota_bytes {
+            return Err(WorkspaceError::OverQuota(used, self.quota_bytes));
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that replaces `replaced` bytes with `added` ones when the result
+    /// would pass the quota.
+    fn check_growth(&self, replaced: u64, added: u64) -> Result<(), WorkspaceError> {
+        let after = self.usage().saturating_sub(replaced).saturating_add(added);
+        if after > self.quota_bytes {
+            return Err(WorkspaceError::OverQuota(after, self.quota_bytes));
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -87,14 +146,19 @@ impl Workspace {
         }
     }
 
-    /// Reads a text file; beyond [`MAX_READ_BYTES`] the content is cut and says so.
+    /// Reads a text file; beyond [`MAX_READ_BYTES`] the content is cut and says so. Only
+    /// that much is read, whatever the file's size.
     pub fn read(&self, path: &str) -> Result<String, WorkspaceError> {
-        let real = self.existing_file(path)?;
-        let bytes = std::fs::read(&real).map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
-        let total = bytes.len();
-        let mut end = total.min(MAX_READ_BYTES);
-        // Cut on a character boundary.
-        while end < total && end > 0 && (bytes[end] & 0b1100_0000) == 0b1000_0000 {
+        use std::io::Read;
+        let (file, total) = self.open_regular(path)?;
+        let mut bytes = Vec::with_capacity(MAX_READ_BYTES.min(total as usize));
+        file.take(MAX_READ_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
+        let total = (total as usize).max(bytes.len());
+        let mut end = bytes.len();
+        // A cut inside a character drops that character's leading bytes.
+        while end < total && end > 0 && std::str::from_utf8(&bytes[..end]).is_err_and(|e| e.error_len().is_none()) {
             end -= 1;
         }
         let text = std::str::from_utf8(&bytes[..end]).map_err(|_| WorkspaceError::NotText(path.to_string()))?;
@@ -114,6 +178,8 @@ impl Workspace {
         if real.is_dir() {
             return Err(WorkspaceError::IsDirectory(path.to_string()));
         }
+        let replaced = std::fs::symlink_metadata(&real).map(|m| m.len()).unwrap_or(0);
+        self.check_growth(replaced, content.len() as u64)?;
         if let Some(parent) = real.parent() {
             std::fs::create_dir_all(parent).map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
         }
@@ -124,8 +190,14 @@ impl Workspace {
     /// Replaces the one occurrence of `old` with `new`. Zero or several occurrences are
     /// refused: an edit must say unambiguously what it changes.
     pub fn edit(&self, path: &str, old: &str, new: &str) -> Result<(), WorkspaceError> {
-        let real = self.existing_file(path)?;
-        let text = std::fs::read_to_string(&real).map_err(|_| WorkspaceError::NotText(path.to_string()))?;
+        use std::io::Read;
+        let (file, size) = self.open_regular(path)?;
+        if size > MAX_WRITE_BYTES as u64 {
+            return Err(WorkspaceError::TooLarge(size as usize));
+        }
+        let real = self.resolve(path)?;
+        let mut text = String::new();
+        file.take(MAX_WRITE_BYTES as u64 + 1).read_to_string(&mut text).map_err(|_| WorkspaceError::NotText(path.to_string()))?;
         let occurrences = if old.is_empty() { 0 } else { text.matches(old).count() };
         match occurrences {
             0 => Err(WorkspaceError::EditNoMatch(path.to_string())),
@@ -134,6 +206,7 @@ impl Workspace {
                 if edited.len() > MAX_WRITE_BYTES {
                     return Err(WorkspaceError::TooLarge(edited.len()));
                 }
+                self.check_growth(text.len() as u64, edited.len() as u64)?;
                 std::fs::write(&real, edited).map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))
             }
             n => Err(WorkspaceError::EditAmbiguous(path.to_string(), n)),
@@ -164,6 +237,24 @@ impl Workspace {
         entries.sort();
         entries.truncate(MAX_LIST_ENTRIES);
         Ok(entries)
+    }
+
+    /// Opens a regular file for reading, with its size. The file is opened without
+    /// blocking and checked after opening, so a FIFO or device (or a file swapped for one
+    /// after a check) can neither block the caller nor be read.
+    fn open_regular(&self, path: &str) -> Result<(std::fs::File, u64), WorkspaceError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let real = self.existing_file(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&real)
+            .map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
+        let metadata = file.metadata().map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
+        if !metadata.is_file() {
+            return Err(WorkspaceError::NotRegular(path.to_string()));
+        }
+        Ok((file, metadata.len()))
     }
 
     fn existing_file(&self, path: &str) -> Result<PathBuf, WorkspaceError> {

@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default())),
         skills,
         evolver,
+        quotas: Default::default(),
     };
     let http = HttpLimits { body_bytes: 256 * 1024 * 1024, ..HttpLimits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -41,21 +41,31 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        match state.store.user_by_token(&hash_token(token)).await? {
-            Some(user) => Ok(AuthUser(user)),
+        let hash = token_hash(&parts.headers)?;
+        match state.store.user_by_token(&hash).await? {
+            Some(user) => {
+                state.quotas.admit_request(&user.id)?;
+                Ok(AuthUser(user))
+            }
             None => Err(ApiError::Unauthorized("the token is not valid")),
         }
     }
+}
+
+/// The sha256 of the request's `Authorization: Bearer` token.
+pub fn token_hash(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized("this endpoint needs `Authorization: Bearer <token>`"))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` works as `Bearer` does.
+    let token = header
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+    Ok(hash_token(token))
 }
 
 #[cfg(test)]

@@ -225,6 +225,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let db_path = config.data_dir.join("skillhive.db");
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
 
+    let interrupted = store.mark_interrupted_sessions().await.context("cannot mark interrupted sessions")?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "sessions were running when the server last stopped; marked interrupted");
+    }
+
     let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
     let loaded = load_starter_skills(skills.store.as_ref(), starter_skills()).await.context("cannot load the starter skills")?;
     if loaded > 0 {
@@ -249,11 +254,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.data_dir.join("workspaces"),
             agent::agent_loop::AgentConfig {
                 context_window: engine_window.unwrap_or(8192),
+                exec_sandbox: exec_sandbox(&config),
+                workspace_quota_bytes: config.workspace_quota_mb.saturating_mul(1024 * 1024),
                 ..Default::default()
             },
         )),
         skills,
         evolver,
+        quotas: Arc::new(crate::quota::Quotas::new(crate::quota::UsageLimits {
+            requests_per_minute: config.user_requests_per_minute,
+            tokens_per_day: config.user_tokens_per_day,
+            concurrent_generations: config.user_concurrent,
+        })),
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 
@@ -266,9 +278,32 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%address, model = %state.engine.info().id, "serving");
 
-    axum::serve(listener, app(state, http)).with_graceful_shutdown(shutdown_signal()).await?;
+    let connections = crate::http_server::ConnectionLimits {
+        header_timeout: Duration::from_secs(config.header_timeout.max(1)),
+        max_connections: config.max_connections.max(1),
+        ..Default::default()
+    };
+    crate::http_server::serve(listener, app(state, http), connections, shutdown_signal()).await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Where agents' commands run, said loudly when it is not a sandbox.
+fn exec_sandbox(config: &ServeConfig) -> agent::exec::Sandbox {
+    use agent::exec::Sandbox;
+    let sandbox = Sandbox::detect(&config.bwrap, config.exec_unsandboxed);
+    match &sandbox {
+        Sandbox::Bubblewrap(path) => tracing::info!(bwrap = %path.display(), "agents' commands run under bubblewrap"),
+        Sandbox::Unsandboxed => tracing::warn!(
+            "bubblewrap is not available and --exec-unsandboxed is set: agents' commands run DIRECTLY ON THIS HOST, \
+             guarded only by the allowlist's argument rules"
+        ),
+        Sandbox::Missing => tracing::warn!(
+            bwrap = %config.bwrap.display(),
+            "bubblewrap is not available: agents' commands are refused (install bubblewrap, or pass --exec-unsandboxed)"
+        ),
+    }
+    sandbox
 }
 
 async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {

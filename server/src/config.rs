@@ -99,6 +99,41 @@ pub struct ServeConfig {
     #[arg(long, env = "SKILLHIVE_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
 
+    /// Seconds a client has to send a request's head (also between kept-alive requests)
+    /// before its connection is closed.
+    #[arg(long, env = "SKILLHIVE_HEADER_TIMEOUT", default_value_t = 30)]
+    pub header_timeout: u64,
+
+    /// Open connections at most; more wait in the listen backlog.
+    #[arg(long, env = "SKILLHIVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Requests per minute each user may send (0: no limit).
+    #[arg(long, env = "SKILLHIVE_USER_REQUESTS_PER_MINUTE", default_value_t = 600)]
+    pub user_requests_per_minute: u32,
+
+    /// Prompt plus completion tokens each user may use per UTC day (0: no limit).
+    #[arg(long, env = "SKILLHIVE_USER_TOKENS_PER_DAY", default_value_t = 2_000_000)]
+    pub user_tokens_per_day: u64,
+
+    /// Chat completions and agent turns each user may run at once (0: no limit).
+    #[arg(long, env = "SKILLHIVE_USER_CONCURRENT", default_value_t = 4)]
+    pub user_concurrent: usize,
+
+    /// The bubblewrap binary that agents' commands run under.
+    #[arg(long, env = "SKILLHIVE_BWRAP", default_value = "bwrap")]
+    pub bwrap: PathBuf,
+
+    /// Run agents' commands directly on the host when bubblewrap is missing. Only the
+    /// allowlist's argument rules then stand between a model and the host; without this
+    /// flag, commands are refused where no sandbox can be made.
+    #[arg(long, env = "SKILLHIVE_EXEC_UNSANDBOXED")]
+    pub exec_unsandboxed: bool,
+
+    /// Megabytes each user's workspace may hold.
+    #[arg(long, env = "SKILLHIVE_WORKSPACE_QUOTA_MB", default_value_t = 256)]
+    pub workspace_quota_mb: u64,
+
     #[command(flatten)]
     pub evolver: EvolverArgs,
 }

@@ -29,6 +29,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("the inference backend is unavailable")]
     Unavailable(String),
+    /// A per-user limit is reached; the client may try again after the given seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
     #[error("internal server error")]
     Internal(#[from] anyhow::Error),
 }
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "invalid_request_error", "permission_denied", None),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", None),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),
         }
     }
@@ -56,6 +60,9 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::InvalidRequest(message) => ApiError::bad_request(message, "invalid_request", None),
+            error @ EngineError::ContextLength { .. } => {
+                ApiError::bad_request(error.to_string(), "context_length_exceeded", Some("messages"))
+            }
             EngineError::Unavailable(detail) => ApiError::Unavailable(detail),
             EngineError::Backend(detail) => ApiError::Internal(anyhow::anyhow!(detail)),
         }
@@ -84,7 +91,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
             _ => {}
         }
-        (status, axum::Json(error_body(&self.to_string(), kind, code, param))).into_response()
+        let mut response = (status, axum::Json(error_body(&self.to_string(), kind, code, param))).into_response();
+        if let ApiError::TooManyRequests { retry_after_secs, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_secs));
+        }
+        response
     }
 }
 

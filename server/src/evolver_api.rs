@@ -197,6 +197,7 @@ mod tests {
             agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("ws"), Default::default())),
             evolver: EvolverService::new(&store, &skills, config),
             skills,
+            quotas: Default::default(),
         };
         let router = app(state, HttpLimits::default());
 

@@ -9,8 +9,10 @@ pub mod config;
 pub mod error;
 pub mod evolver_api;
 pub mod evolver_store;
+pub mod http_server;
 pub mod openai_api;
 pub mod proxy;
+pub mod quota;
 pub mod clawhub_api;
 pub mod sessions_api;
 pub mod skill_store;
@@ -73,6 +75,8 @@ pub struct AppState {
     pub agent: Arc<sessions_api::AgentRuntime>,
     pub skills: Arc<skills_api::SkillRepo>,
     pub evolver: Arc<evolver_api::EvolverService>,
+    /// Per-user rate limits and quotas.
+    pub quotas: Arc<quota::Quotas>,
 }
 
 /// Limits on HTTP requests themselves.

@@ -295,8 +295,14 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiErro
         });
     }
     let n = request.n.unwrap_or(1);
-    if n > 8 {
-        return Err(bad("n is at most 8", "invalid_value", "n"));
+    // A request costs about n × max_tokens decoding steps; the cap bounds that product,
+    // so `n` cannot multiply one request into many.
+    if n.saturating_mul(max_tokens) > limits.max_tokens_cap {
+        return Err(bad(
+            format!("n × max_tokens is {n} × {max_tokens}; this server serves at most {} tokens per request", limits.max_tokens_cap),
+            "invalid_value",
+            "n",
+        ));
     }
     let mut generation = GenerationRequest::chat(messages, max_tokens);
     generation.tools = tools;
@@ -395,6 +401,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let mut parsed = parse_request(&state, &body)?;
+    let permit = state.quotas.begin_generation(&user.0.id)?;
     // Proxy mode: the exchange joins the caller's trajectory, and the model sees the
     // skills the caller may use.
     let recorder = ProxyRecorder::open(&state, &user.0.id, &headers).await?;
@@ -408,9 +415,13 @@ pub async fn chat_completions(
     let model = state.engine.info().id.clone();
     let started = Instant::now();
     if parsed.stream {
-        return stream_completion(state, parsed, id, model, started, recorder).await;
+        return stream_completion(state, parsed, id, model, started, recorder, permit).await;
     }
     let result = state.engine.generate(parsed.generation).await;
+    if let Ok(generation) = &result {
+        permit.add_tokens(generation.usage.total_tokens() as u64);
+    }
+    drop(permit);
     let (usage, outcome) = match &result {
         Ok(generation) => (generation.usage, "ok".to_string()),
         Err(e) => (Default::default(), format!("error: {e}")),
@@ -466,12 +477,20 @@ async fn stream_completion(
     model: String,
     started: Instant,
     recorder: ProxyRecorder,
+    permit: crate::quota::GenerationPermit,
 ) -> Result<Response, ApiError> {
     let include_usage = parsed.include_usage;
     let n = parsed.generation.n;
     // Errors before the first token (a bad schema, an unreachable backend) still get a
     // proper status code; only later errors have to travel inside the stream.
     let mut events = state.engine.generate_stream(parsed.generation).await?;
+    // The first event decides the status: a request the engine refuses at once (a schema
+    // it cannot compile, a prompt past the window) is a 4xx, not a 200 with an error in it.
+    let first = events.next().await;
+    if let Some(Err(error)) = first {
+        return Err(error.into());
+    }
+    let mut events = futures::stream::iter(first).chain(events);
     let created = unix_now();
     // The usage log row carries the id the client saw.
     let record_id = id.clone();
@@ -528,6 +547,8 @@ async fn stream_completion(
             };
             yield Ok(Event::default().data(data.to_string()));
         }
+        permit.add_tokens(usage.total_tokens() as u64);
+        drop(permit);
         record(&state, &record_id, &record_model, true, usage, started, outcome).await;
         let latency = started.elapsed().as_millis() as u64;
         if let Err(error) = recorder
@@ -649,6 +670,7 @@ mod app_tests {
             agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
             evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            quotas: Default::default(),
         };
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)

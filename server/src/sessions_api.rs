@@ -150,6 +150,7 @@ pub async fn post_message(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
+    let permit = state.quotas.begin_generation(&user.0.id)?;
     let (cancel, cancel_rx) = watch::channel(false);
     {
         let mut running = state.agent.running();
@@ -167,6 +168,7 @@ pub async fn post_message(
         let state = task_state;
         let result = run_session_turn(&state, &user_id, &session_id, &body.content, cancel_rx, forward).await;
         state.agent.running().remove(&session_id);
+        drop(permit);
         result
     });
     if !streaming {
@@ -199,14 +201,17 @@ async fn run_session_turn(
 ) -> Result<(agent::trajectory::StopReason, Option<String>), ApiError> {
     let history_json = state.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
-    let workspace = Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?;
+    let workspace = Workspace::open(&state.agent.workspaces.join(user_id))
+        .map_err(anyhow::Error::from)?
+        .with_quota(state.agent.config.workspace_quota_bytes);
     let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = state.skills.viewer(user_id).await?;
     let skills = state.skills.agent_skills(&viewer).await?;
     state.store.update_session(user_id, session_id, "running", None).await?;
+    let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
     let mut ctx = TurnContext {
-        engine: state.engine.as_ref(),
+        engine: &engine,
         workspace: &workspace,
         skills: skills.as_ref(),
         sink: &sink,
@@ -383,6 +388,7 @@ mod tests {
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
             evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            quotas: Default::default(),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -437,6 +443,7 @@ mod tests {
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
             evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            quotas: Default::default(),
         };
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -489,12 +496,13 @@ mod tests {
                 dir.path().join("workspaces"),
                 AgentConfig {
                     exec_policy: policy,
-                    exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024 },
+                    exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024, ..Default::default() },
                     ..Default::default()
                 },
             )),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
             evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            quotas: Default::default(),
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;

@@ -418,7 +418,15 @@ impl SqliteSkillStore {
                 parsed.to_string()
             }
             None => match &highest {
-                Some(h) => semver::Version::new(h.major, h.minor, h.patch + 1).to_string(),
+                // A bump must move `latest` forwards; at the largest patch number it cannot.
+                Some(h) => match h.patch.checked_add(1) {
+                    Some(patch) => semver::Version::new(h.major, h.minor, patch).to_string(),
+                    None => {
+                        return Err(RepoError::Conflict(format!(
+                            "the patch number of {h} cannot be raised; give the next version explicitly"
+                        )))
+                    }
+                },
                 None => "1.0.0".into(),
             },
         };

@@ -45,6 +45,9 @@ struct CachedManifest {
     body: Bytes,
 }
 
+/// The agents' skills of one set of scopes, and the change-log cursor they are current to.
+type CachedCatalog = (i64, Arc<StaticSkills>);
+
 /// The skill store plus the in-memory side of sync.
 pub struct SkillRepo {
     pub store: Arc<dyn SkillStore>,
@@ -57,7 +60,7 @@ pub struct SkillRepo {
     /// The agents' skills per set of visible scopes, with the cursor they are current to:
     /// every turn and every proxied completion needs them, and reading every skill's
     /// blobs each time would put the repository on the hot path.
-    catalogs: std::sync::Mutex<HashMap<Vec<String>, (i64, Arc<StaticSkills>)>>,
+    catalogs: std::sync::Mutex<HashMap<Vec<String>, CachedCatalog>>,
     viewers: std::sync::Mutex<HashMap<String, (Instant, Viewer)>>,
 }
 
@@ -152,7 +155,16 @@ impl SkillRepo {
         }
         let mut skills = Vec::new();
         for info in self.store.list_skills(viewer, None, None).await? {
-            let Some(bytes) = self.store.file(viewer, &info.slug, &info.latest.version, "SKILL.md").await? else { continue };
+            // One damaged skill (a blob whose bytes no longer match its hash, a missing
+            // blob) leaves the catalog without that skill; it must not fail every turn.
+            let bytes = match self.store.file(viewer, &info.slug, &info.latest.version, "SKILL.md").await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(slug = %info.slug, version = %info.latest.version, %error, "skill left out of agents' catalogs: cannot read its SKILL.md");
+                    continue;
+                }
+            };
             let Ok(text) = String::from_utf8(bytes) else { continue };
             let Ok(manifest) = parse_skill_md("SKILL.md", None, &text) else { continue };
             if let Some(reason) = Requirements::of(&manifest).unmet_on_this_host() {
@@ -292,12 +304,29 @@ pub async fn diff(
     let viewer = viewer_of(&state, &user).await?;
     let from = state.skills.store.bundle(&viewer, &slug, &query.from).await?.ok_or_else(not_found)?;
     let to = state.skills.store.bundle(&viewer, &slug, &query.to).await?.ok_or_else(not_found)?;
-    Ok(Json(json!({ "slug": slug, "from": query.from, "to": query.to, "diff": unified_diff(&from, &to, &query.from, &query.to) })))
+    // Diffing is CPU work of its own: it runs on the blocking pool, a few at a time, so
+    // that the async workers (and /healthz) never wait behind it.
+    static DIFFS_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _permit = DIFFS_AT_ONCE.acquire().await.map_err(anyhow::Error::from)?;
+    let (from_label, to_label) = (query.from.clone(), query.to.clone());
+    let diff = tokio::task::spawn_blocking(move || unified_diff(&from, &to, &from_label, &to_label))
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(Json(json!({ "slug": slug, "from": query.from, "to": query.to, "diff": diff })))
 }
 
+/// Largest file (either side) that is diffed line by line; a larger one is named, with
+/// its sizes, like a binary file.
+pub const MAX_DIFF_FILE_BYTES: usize = 256 * 1024;
+/// Time a whole diff may take; past it, the line matching falls back to coarser hunks
+/// (still a correct diff, only less minimal).
+pub const DIFF_DEADLINE: Duration = Duration::from_millis(500);
+
 /// Every changed file as a unified diff (`--- a/<path>@<from>` / `+++ b/<path>@<to>`);
-/// binary files are named, not shown.
+/// binary and oversized files are named, not shown. Its cost is bounded by
+/// [`MAX_DIFF_FILE_BYTES`] and [`DIFF_DEADLINE`], whatever the input.
 pub fn unified_diff(from: &Files, to: &Files, from_label: &str, to_label: &str) -> String {
+    let deadline = Instant::now() + DIFF_DEADLINE;
     let mut paths: Vec<&String> = from.keys().chain(to.keys()).collect();
     paths.sort();
     paths.dedup();
@@ -313,7 +342,15 @@ pub fn unified_diff(from: &Files, to: &Files, from_label: &str, to_label: &str) 
             (old, new) => {
                 let old = old.and_then(Result::ok).unwrap_or_default();
                 let new = new.and_then(Result::ok).unwrap_or_default();
-                let diff = similar::TextDiff::from_lines(&old, &new);
+                if old.len().max(new.len()) > MAX_DIFF_FILE_BYTES {
+                    out.push_str(&format!(
+                        "File {path} differs ({} -> {} bytes; too large to show line by line)\n",
+                        old.len(),
+                        new.len()
+                    ));
+                    continue;
+                }
+                let diff = similar::TextDiff::configure().deadline(deadline).diff_lines(&old, &new);
                 out.push_str(
                     &diff
                         .unified_diff()
@@ -455,15 +492,39 @@ pub async fn events(State(state): State<AppState>, user: AuthUser, headers: Head
         Some(cursor) => state.skills.store.changes_since(&viewer, cursor).await?,
         None => Vec::new(),
     };
-    let scopes = viewer.scopes();
+    let token_hash = crate::auth::token_hash(&headers)?;
+    let user_id = user.0.id.clone();
     let stream = async_stream::stream! {
         let mut sent = last_seen.unwrap_or(0);
         for change in backlog {
             sent = change.cursor;
             yield Ok::<SseEvent, Infallible>(sse_event(&change));
         }
+        // The feed outlives the request that opened it, so what the request proved is
+        // proved again: the token must still be valid and the user's groups are read
+        // anew, on every change and at least every FEED_RECHECK.
+        let mut scopes;
+        let mut recheck = tokio::time::interval(FEED_RECHECK);
+        recheck.tick().await;
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => Some(received),
+                _ = recheck.tick() => None,
+            };
+            match state.store.user_by_token(&token_hash).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot recheck a feed subscriber's token; ending the feed");
+                    break;
+                }
+            }
+            match state.skills.viewer(&user_id).await {
+                Ok(viewer) => scopes = viewer.scopes(),
+                Err(_) => break,
+            }
+            let Some(received) = received else { continue };
+            match received {
                 Ok(change) => {
                     if change.cursor <= sent || !scopes.contains(&change.scope_key) {
                         continue;
@@ -479,6 +540,9 @@ pub async fn events(State(state): State<AppState>, user: AuthUser, headers: Head
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
+
+/// How often an open change feed rechecks its subscriber's token and groups.
+const FEED_RECHECK: Duration = Duration::from_secs(15);
 
 fn sse_event(change: &Change) -> SseEvent {
     SseEvent::default().event(change.kind.clone()).id(change.cursor.to_string()).data(serde_json::to_string(change).unwrap_or_default())
@@ -522,6 +586,25 @@ mod tests {
         let viewer = repo.viewer(&user.id).await.unwrap();
         let catalog: Vec<String> = repo.agent_skills(&viewer).await.unwrap().catalog().into_iter().map(|e| e.slug).collect();
         assert_eq!(catalog, vec!["needs-sh", "plain"]);
+    }
+
+    #[test]
+    fn diffs_of_huge_or_adversarial_files_stay_bounded() {
+        // 250k lines, as in the reported denial of service: named, not diffed.
+        let huge = |seed: u64| -> Vec<u8> { (0..250_000u64).map(|i| format!("{}\n", (i * seed) % 1000)).collect::<String>().into_bytes() };
+        let from = Files::from([("data.txt".to_string(), huge(7))]);
+        let to = Files::from([("data.txt".to_string(), huge(13))]);
+        let diff = unified_diff(&from, &to, "1.0.0", "1.0.1");
+        assert!(diff.contains("File data.txt differs") && diff.contains("too large"), "{}", &diff[..diff.len().min(300)]);
+        // Just under the size cap, every line different: the deadline ends the matching,
+        // and the result is still a diff that names the file.
+        let lines = |seed: u64| -> Vec<u8> {
+            (0..30_000u64).map(|i| format!("{}\n", (i * seed + 3) % 99_991)).collect::<String>().into_bytes()
+        };
+        let (a, b) = (lines(7), lines(11));
+        assert!(a.len() < MAX_DIFF_FILE_BYTES && b.len() < MAX_DIFF_FILE_BYTES);
+        let diff = unified_diff(&Files::from([("x.txt".to_string(), a)]), &Files::from([("x.txt".to_string(), b)]), "1", "2");
+        assert!(diff.starts_with("--- a/x.txt@1"));
     }
 
     #[test]

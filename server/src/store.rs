@@ -91,6 +91,9 @@ pub trait Store: Send + Sync {
     async fn import_session(&self, user_id: &str, imported: &agent::import::ImportedSession) -> anyhow::Result<Option<Session>>;
     /// Checks that the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
+    /// Marks sessions left `running` by a process that died mid-turn as `interrupted`;
+    /// returns how many. Called once at start, before any turn runs.
+    async fn mark_interrupted_sessions(&self) -> anyhow::Result<u64>;
     async fn record_completion(&self, record: &CompletionRecord) -> anyhow::Result<()>;
     async fn completion_count(&self) -> anyhow::Result<i64>;
 }
@@ -136,7 +139,28 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            // A write that fails part-way (disk full, an I/O error) can leave its
+            // connection inside a transaction that sqlx no longer knows about. Statements
+            // on that connection would then join the dead transaction: answered as done,
+            // never committed, while it holds the write lock and every other writer gets
+            // "database is locked". So every connection is checked as it leaves the pool:
+            // a ROLLBACK that succeeds means it was inside such a transaction, and the
+            // connection is closed instead of used.
+            .before_acquire(|connection, _| {
+                Box::pin(async move {
+                    match sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                        Ok(_) => {
+                            tracing::warn!("a database connection was left inside a failed transaction; closed it");
+                            Ok(false)
+                        }
+                        Err(_) => Ok(true),
+                    }
+                })
+            })
+            .connect_with(options)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, tokens: Default::default() })
     }
@@ -152,6 +176,15 @@ impl Store for SqliteStore {
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn mark_interrupted_sessions(&self) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE sessions SET status = 'interrupted', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = 'running'",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn record_completion(&self, r: &CompletionRecord) -> anyhow::Result<()> {

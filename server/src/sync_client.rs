@@ -364,7 +364,12 @@ async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response>
 
 fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))?;
+    // A zip's own size says nothing of what it expands to: the bundle's caps (files,
+    // bytes per file, bytes in all) are checked on what is actually read, so a zip bomb
+    // stops after at most a bundle's worth of bytes.
+    anyhow::ensure!(archive.len() <= bundle::MAX_FILES * 2, "the zip lists {} entries; a skill has at most {}", archive.len(), bundle::MAX_FILES);
     let mut files = Files::new();
+    let mut total = 0usize;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i)?;
         if entry.is_dir() {
@@ -375,6 +380,9 @@ fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
         let mut content = Vec::new();
         entry.by_ref().take(bundle::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut content)?;
         anyhow::ensure!(content.len() <= bundle::MAX_FILE_BYTES, "{name} is larger than a skill file may be");
+        total += content.len();
+        anyhow::ensure!(total <= bundle::MAX_BUNDLE_BYTES, "the zip expands past {} bytes, more than a skill may hold", bundle::MAX_BUNDLE_BYTES);
+        anyhow::ensure!(files.len() < bundle::MAX_FILES, "the zip holds more than {} files", bundle::MAX_FILES);
         files.insert(name, content);
     }
     Ok(files)

@@ -134,6 +134,39 @@ impl MistralRsEngine {
         Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" }, special_stops })
     }
 
+    /// Refuses a prompt that, with `max_tokens` more, does not fit the context window, before
+    /// the engine spends any time on it (mistral.rs would fail it only once streaming).
+    async fn check_context(&self, messages: &RequestMessage, max_tokens: usize) -> Result<(), EngineError> {
+        let Some(window) = self.info.context_window else { return Ok(()) };
+        let prompt_tokens = match messages {
+            RequestMessage::CompletionTokens(tokens) => tokens.len(),
+            RequestMessage::Chat { messages, .. } => {
+                let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                let (sender, mut receiver) = mpsc::channel(1);
+                let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
+                    text: Either::Left(messages.clone()),
+                    tools: None,
+                    add_generation_prompt: true,
+                    add_special_tokens: true,
+                    enable_thinking: None,
+                    reasoning_effort: None,
+                    response: sender,
+                });
+                engine.send(request).await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+                match receiver.recv().await {
+                    Some(Ok(tokens)) => tokens.len(),
+                    Some(Err(e)) => return Err(EngineError::InvalidRequest(format!("the prompt cannot be tokenized: {e}"))),
+                    None => return Err(EngineError::Unavailable("the engine dropped a tokenization".into())),
+                }
+            }
+            _ => return Ok(()),
+        };
+        if prompt_tokens + max_tokens > window {
+            return Err(EngineError::ContextLength { window, prompt_tokens, max_tokens });
+        }
+        Ok(())
+    }
+
     /// Puts one request on the engine's channel and returns the receiver of its responses.
     async fn send(&self, outgoing: Outgoing) -> Result<mpsc::Receiver<Response>, EngineError> {
         let (sender, receiver) = mpsc::channel(64);
@@ -142,7 +175,12 @@ impl MistralRsEngine {
             sampling_params: outgoing.sampling,
             response: sender,
             return_logprobs: outgoing.logprobs,
-            is_streaming: outgoing.streaming,
+            // Always streamed, also when the caller wants one reply: mistral.rs cancels a
+            // streamed sequence whose receiver is gone (an abandoned request stops at
+            // its next token), whereas a finished non-streamed reply sent to a dropped
+            // receiver ends in a panic of the engine thread that fails every other
+            // request in flight.
+            is_streaming: true,
             id: self.runner.next_request_id(),
             constraint: outgoing.constraint,
             suffix: None,
@@ -164,11 +202,7 @@ impl MistralRsEngine {
 
     /// Builds a generation request and sends it; returns the receiver of its responses, plus the
     /// seeded sampler when one was installed (its picks carry the true log-probabilities).
-    async fn submit(
-        &self,
-        request: &GenerationRequest,
-        streaming: bool,
-    ) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>), EngineError> {
+    async fn submit(&self, request: &GenerationRequest) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>), EngineError> {
         validate_request(request)?;
         let seeded = match (request.seed, request.is_greedy()) {
             (Some(seed), false) => {
@@ -228,6 +262,7 @@ impl MistralRsEngine {
             sampling.temperature = Some(0.0);
         }
 
+        self.check_context(&messages, request.max_tokens).await?;
         let processors = seeded.clone().map(|sampler| vec![sampler as Arc<dyn CustomLogitsProcessor>]);
         let outgoing = Outgoing {
             messages,
@@ -235,7 +270,6 @@ impl MistralRsEngine {
             constraint: constraint.unwrap_or(Constraint::None),
             processors,
             logprobs: request.logprobs.is_some(),
-            streaming,
         };
         let receiver = self.send(outgoing).await?;
         Ok((receiver, seeded))
@@ -267,7 +301,6 @@ struct Outgoing {
     constraint: Constraint,
     processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>>,
     logprobs: bool,
-    streaming: bool,
 }
 
 fn split_model_path(path: &Path) -> anyhow::Result<(String, String)> {
@@ -304,10 +337,6 @@ fn response_error(response: Response) -> EngineError {
     }
 }
 
-fn convert_logprobs(content: Option<Vec<mistralrs::core::ResponseLogprob>>) -> Option<Vec<TokenLogprob>> {
-    content.map(|tokens| tokens.into_iter().map(convert_logprob).collect())
-}
-
 fn convert_logprob(logprob: mistralrs::core::ResponseLogprob) -> TokenLogprob {
     TokenLogprob {
         token: logprob.token,
@@ -322,26 +351,6 @@ fn convert_logprob(logprob: mistralrs::core::ResponseLogprob) -> TokenLogprob {
 
 fn usage_of(usage: &mistralrs::Usage) -> Usage {
     Usage { prompt_tokens: usage.prompt_tokens, completion_tokens: usage.completion_tokens }
-}
-
-/// A choice as the engine reported it, before tool-protocol interpretation.
-fn plain_choice(text: String, finish_reason: &str, logprobs: Option<mistralrs::Logprobs>) -> Choice {
-    Choice {
-        text,
-        finish_reason: Some(FinishReason::parse(finish_reason)),
-        logprobs: convert_logprobs(logprobs.and_then(|l| l.content)),
-        ..Default::default()
-    }
-}
-
-/// Puts the seeded sampler's log-probabilities in place of the engine's, which were taken
-/// from the forced logits and are therefore all zero.
-fn apply_picks(logprobs: &mut Option<Vec<TokenLogprob>>, sampler: &Option<Arc<SeededSampler>>) {
-    if let (Some(tokens), Some(sampler)) = (logprobs.as_mut(), sampler) {
-        for (token, pick) in tokens.iter_mut().zip(sampler.picks()) {
-            token.logprob = pick.logprob;
-        }
-    }
 }
 
 /// Turns a constrained tool-protocol reply into text or a tool call.
@@ -364,34 +373,15 @@ impl Engine for MistralRsEngine {
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
-        let (mut receiver, seeded) = self.submit(&request, false).await?;
-        let response =
-            receiver.recv().await.ok_or_else(|| EngineError::Backend("the engine dropped the request".into()))?;
-        let mut generation = match response {
-            Response::Done(done) => Generation {
-                usage: usage_of(&done.usage),
-                choices: done
-                    .choices
-                    .into_iter()
-                    .map(|c| plain_choice(c.message.content.unwrap_or_default(), &c.finish_reason, c.logprobs))
-                    .collect(),
-            },
-            Response::CompletionDone(done) => Generation {
-                usage: usage_of(&done.usage),
-                choices: done.choices.into_iter().map(|c| plain_choice(c.text, &c.finish_reason, c.logprobs)).collect(),
-            },
-            other => return Err(response_error(other)),
-        };
-        for choice in &mut generation.choices {
-            apply_picks(&mut choice.logprobs, &seeded);
-            if let (Some(sampler), 1) = (&seeded, request.n) {
-                choice.token_ids = sampler.picks().iter().map(|p| p.token).collect();
+        // One retry when the engine itself went away mid-request (its thread panicked on
+        // another request and was rebooted): nothing was returned yet, so nothing repeats.
+        match self.collect(&request).await {
+            Err(EngineError::Backend(detail)) if detail == ENGINE_WENT_AWAY => {
+                tracing::warn!("the engine restarted during a request; trying it once more");
+                self.collect(&request).await
             }
-            if request.offers_tools() {
-                interpret_tool_reply(choice);
-            }
+            result => result,
         }
-        Ok(generation)
     }
 
     async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
@@ -415,13 +405,17 @@ impl Engine for MistralRsEngine {
                     constraint: Constraint::None,
                     processors: Some(vec![forced.clone() as Arc<dyn CustomLogitsProcessor>]),
                     logprobs: false,
-                    streaming: false,
                 })
                 .await?;
-            match receiver.recv().await {
-                Some(Response::CompletionDone(_)) | Some(Response::Done(_)) => {}
-                Some(other) => return Err(response_error(other)),
-                None => return Err(EngineError::Backend("the engine dropped the request".into())),
+            // The request streams (see `send`); it is done when a chunk carries a finish reason.
+            loop {
+                match receiver.recv().await {
+                    Some(Response::CompletionChunk(chunk)) if chunk.choices.iter().all(|c| c.finish_reason.is_none()) => {}
+                    Some(Response::Chunk(chunk)) if chunk.choices.iter().all(|c| c.finish_reason.is_none()) => {}
+                    Some(Response::CompletionChunk(_) | Response::Chunk(_) | Response::CompletionDone(_) | Response::Done(_)) => break,
+                    Some(other) => return Err(response_error(other)),
+                    None => return Err(EngineError::Backend(ENGINE_WENT_AWAY.into())),
+                }
             }
             let picks = forced.picks();
             let matching = picks.iter().zip(&remaining).take_while(|(pick, &token)| pick.token == token).count();
@@ -437,7 +431,48 @@ impl Engine for MistralRsEngine {
     }
 
     async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
-        let (mut receiver, seeded) = self.submit(&request, true).await?;
+        Ok(self.events(&request).await?.0)
+    }
+}
+
+/// Why a stream ended without finishing: the engine dropped its sender.
+const ENGINE_WENT_AWAY: &str = "the engine ended the stream early";
+
+impl MistralRsEngine {
+    /// Runs a request to the end and gathers its stream into one reply.
+    async fn collect(&self, request: &GenerationRequest) -> Result<Generation, EngineError> {
+        let (mut events, seeded) = self.events(request).await?;
+        let mut choices = vec![Choice::default(); request.n];
+        let mut usage = Usage::default();
+        while let Some(event) = futures::StreamExt::next(&mut events).await {
+            match event? {
+                StreamEvent::Delta { index, text, logprobs } => {
+                    let choice = &mut choices[index];
+                    choice.text.push_str(&text);
+                    if request.logprobs.is_some() {
+                        choice.logprobs.get_or_insert_with(Vec::new).extend(logprobs);
+                    }
+                }
+                StreamEvent::ToolCalls { index, calls } => choices[index].tool_calls.extend(calls),
+                StreamEvent::Finish { index, reason } => choices[index].finish_reason = Some(reason),
+                StreamEvent::Usage(u) => usage = u,
+            }
+        }
+        for choice in &mut choices {
+            // As mistral.rs's own non-streamed replies: no leading whitespace.
+            let trimmed = choice.text.trim_start().len();
+            choice.text.drain(..choice.text.len() - trimmed);
+        }
+        if let (Some(sampler), [choice]) = (&seeded, choices.as_mut_slice()) {
+            choice.token_ids = sampler.picks().iter().map(|p| p.token).collect();
+        }
+        Ok(Generation { choices, usage })
+    }
+
+    /// Submits a request and returns its events, plus the seeded sampler if one was installed.
+    async fn events(&self, request: &GenerationRequest) -> Result<(EventStream, Option<Arc<SeededSampler>>), EngineError> {
+        let (mut receiver, seeded) = self.submit(request).await?;
+        let sampler = seeded.clone();
         let buffer_for_tools = request.offers_tools();
         let choices = request.n;
         let prompt_tokens_known = match &request.prompt {
@@ -511,7 +546,7 @@ impl Engine for MistralRsEngine {
                 }
             }
             if !finished.iter().all(|&f| f) {
-                yield Err(EngineError::Backend("the engine ended the stream early".into()));
+                yield Err(EngineError::Backend(ENGINE_WENT_AWAY.into()));
                 return;
             }
             let usage = usage.unwrap_or(Usage {
@@ -520,6 +555,6 @@ impl Engine for MistralRsEngine {
             });
             yield Ok(StreamEvent::Usage(usage));
         };
-        Ok(Box::pin(stream))
+        Ok((Box::pin(stream), sampler))
     }
 }

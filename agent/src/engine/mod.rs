@@ -280,7 +280,24 @@ pub enum EngineError {
     /// The backend is not reachable or has shut down.
     #[error("inference backend unavailable: {0}")]
     Unavailable(String),
+    /// The prompt and the tokens asked for do not fit the model's context window.
+    #[error(
+        "this model's context window is {window} tokens; the request has {prompt_tokens} prompt tokens and asks for \
+         {max_tokens} more ({} in all): shorten the messages or lower max_tokens",
+        prompt_tokens + max_tokens
+    )]
+    ContextLength { window: usize, prompt_tokens: usize, max_tokens: usize },
 }
+
+/// Most tools one request may offer (OpenAI's own limit).
+pub const MAX_TOOLS: usize = 128;
+/// Most bytes of JSON schema (tool parameters and response format together) one request
+/// may carry: each schema becomes a grammar compiled for the request.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Most alternatives per token that `top_logprobs` may ask for (OpenAI's own limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most choices one request may ask for.
+pub const MAX_CHOICES: usize = 8;
 
 /// Facts about the model behind an engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -352,5 +369,77 @@ pub fn validate_request(request: &GenerationRequest) -> Result<(), EngineError> 
     if request.tool_choice == ToolChoice::Required && request.tools.is_empty() {
         return Err(EngineError::InvalidRequest("tool_choice is required but no tools were given".into()));
     }
+    if request.n > MAX_CHOICES {
+        return Err(EngineError::InvalidRequest(format!("n is at most {MAX_CHOICES}")));
+    }
+    if request.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return Err(EngineError::InvalidRequest(format!("top_logprobs is at most {MAX_TOP_LOGPROBS}")));
+    }
+    if request.tools.len() > MAX_TOOLS {
+        return Err(EngineError::InvalidRequest(format!("{} tools were given; at most {MAX_TOOLS} are allowed", request.tools.len())));
+    }
+    let schemas: Vec<&serde_json::Value> = request.tools.iter().map(|t| &t.parameters).chain(&request.json_schema).collect();
+    let schema_bytes: usize = schemas.iter().map(|s| s.to_string().len()).sum();
+    if schema_bytes > MAX_SCHEMA_BYTES {
+        return Err(EngineError::InvalidRequest(format!(
+            "the tool and response schemas take {schema_bytes} bytes; at most {MAX_SCHEMA_BYTES} are allowed"
+        )));
+    }
+    for schema in schemas {
+        if let Some(reference) = recursive_reference(schema) {
+            return Err(EngineError::InvalidRequest(format!(
+                "the schema refers to itself through `{reference}`; recursive schemas are not supported"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// A local `$ref` of `schema` that leads back to itself, if any. Such a schema has no
+/// finite grammar, so it is refused up front instead of failing inside the backend.
+pub fn recursive_reference(schema: &serde_json::Value) -> Option<String> {
+    fn references(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", serde_json::Value::String(target)) if target.starts_with('#') => found.push(target.clone()),
+                        _ => references(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+            _ => {}
+        }
+    }
+    fn refs_at(schema: &serde_json::Value, pointer: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Some(target) = schema.pointer(pointer) {
+            references(target, &mut found);
+        }
+        found
+    }
+    // Depth-first over the reference graph, with the pointers on the current path.
+    fn visit(schema: &serde_json::Value, reference: &str, path: &mut Vec<String>, done: &mut Vec<String>) -> Option<String> {
+        if path.iter().any(|p| p == reference) {
+            return Some(reference.to_string());
+        }
+        if done.iter().any(|d| d == reference) {
+            return None;
+        }
+        path.push(reference.to_string());
+        let pointer = reference.trim_start_matches('#');
+        for next in refs_at(schema, pointer) {
+            if let Some(cycle) = visit(schema, &next, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(reference.to_string());
+        None
+    }
+    let mut roots = Vec::new();
+    references(schema, &mut roots);
+    let mut done = Vec::new();
+    roots.into_iter().find_map(|root| visit(schema, &root, &mut Vec::new(), &mut done))
 }

@@ -84,6 +84,26 @@ pub fn validate_bundle(slug: &str, files: &Files) -> Result<SkillManifest, Vec<F
             errors.push(error(path, "file-size", format!("a file is at most {MAX_FILE_BYTES} bytes; this one is {}", bytes.len())));
         }
     }
+    // Every path must be installable as files in a folder: no path may also be the
+    // folder of another (`references` and `references/x.md`), and none may differ from
+    // another only in case (one file on case-insensitive disks). Either would make every
+    // sync client of the skill's scope fail.
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for path in files.keys() {
+        if let Some(other) = seen.insert(path.to_lowercase(), path) {
+            errors.push(error(path, "path-case", format!("`{path}` and `{other}` differ only in case")));
+        }
+        let mut prefix = String::new();
+        for segment in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+            if files.contains_key(&prefix) {
+                errors.push(error(path, "path-file-and-folder", format!("`{prefix}` is a file and also the folder of `{path}`")));
+            }
+        }
+    }
     let manifest = match files.get("SKILL.md") {
         None => {
             errors.push(error("SKILL.md", "skill-md-required", "a bundle must have a SKILL.md at its root".into()));

@@ -1,15 +1,22 @@
 //! The `exec` tool: runs a command in a user's workspace, bounded in every direction.
 //!
+//! - The sandbox is the boundary: the command runs under bubblewrap with only the user's
+//!   workspace mounted (no other user's directory exists inside), the system read-only,
+//!   no network, its own PID namespace, and resource limits (CPU time, file size, memory,
+//!   open files). Where bubblewrap is missing, nothing runs unless the operator opted in
+//!   to running commands unsandboxed.
 //! - A policy decides what may run: nothing, an allowlist of harmless programs (run
-//!   without a shell, with no argument naming a path outside the workspace), or anything
-//!   through `sh -c`.
+//!   without a shell, each option checked against the program's own rules in
+//!   [`rules`], every file name kept inside the workspace), or anything through `sh -c`.
+//!   The allowlist is defence in depth, not the boundary.
 //! - The environment is cleared; the working directory is the workspace.
-//! - A timeout kills the whole process group; output beyond a cap is cut and the command
+//! - A timeout kills the whole sandbox; output beyond a cap is cut and the command
 //!   killed, so a flood cannot fill memory or a model's context.
-//! - Where bubblewrap works, the command runs under it: the system read-only, the
-//!   workspace the only writable place, no network, no other process visible.
 
-use std::path::Path;
+pub mod escapes;
+pub mod rules;
+
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -45,11 +52,54 @@ pub struct ExecLimits {
     pub timeout: Duration,
     /// Cap on stdout and on stderr, each.
     pub max_output_bytes: usize,
+    /// Largest file a command may write (RLIMIT_FSIZE); a larger write kills it.
+    pub max_file_bytes: u64,
+    /// Address space of each process (RLIMIT_AS).
+    pub max_memory_bytes: u64,
 }
 
 impl Default for ExecLimits {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), max_output_bytes: 16 * 1024 }
+        Self {
+            timeout: Duration::from_secs(10),
+            max_output_bytes: 16 * 1024,
+            max_file_bytes: 64 * 1024 * 1024,
+            max_memory_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where commands run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Under bubblewrap, this binary.
+    Bubblewrap(PathBuf),
+    /// Directly on the host, because the operator said so (`--exec-unsandboxed`). The
+    /// allowlist's rules are then the only protection.
+    Unsandboxed,
+    /// Bubblewrap is missing or cannot make a sandbox here, and the operator did not opt
+    /// in: every command is refused.
+    Missing,
+}
+
+impl Sandbox {
+    /// Bubblewrap at `bwrap` if it can make a sandbox here, else what the operator allows.
+    pub fn detect(bwrap: &Path, allow_unsandboxed: bool) -> Self {
+        if bubblewrap_works(bwrap) {
+            Sandbox::Bubblewrap(bwrap.to_path_buf())
+        } else if allow_unsandboxed {
+            Sandbox::Unsandboxed
+        } else {
+            Sandbox::Missing
+        }
+    }
+}
+
+impl Default for Sandbox {
+    /// `bwrap` from `PATH` when it works (checked once per process), else refuse.
+    fn default() -> Self {
+        static DETECTED: OnceLock<Sandbox> = OnceLock::new();
+        DETECTED.get_or_init(|| Sandbox::detect(Path::new("bwrap"), false)).clone()
     }
 }
 
@@ -80,6 +130,10 @@ pub enum ExecError {
     NotAllowed(String, String),
     #[error("argument `{0}` names a path outside the workspace")]
     PathOutside(String),
+    #[error("`{0}`: argument `{1}` is refused: {2}")]
+    OptionRefused(String, String, String),
+    #[error("running commands needs bubblewrap, which is not available on this server")]
+    NoSandbox,
     #[error("the command line cannot be parsed: {0}")]
     Unparsable(String),
     #[error("the command is empty")]
@@ -88,19 +142,16 @@ pub enum ExecError {
     Spawn(String),
 }
 
-/// Whether bubblewrap is installed and can create a sandbox here (it needs user
-/// namespaces, which some containers forbid). Checked once per process.
-pub fn sandbox_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        std::process::Command::new("bwrap")
-            .args(["--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+/// Whether bubblewrap is installed at `bwrap` and can create a sandbox here (it needs
+/// namespaces, which some containers forbid).
+fn bubblewrap_works(bwrap: &Path) -> bool {
+    std::process::Command::new(bwrap)
+        .args(["--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Checks a command line against the policy and returns the argv to run.
@@ -116,40 +167,67 @@ pub fn plan(command: &str, policy: &ExecPolicy) -> Result<Vec<String>, ExecError
         ExecPolicy::Allowlist(allowed) => {
             let argv = shell_words::split(command).map_err(|e| ExecError::Unparsable(e.to_string()))?;
             let program = argv.first().ok_or(ExecError::Empty)?;
-            if !allowed.iter().any(|a| a == program) {
-                return Err(ExecError::NotAllowed(program.clone(), allowed.join(", ")));
-            }
-            for argument in &argv[1..] {
-                let path = Path::new(argument.split_once('=').map(|(_, v)| v).unwrap_or(argument));
-                if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(ExecError::PathOutside(argument.clone()));
-                }
-            }
+            // A program without rules cannot be judged, so it is refused even when an
+            // operator lists it.
+            let program_rules = rules::rules_for(program).filter(|_| allowed.iter().any(|a| a == program));
+            let program_rules = program_rules.ok_or_else(|| ExecError::NotAllowed(program.clone(), allowed.join(", ")))?;
+            rules::check(program_rules, &argv[1..])?;
             Ok(argv)
         }
     }
 }
 
-/// Runs `command` in `workspace` under `policy` and `limits`.
-pub async fn run(workspace: &Path, command: &str, policy: &ExecPolicy, limits: ExecLimits) -> Result<ExecOutcome, ExecError> {
+/// Runs `command` in `workspace` under `policy`, `limits` and `sandbox`.
+pub async fn run(
+    workspace: &Path,
+    command: &str,
+    policy: &ExecPolicy,
+    limits: ExecLimits,
+    sandbox: &Sandbox,
+) -> Result<ExecOutcome, ExecError> {
     let argv = plan(command, policy)?;
-    let sandboxed = sandbox_available();
-    let mut process = if sandboxed {
-        let mut bwrap = Command::new("bwrap");
-        for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", "/etc/ld.so.cache"] {
-            bwrap.args(["--ro-bind-try", dir, dir]);
+    let (mut process, sandboxed) = match sandbox {
+        Sandbox::Missing => return Err(ExecError::NoSandbox),
+        Sandbox::Bubblewrap(program) => {
+            let mut bwrap = Command::new(program);
+            for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", "/etc/ld.so.cache"] {
+                bwrap.args(["--ro-bind-try", dir, dir]);
+            }
+            bwrap
+                .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind"])
+                .arg(workspace)
+                .args(["/workspace", "--chdir", "/workspace", "--unshare-all", "--die-with-parent", "--new-session", "--"])
+                .args(&argv);
+            (bwrap, true)
         }
-        bwrap
-            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind"])
-            .arg(workspace)
-            .args(["/workspace", "--chdir", "/workspace", "--unshare-all", "--die-with-parent", "--new-session", "--"])
-            .args(&argv);
-        bwrap
-    } else {
-        let mut direct = Command::new(&argv[0]);
-        direct.args(&argv[1..]).current_dir(workspace);
-        direct
+        Sandbox::Unsandboxed => {
+            let mut direct = Command::new(&argv[0]);
+            direct.args(&argv[1..]).current_dir(workspace);
+            (direct, false)
+        }
     };
+    let rlimits = [
+        // CPU seconds past the wall-clock timeout cannot be used anyway; the limit stops
+        // a busy loop that outlives a killed parent.
+        (libc::RLIMIT_CPU, limits.timeout.as_secs() + 1),
+        (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+        (libc::RLIMIT_AS, limits.max_memory_bytes),
+        (libc::RLIMIT_NOFILE, 256),
+        (libc::RLIMIT_CORE, 0),
+    ];
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+    // which is async-signal-safe; it touches no memory the parent's threads could hold.
+    unsafe {
+        process.pre_exec(move || {
+            for (resource, value) in rlimits {
+                let limit = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     process
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -239,6 +317,10 @@ mod tests {
         ExecPolicy::Full
     }
 
+    async fn run(workspace: &Path, command: &str, policy: &ExecPolicy, limits: ExecLimits) -> Result<ExecOutcome, ExecError> {
+        super::run(workspace, command, policy, limits, &Sandbox::default()).await
+    }
+
     #[test]
     fn the_allowlist_refuses_other_programs_and_outside_paths() {
         let policy = ExecPolicy::default();
@@ -271,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn timeouts_and_floods_are_cut_and_killed() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = ExecLimits { timeout: Duration::from_millis(500), max_output_bytes: 4096 };
+        let limits = ExecLimits { timeout: Duration::from_millis(500), max_output_bytes: 4096, ..Default::default() };
         let started = std::time::Instant::now();
         let slow = run(dir.path(), "sleep 30 & sleep 30", &full(), limits).await.unwrap();
         assert!(slow.timed_out && slow.exit_code.is_none(), "{slow:?}");
@@ -285,12 +367,8 @@ mod tests {
 
     #[tokio::test]
     async fn under_the_sandbox_only_the_workspace_is_writable() {
-        if !sandbox_available() {
-            // Without bubblewrap the policy checks above are the protection; .ci/run
-            // installs bubblewrap so that this test runs the sandbox for real.
-            assert!(std::process::Command::new("bwrap").arg("--version").output().is_err(), "bwrap is installed but cannot sandbox");
-            return;
-        }
+        // scripts/test installs bubblewrap, so this runs the sandbox for real.
+        assert!(matches!(Sandbox::default(), Sandbox::Bubblewrap(_)), "bubblewrap is needed to run commands");
         let dir = tempfile::tempdir().unwrap();
         let outcome = run(dir.path(), "echo hi > made.txt; touch /usr/escape; cat /etc/passwd", &full(), ExecLimits::default())
             .await
