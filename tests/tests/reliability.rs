@@ -19,6 +19,8 @@ fn start_without_model(data_dir: tempfile::TempDir, token: String, extra: &[&str
     Server::launch(data_dir, token, &args, &[])
 }
 
+const OPENCLAW: &str = include_str!("../fixtures/openclaw-session.jsonl");
+
 async fn new_session(server: &Server, token: &str) -> String {
     let (status, session) = call(Method::POST, server, token, "/api/sessions", Some(json!({"title": "t"}))).await;
     assert_eq!(status, 201, "{session}");
@@ -78,14 +80,28 @@ async fn a_full_disk_loses_no_acknowledged_write_and_the_server_recovers_without
             byte[0] = byte[0].wrapping_add(1);
         }
     }
+    // Single-statement writes and multi-statement transactions (imports), at once, as
+    // users would send them.
     let mut acknowledged = Vec::new();
     let mut refused = 0;
-    for i in 0..30 {
-        let comment = format!("full-{i}-{}", "x".repeat(2000));
-        match post_feedback(&server, &token, &session, &comment).await {
-            201 => acknowledged.push(comment),
-            _ => refused += 1,
+    for round in 0..6 {
+        let feedback = (0..5).map(|i| {
+            let comment = format!("full-{round}-{i}-{}", "x".repeat(2000));
+            async { (post_feedback(&server, &token, &session, &comment).await, comment) }
+        });
+        let imports = (0..3).map(|i| {
+            let transcript = OPENCLAW.replace("oc-7f3a", &format!("full-{round}-{i}")).replace("Let me check.", &"padding ".repeat(500));
+            let (url, token) = (server.url.clone(), token.clone());
+            async move { client().post(format!("{url}/api/trajectories/import")).bearer_auth(token).body(transcript).send().await.map(|r| r.status().as_u16()) }
+        });
+        let (feedback, imports) = futures::join!(futures::future::join_all(feedback), futures::future::join_all(imports));
+        for (status, comment) in feedback {
+            match status {
+                201 => acknowledged.push(comment),
+                _ => refused += 1,
+            }
         }
+        refused += imports.iter().filter(|status| !matches!(status, Ok(201))).count();
     }
     assert!(refused > 0, "the disk was full, yet every write was acknowledged");
 
