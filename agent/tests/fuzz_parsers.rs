@@ -43,7 +43,7 @@ fn mutated(base: &'static str) -> impl Strategy<Value = String> {
             let lines: Vec<&str> = text.lines().collect();
             match mode {
                 0 => text.clone(),
-                1 => text[..cut.index(text.len()).min(text.len())].chars().collect(),
+                1 => text.chars().take(cut.index(text.chars().count().max(1))).collect(),
                 2 => lines.iter().step_by(2).copied().collect::<Vec<_>>().join("\n"),
                 _ => lines.iter().chain(lines.iter()).copied().collect::<Vec<_>>().join("\n"),
             }

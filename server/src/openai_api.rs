@@ -657,6 +657,12 @@ mod app_tests {
     const TOKEN_USER: &str = "tester";
 
     async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
+        let (state, engine, store, dir) = scripted_state().await;
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
+        (app(state, HttpLimits::default()), engine, store, dir, token)
+    }
+
+    async fn scripted_state() -> (AppState, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
         let engine = Arc::new(ScriptedEngine {
@@ -672,8 +678,54 @@ mod app_tests {
             evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
             quotas: Default::default(),
         };
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
-        (app(state, HttpLimits::default()), engine, store, dir, token)
+        (state, engine, store, dir)
+    }
+
+    /// Any JSON value, nested a few levels.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_$#/]{1,10}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The request parser answers every body, however malformed, with a request or a 4xx
+    /// error: never a panic, never a 5xx. `PROPTEST_CASES` sets how many bodies it tries.
+    #[test]
+    fn any_request_body_is_parsed_or_refused_cleanly() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (state, _engine, _store, _dir) = runtime.block_on(scripted_state());
+        let keys = vec![
+            "model", "messages", "tools", "tool_choice", "n", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
+            "response_format", "stop", "temperature", "top_p", "stream", "stream_options", "seed",
+        ];
+        let bodies = (prop::collection::vec((prop::sample::select(keys), json_value()), 0..6), prop::option::of("\\PC{0,40}"));
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::default());
+        runner
+            .run(&bodies, |(fields, raw)| {
+                let mut body = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+                for (key, value) in fields {
+                    body[key] = value;
+                }
+                let bytes = raw.map(String::into_bytes).unwrap_or_else(|| body.to_string().into_bytes());
+                if let Err(error) = super::parse_request(&state, &bytes) {
+                    let status = axum::response::IntoResponse::into_response(error).status();
+                    prop_assert!(status.is_client_error(), "{status} for {body}");
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     async fn post(router: &axum::Router, token: &str, body: Value) -> (StatusCode, String) {

@@ -414,3 +414,57 @@ fn swap_in(staging: &Path, target: &Path) -> anyhow::Result<()> {
     std::fs::remove_dir_all(&outgoing)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in files {
+            writer.start_file(*name, options).unwrap();
+            writer.write_all(bytes).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn zip_bombs_stop_at_a_bundles_worth_of_bytes() {
+        // 20 MB of zeros in one entry, a few kilobytes on the wire.
+        let one_big = zip_of(&[("SKILL.md", vec![0u8; 20 * 1024 * 1024])]);
+        assert!(one_big.len() < 100 * 1024);
+        assert!(unzip(&one_big).unwrap_err().to_string().contains("larger than a skill file"));
+        // Many entries just under the file cap: stopped at the bundle's total.
+        let names: Vec<String> = (0..12).map(|i| format!("part-{i}.txt")).collect();
+        let many: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (n.as_str(), vec![b'a'; 1024 * 1024 - 1])).collect();
+        assert!(unzip(&zip_of(&many)).unwrap_err().to_string().contains("expands past"));
+        // An ordinary bundle comes through whole.
+        let files = unzip(&zip_of(&[("SKILL.md", b"---\nname: x\n---\n".to_vec()), ("references/a.md", b"a".to_vec())])).unwrap();
+        assert_eq!(files.len(), 2);
+    }
+
+    proptest! {
+        /// Damaged zips (random bytes changed, cut short) and noise are refused or read,
+        /// never a panic.
+        #[test]
+        fn damaged_zips_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+            noise in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut bytes = zip_of(&[("SKILL.md", b"---\nname: x\ndescription: y\n---\nbody\n".to_vec()), ("scripts/run.sh", vec![b'x'; 300])]);
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            let _ = unzip(&bytes);
+            let _ = unzip(&bytes[..cut.index(bytes.len())]);
+            let _ = unzip(&noise);
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: start the real `skillhive` binary on an ephemeral
 //! port with a temporary data directory, and stop it when the test ends.
 
+pub mod load;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +88,11 @@ impl Server {
             }
         };
         Server { child, url, token, data_dir, stderr: stderr_text }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {

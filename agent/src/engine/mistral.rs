@@ -127,7 +127,12 @@ impl MistralRsEngine {
         let scheduler = SchedulerConfig::DefaultScheduler {
             method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?),
         };
-        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).build().await;
+        // mistral.rs's prefix cache keeps the KV cache of every finished sequence, and it
+        // evicts only caches on an accelerator: on a CPU nothing is ever dropped, so the
+        // process grows by each request's KV cache (hundreds of MB for a 6k-token prompt)
+        // without bound. Off on the CPU, memory returns to its baseline after each request.
+        let prefix_cache = !device.is_cpu();
+        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).with_no_prefix_cache(!prefix_cache).build().await;
         let context_window = runner.max_sequence_length(None).ok().flatten();
         let special_stops = find_special_stops(&runner).await;
         tracing::debug!(?special_stops, "end-of-text markers");
@@ -390,7 +395,8 @@ impl Engine for MistralRsEngine {
         }
         let mut scored: Vec<f32> = Vec::with_capacity(continuation.len());
         // The engine stops a sequence at an end-of-turn token even when more tokens were
-        // given; scoring then resumes after it, and the prefix cache keeps that cheap.
+        // given; scoring then resumes after it (on an accelerator the prefix cache keeps
+        // that cheap).
         while scored.len() < continuation.len() {
             let context: Vec<u32> = prefix.iter().chain(&continuation[..scored.len()]).copied().collect();
             let remaining = continuation[scored.len()..].to_vec();
