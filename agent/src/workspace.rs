@@ -322,6 +322,36 @@ mod tests {
     }
 
     #[test]
+    fn only_regular_files_are_read_and_a_quota_caps_the_workspace() {
+        let (_dir, ws) = workspace();
+        let fifo = ws.root().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        // A FIFO with no writer would block an open for reading forever.
+        assert_eq!(ws.read("pipe"), Err(WorkspaceError::NotRegular("pipe".into())));
+        assert_eq!(ws.edit("pipe", "a", "b"), Err(WorkspaceError::NotRegular("pipe".into())));
+
+        let ws = ws.with_quota(1000);
+        ws.write("a.txt", &"x".repeat(600)).unwrap();
+        assert_eq!(ws.write("b.txt", &"x".repeat(600)), Err(WorkspaceError::OverQuota(1200, 1000)));
+        // Replacing a file counts only the difference.
+        ws.write("a.txt", &"y".repeat(900)).unwrap();
+        assert!(ws.check_quota().is_ok());
+        std::fs::write(ws.root().join("big.bin"), vec![0u8; 2000]).unwrap();
+        assert!(matches!(ws.check_quota(), Err(WorkspaceError::OverQuota(2900, 1000))));
+    }
+
+    #[test]
+    fn reads_of_huge_files_read_only_the_shown_part() {
+        let (_dir, ws) = workspace();
+        let file = std::fs::File::create(ws.root().join("huge.txt")).unwrap();
+        // Sparse: 4 GiB on paper, nothing on disk; a whole-file read would need 4 GiB.
+        file.set_len(4 << 30).unwrap();
+        let text = ws.read("huge.txt").unwrap();
+        assert!(text.contains(&format!("showing {MAX_READ_BYTES} of {} bytes", 4u64 << 30)), "{}", &text[text.len() - 60..]);
+    }
+
+    #[test]
     fn large_files_are_cut_and_oversized_writes_refused() {
         let (_dir, ws) = workspace();
         ws.write("big.txt", &"é".repeat(MAX_READ_BYTES)).unwrap();

@@ -4,6 +4,10 @@
 use agent::exec::escapes::{Arena, ATTACKS};
 use agent::exec::Sandbox;
 
+/// Tests that count the host's processes run one at a time, so that they count only
+/// their own.
+static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn process_count() -> usize {
     std::fs::read_dir("/proc")
         .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count())
@@ -14,6 +18,7 @@ fn process_count() -> usize {
 async fn every_attack_is_contained_by_the_sandbox() {
     let sandbox = Sandbox::default();
     assert!(matches!(sandbox, Sandbox::Bubblewrap(_)), "scripts/test installs bubblewrap; these tests need it");
+    let _counting = COUNTING.lock().await;
     let arena = Arena::new().unwrap();
     let before = process_count();
     let mut failures = Vec::new();
@@ -72,4 +77,29 @@ async fn ordinary_commands_still_run_under_the_rules() {
     let written = agent::exec::run(&arena.attacker, "sort -o sorted.csv people.csv", &Default::default(), Default::default(), &sandbox).await;
     assert!(written.unwrap().succeeded());
     assert!(arena.attacker.join("sorted.csv").exists());
+}
+
+#[tokio::test]
+async fn a_fork_bomb_cannot_take_the_hosts_process_table() {
+    assert!(agent::exec::pids::describe().contains("capped"), "scripts/test runs as root, where a pids cgroup is writable");
+    let _counting = COUNTING.lock().await;
+    let arena = Arena::new().unwrap();
+    let before = process_count();
+    let limits = agent::exec::ExecLimits { timeout: std::time::Duration::from_secs(3), ..Default::default() };
+    let sandbox = Sandbox::default();
+    let bomb = agent::exec::run(&arena.attacker, "bash -c ':(){ :|:& };:'", &agent::exec::ExecPolicy::Full, limits, &sandbox);
+    let watch = async {
+        let mut most = 0;
+        for _ in 0..25 {
+            most = most.max(process_count());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        most
+    };
+    let (outcome, most) = tokio::join!(bomb, watch);
+    assert!(outcome.is_ok());
+    assert!(most <= before + 100, "{before} processes before the fork bomb, {most} at its height");
+    // Meanwhile the server can still start threads and processes.
+    let echo = agent::exec::run(&arena.attacker, "echo alive", &Default::default(), Default::default(), &Sandbox::default()).await;
+    assert_eq!(echo.unwrap().stdout, "alive\n");
 }

@@ -293,7 +293,9 @@ fn exec_sandbox(config: &ServeConfig) -> agent::exec::Sandbox {
     use agent::exec::Sandbox;
     let sandbox = Sandbox::detect(&config.bwrap, config.exec_unsandboxed);
     match &sandbox {
-        Sandbox::Bubblewrap(path) => tracing::info!(bwrap = %path.display(), "agents' commands run under bubblewrap"),
+        Sandbox::Bubblewrap(path) => {
+            tracing::info!(bwrap = %path.display(), processes = %agent::exec::pids::describe(), "agents' commands run under bubblewrap")
+        }
         Sandbox::Unsandboxed => tracing::warn!(
             "bubblewrap is not available and --exec-unsandboxed is set: agents' commands run DIRECTLY ON THIS HOST, \
              guarded only by the allowlist's argument rules"

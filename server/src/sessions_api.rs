@@ -470,6 +470,67 @@ mod tests {
         assert_eq!(second["stop_reason"], "final_answer", "the session is usable after a cancel");
     }
 
+    /// The exec-escape corpus through the API: each attack is a tool call a scripted model
+    /// makes in a turn, in the attacker's real workspace beside a victim's; with bubblewrap
+    /// each is contained, without it each is refused.
+    #[tokio::test]
+    async fn the_escape_corpus_is_contained_through_the_api() {
+        use agent::exec::escapes::{Arena, ATTACKS};
+        use agent::exec::Sandbox;
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "attacker", false).await.unwrap();
+        for (sandbox, policy) in [
+            (Sandbox::default(), ExecPolicy::default()),
+            (Sandbox::default(), ExecPolicy::Full),
+            (Sandbox::Missing, ExecPolicy::Full),
+        ] {
+            let arena = Arena::for_attacker(&user.id).unwrap();
+            let attacks: Vec<_> = ATTACKS.iter().filter(|a| a.needs_shell == (policy == ExecPolicy::Full)).collect();
+            let mut script: Vec<Choice> = attacks.iter().map(|a| tool("exec", json!({"command": arena.fill(a.command)}))).collect();
+            script.push(Choice { text: "done".into(), ..Default::default() });
+            let state = AppState {
+                engine: Arc::new(ScriptedEngine {
+                    info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+                    script: Mutex::new(script.into()),
+                }),
+                store: store.clone(),
+                limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+                agent: Arc::new(AgentRuntime::new(
+                    arena.workspaces.clone(),
+                    AgentConfig {
+                        max_steps: attacks.len() + 1,
+                        exec_policy: policy.clone(),
+                        exec_limits: ExecLimits { timeout: Duration::from_secs(3), max_file_bytes: 16 * 1024 * 1024, ..Default::default() },
+                        exec_sandbox: sandbox.clone(),
+                        ..Default::default()
+                    },
+                )),
+                skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+                quotas: Default::default(),
+            };
+            let router = app(state, HttpLimits::default());
+            let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+            let id = session["id"].as_str().unwrap().to_string();
+            let (status, reply) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
+            assert_eq!(status, StatusCode::OK, "{sandbox:?} {policy:?}: {reply}");
+            let events = store.session_events(&user.id, &id).await.unwrap();
+            let results: Vec<&crate::store::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
+            assert_eq!(results.len(), attacks.len(), "{sandbox:?} {policy:?}");
+            let outputs: String = results.iter().map(|e| e.payload["excerpt"].as_str().unwrap_or_default().to_string()).collect();
+            assert_eq!(arena.escapes(&outputs), Vec::<String>::new(), "{sandbox:?} {policy:?}");
+            if policy != ExecPolicy::Full || sandbox == Sandbox::Missing {
+                // Refused before running: every result is an error that says why.
+                assert!(results.iter().all(|e| e.payload["ok"] == false), "{sandbox:?} {policy:?}");
+            }
+            if sandbox == Sandbox::Missing {
+                assert!(results.iter().all(|e| e.payload["excerpt"].as_str().unwrap().contains("bubblewrap")));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn sandbox_refusals_are_recorded_as_tool_errors_and_the_server_goes_on() {
         let dir = tempfile::tempdir().unwrap();

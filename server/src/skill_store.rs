@@ -872,6 +872,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_automatic_bump_never_moves_latest_backwards() {
+        let (_dir, skills, alice, _) = fixture().await;
+        let actor = Actor::User(alice.clone());
+        let top = format!("0.0.{}", u64::MAX);
+        skills.publish(&actor, request(Scope::Shared, Some(&top), "one")).await.unwrap();
+        let bumped = skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap_err();
+        assert!(matches!(&bumped, RepoError::Conflict(m) if m.contains("cannot be raised")), "{bumped:?}");
+        let latest = skills.list_skills(&alice, None, None).await.unwrap();
+        assert_eq!(latest[0].latest.version, top);
+    }
+
+    #[tokio::test]
     async fn a_publish_never_changes_an_existing_version() {
         let (_dir, skills, alice, _) = fixture().await;
         let actor = Actor::User(alice.clone());

@@ -588,6 +588,46 @@ mod tests {
         assert_eq!(catalog, vec!["needs-sh", "plain"]);
     }
 
+    #[tokio::test]
+    async fn a_damaged_skill_is_left_out_of_catalogs_and_the_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let user = store.create_user("u", false).await.unwrap();
+        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
+        for name in ["sound", "damaged"] {
+            let request = PublishRequest {
+                slug: name.into(),
+                scope: Scope::Shared,
+                version: None,
+                changelog: String::new(),
+                files: bundle(name, ""),
+                provenance: Value::Null,
+            };
+            skills.publish(&Actor::System, request).await.unwrap();
+        }
+        // Damage the blob of the second skill's SKILL.md on disk.
+        let damaged = bundle("damaged", "");
+        let sha = agent::skills::bundle::sha256_hex(&damaged["SKILL.md"]);
+        let blob = walk(&dir.path().join("blobs")).into_iter().find(|p| p.to_string_lossy().contains(&sha)).expect("blob on disk");
+        std::fs::write(&blob, b"garbage").unwrap();
+        let repo = SkillRepo::new(Arc::new(skills));
+        let viewer = repo.viewer(&user.id).await.unwrap();
+        let catalog: Vec<String> = repo.agent_skills(&viewer).await.unwrap().catalog().into_iter().map(|e| e.slug).collect();
+        assert_eq!(catalog, vec!["sound"]);
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                found.extend(walk(&entry.path()));
+            } else {
+                found.push(entry.path());
+            }
+        }
+        found
+    }
+
     #[test]
     fn diffs_of_huge_or_adversarial_files_stay_bounded() {
         // 250k lines, as in the reported denial of service: named, not diffed.

@@ -118,6 +118,12 @@ async fn a_full_disk_loses_no_acknowledged_write_and_the_server_recovers_without
     assert!(server.terminate(), "the server shuts down cleanly");
     assert_eq!(integrity, "ok");
     let missing: Vec<&String> = acknowledged.iter().filter(|c| !stored.contains(c)).collect();
+    println!(
+        "fault: disk full then freed: {} writes refused while full, {} acknowledged, {} of them found, integrity {integrity}",
+        refused,
+        acknowledged.len(),
+        acknowledged.len() - missing.len()
+    );
     assert!(missing.is_empty(), "{} acknowledged writes are missing", missing.len());
 }
 
@@ -188,6 +194,11 @@ async fn sigkill_during_mixed_writes_loses_nothing_acknowledged_and_marks_interr
     let (stored, integrity) = stored_comments(data.path()).await;
     assert_eq!(integrity, "ok");
     let missing = acknowledged.iter().filter(|c| !stored.contains(c)).count();
+    println!(
+        "fault: SIGKILL under 4 writers: {} writes acknowledged, {} found, integrity {integrity}",
+        acknowledged.len(),
+        acknowledged.len() - missing
+    );
     assert_eq!(missing, 0, "{missing} of {} acknowledged writes lost", acknowledged.len());
 
     // The turn the kill cut short is marked so, not left `running` forever.

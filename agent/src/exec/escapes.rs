@@ -165,6 +165,8 @@ impl Verdict {
 /// A victim's workspace and a host secret beside an attacker's workspace.
 pub struct Arena {
     _dir: tempfile::TempDir,
+    /// The folder of every user's workspace, the attacker's and the victim's among them.
+    pub workspaces: PathBuf,
     pub attacker: PathBuf,
     victim: PathBuf,
     host: PathBuf,
@@ -173,8 +175,15 @@ pub struct Arena {
 
 impl Arena {
     pub fn new() -> std::io::Result<Self> {
+        Self::for_attacker("attacker")
+    }
+
+    /// An arena whose attacker's workspace is `workspaces/<name>`, as a server names a
+    /// user's workspace by the user's id.
+    pub fn for_attacker(name: &str) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let attacker = dir.path().join("workspaces").join("attacker");
+        let workspaces = dir.path().join("workspaces");
+        let attacker = workspaces.join(name);
         let victim = dir.path().join("workspaces").join("victim");
         let host = dir.path().join("host");
         for path in [&attacker, &victim, &host] {
@@ -186,10 +195,11 @@ impl Arena {
         std::fs::write(attacker.join("p.txt"), format!("echo pwned > {}/pwned.txt\n", host.display()))?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
-        Ok(Self { _dir: dir, attacker: attacker.canonicalize()?, victim, host, listener })
+        Ok(Self { _dir: dir, workspaces, attacker: attacker.canonicalize()?, victim, host, listener })
     }
 
-    fn fill(&self, command: &str) -> String {
+    /// The command line of `attack` with its placeholders filled in.
+    pub fn fill(&self, command: &str) -> String {
         let port = self.listener.local_addr().map(|a| a.port()).unwrap_or(9);
         command.replace("{host}", &self.host.display().to_string()).replace("{port}", &port.to_string())
     }

@@ -14,6 +14,7 @@
 //!   killed, so a flood cannot fill memory or a model's context.
 
 pub mod escapes;
+pub mod pids;
 pub mod rules;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub struct ExecLimits {
     pub max_file_bytes: u64,
     /// Address space of each process (RLIMIT_AS).
     pub max_memory_bytes: u64,
+    /// Processes a command may have at once, itself included (a pids cgroup, see [`pids`]).
+    pub max_processes: u32,
 }
 
 impl Default for ExecLimits {
@@ -65,6 +68,7 @@ impl Default for ExecLimits {
             max_output_bytes: 16 * 1024,
             max_file_bytes: 64 * 1024 * 1024,
             max_memory_bytes: 1024 * 1024 * 1024,
+            max_processes: 64,
         }
     }
 }
@@ -215,8 +219,11 @@ pub async fn run(
         (libc::RLIMIT_NOFILE, 256),
         (libc::RLIMIT_CORE, 0),
     ];
+    let cap = pids::Group::new(limits.max_processes);
+    let procs = cap.as_ref().map(pids::Group::procs);
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
-    // which is async-signal-safe; it touches no memory the parent's threads could hold.
+    // open, write and close, which are async-signal-safe; it allocates nothing and touches
+    // no memory the parent's threads could hold.
     unsafe {
         process.pre_exec(move || {
             for (resource, value) in rlimits {
@@ -224,6 +231,9 @@ pub async fn run(
                 if libc::setrlimit(resource, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if let Some(procs) = &procs {
+                pids::join_from_child(procs)?;
             }
             Ok(())
         });

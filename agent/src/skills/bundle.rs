@@ -235,6 +235,18 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_cannot_be_installed_side_by_side_are_refused() {
+        let rules = |files: &Files| validate_bundle("demo", files).unwrap_err().into_iter().map(|e| e.rule).collect::<Vec<_>>();
+        let file_and_folder = bundle(&[("SKILL.md", SKILL), ("references", "x"), ("references/x.md", "y")]);
+        assert_eq!(rules(&file_and_folder), vec!["path-file-and-folder"]);
+        let deeper = bundle(&[("SKILL.md", SKILL), ("a/b", "x"), ("a/b/c/d.md", "y")]);
+        assert_eq!(rules(&deeper), vec!["path-file-and-folder"]);
+        let case = bundle(&[("SKILL.md", SKILL), ("Notes.md", "x"), ("notes.md", "y")]);
+        assert_eq!(rules(&case), vec!["path-case"]);
+        assert!(validate_bundle("demo", &bundle(&[("SKILL.md", SKILL), ("references/a.md", "x"), ("references/b.md", "y")])).is_ok());
+    }
+
+    #[test]
     fn bundle_rules_name_the_file_and_rule() {
         let ok = bundle(&[("SKILL.md", SKILL), ("scripts/run.sh", "echo hi\n")]);
         assert_eq!(validate_bundle("demo", &ok).unwrap().name, "demo");
