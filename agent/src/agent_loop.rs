@@ -109,9 +109,7 @@ const KEEP_RECENT_MESSAGES: usize = 4;
 /// The tools every agent has.
 pub fn tool_specs() -> Vec<ToolSpec> {
     let path = json!({"type": "string", "description": "Path relative to the workspace"});
-    let object = |properties: Value, required: &[&str]| {
-        json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
-    };
+    let object = |properties: Value, required: &[&str]| json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
     vec![
         ToolSpec {
             name: "read".into(),
@@ -128,11 +126,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             description: "Replace the one occurrence of old text with new text in a file.".into(),
             parameters: object(json!({ "path": path, "old": {"type": "string"}, "new": {"type": "string"} }), &["path", "old", "new"]),
         },
-        ToolSpec {
-            name: "ls".into(),
-            description: "List a directory.".into(),
-            parameters: object(json!({ "path": path }), &["path"]),
-        },
+        ToolSpec { name: "ls".into(), description: "List a directory.".into(), parameters: object(json!({ "path": path }), &["path"]) },
         ToolSpec {
             name: "exec".into(),
             description: "Run a command in the workspace.".into(),
@@ -323,14 +317,14 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
     let text_arg = |key: &str| arguments.get(key).and_then(Value::as_str);
     let need = |key: &str| text_arg(key).ok_or_else(|| format!("`{}` needs the argument `{key}`", call.name));
     let result: Result<ToolOutput, String> = match call.name.as_str() {
-        "read" => need("path").map(|path| match catalog::slug_of_location(path).and_then(|slug| {
-            ctx.skills.skill_md(slug).map(|found| (slug.to_string(), found))
-        }) {
-            Some((slug, (version, text))) => ToolOutput { skill_read: Some((slug, version)), ..ToolOutput::ok(text) },
-            None => match ctx.workspace.read(path) {
-                Ok(text) => ToolOutput::ok(text),
-                Err(e) => ToolOutput::error(e.to_string()),
-            },
+        "read" => need("path").map(|path| {
+            match catalog::slug_of_location(path).and_then(|slug| ctx.skills.skill_md(slug).map(|found| (slug.to_string(), found))) {
+                Some((slug, (version, text))) => ToolOutput { skill_read: Some((slug, version)), ..ToolOutput::ok(text) },
+                None => match ctx.workspace.read(path) {
+                    Ok(text) => ToolOutput::ok(text),
+                    Err(e) => ToolOutput::error(e.to_string()),
+                },
+            }
         }),
         "write" => need("path").and_then(|path| {
             let content = need("content")?;
@@ -388,7 +382,8 @@ async fn run_command(ctx: &TurnContext<'_>, command: &str) -> ToolOutput {
 
 /// A rough token count: about four characters per token for English text and code.
 fn estimate_tokens(messages: &[ChatMessage]) -> usize {
-    messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>()).sum::<usize>() / 4
+    messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>()).sum::<usize>()
+        / 4
 }
 
 /// Where compaction may cut `history` so that the kept part starts with no tool result

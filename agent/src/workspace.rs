@@ -152,9 +152,7 @@ impl Workspace {
         use std::io::Read;
         let (file, total) = self.open_regular(path)?;
         let mut bytes = Vec::with_capacity(MAX_READ_BYTES.min(total as usize));
-        file.take(MAX_READ_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
+        file.take(MAX_READ_BYTES as u64).read_to_end(&mut bytes).map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
         let total = (total as usize).max(bytes.len());
         let mut end = bytes.len();
         // A cut inside a character drops that character's leading bytes.

@@ -11,8 +11,7 @@ use tokio::sync::watch;
 
 use agent::agent_loop::{compaction_split, run_turn, AgentConfig, StaticSkills, TurnContext};
 use agent::engine::{
-    ChatMessage, Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, Prompt, Role,
-    ToolCall, Usage,
+    ChatMessage, Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, Prompt, Role, ToolCall, Usage,
 };
 use agent::skills::catalog::CatalogEntry;
 use agent::trajectory::{Event, MemorySink, StopReason};
@@ -101,7 +100,8 @@ async fn tool_call_result_and_final_answer_are_recorded_in_order() {
         answer("Saved your note."),
     ]);
     let (_cancel, cancel_rx) = watch::channel(false);
-    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
     let mut history = Vec::new();
     let outcome = run_turn(&mut ctx, &mut history, "Note: buy milk").await;
     assert_eq!(outcome.stop, StopReason::FinalAnswer);
@@ -113,10 +113,23 @@ async fn tool_call_result_and_final_answer_are_recorded_in_order() {
         kinds(&events),
         vec![
             "user_message",
-            "model_call", "model_output", "tool_call", "skill_read", "tool_result",
-            "model_call", "model_output", "tool_call", "tool_result",
-            "model_call", "model_output", "tool_call", "tool_result",
-            "model_call", "model_output", "final_answer", "stop",
+            "model_call",
+            "model_output",
+            "tool_call",
+            "skill_read",
+            "tool_result",
+            "model_call",
+            "model_output",
+            "tool_call",
+            "tool_result",
+            "model_call",
+            "model_output",
+            "tool_call",
+            "tool_result",
+            "model_call",
+            "model_output",
+            "final_answer",
+            "stop",
         ]
     );
     assert!(matches!(&events[4], Event::SkillRead { slug, version } if slug == "notes" && version == "1.2.0"));
@@ -140,7 +153,8 @@ async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
     f.config.max_steps = 3;
     let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
     let (_cancel, cancel_rx) = watch::channel(false);
-    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
     let outcome = run_turn(&mut ctx, &mut Vec::new(), "loop").await;
     assert_eq!(outcome.stop, StopReason::MaxSteps);
     assert_eq!(engine.requests.lock().unwrap().len(), 3);
@@ -149,7 +163,14 @@ async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
     budget.config.token_budget = 200; // each scripted step costs 110 tokens
     let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
     let (_cancel, cancel_rx) = watch::channel(false);
-    let mut ctx = TurnContext { engine: &engine, workspace: &budget.workspace, skills: &budget.skills, sink: &budget.sink, config: &budget.config, cancel: cancel_rx };
+    let mut ctx = TurnContext {
+        engine: &engine,
+        workspace: &budget.workspace,
+        skills: &budget.skills,
+        sink: &budget.sink,
+        config: &budget.config,
+        cancel: cancel_rx,
+    };
     assert_eq!(run_turn(&mut ctx, &mut Vec::new(), "loop").await.stop, StopReason::TokenBudget);
     assert_eq!(engine.requests.lock().unwrap().len(), 2);
 }
@@ -159,7 +180,8 @@ async fn a_running_turn_can_be_cancelled() {
     let f = fixture();
     let engine = ScriptedEngine::new(vec![]); // the model never answers
     let (cancel, cancel_rx) = watch::channel(false);
-    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
         cancel.send(true).unwrap();
@@ -183,11 +205,17 @@ async fn compaction_summarizes_old_turns_and_keeps_calls_with_their_results() {
             tool_calls: vec![ToolCall { id: format!("c{i}"), name: "ls".into(), arguments: "{}".into() }],
             ..Default::default()
         });
-        history.push(ChatMessage { role: Some(Role::Tool), content: "a.txt".into(), tool_call_id: Some(format!("c{i}")), ..Default::default() });
+        history.push(ChatMessage {
+            role: Some(Role::Tool),
+            content: "a.txt".into(),
+            tool_call_id: Some(format!("c{i}")),
+            ..Default::default()
+        });
     }
     let engine = ScriptedEngine::new(vec![answer("Listed the workspace six times."), answer("Done.")]);
     let (_cancel, cancel_rx) = watch::channel(false);
-    let mut ctx = TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
     let outcome = run_turn(&mut ctx, &mut history, "and now?").await;
     assert_eq!(outcome.stop, StopReason::FinalAnswer);
 
@@ -219,7 +247,15 @@ fn the_compaction_split_never_starts_on_a_tool_result() {
         ..Default::default()
     };
     // A call with two results straddles the default split point.
-    let history = vec![ChatMessage::user("a"), ChatMessage::user("b"), call("x"), tool("x"), tool("x"), ChatMessage::user("c"), ChatMessage::user("d")];
+    let history = vec![
+        ChatMessage::user("a"),
+        ChatMessage::user("b"),
+        call("x"),
+        tool("x"),
+        tool("x"),
+        ChatMessage::user("c"),
+        ChatMessage::user("d"),
+    ];
     let split = compaction_split(&history);
     assert_eq!(split, 2);
     assert_eq!(history[split].role(), Role::Assistant);

@@ -74,7 +74,8 @@ async fn ordinary_commands_still_run_under_the_rules() {
         let outcome = outcome.unwrap_or_else(|e| panic!("{command}: {e}"));
         assert_eq!(outcome.stdout.trim(), expected, "{command}: {outcome:?}");
     }
-    let written = agent::exec::run(&arena.attacker, "sort -o sorted.csv people.csv", &Default::default(), Default::default(), &sandbox).await;
+    let written =
+        agent::exec::run(&arena.attacker, "sort -o sorted.csv people.csv", &Default::default(), Default::default(), &sandbox).await;
     assert!(written.unwrap().succeeded());
     assert!(arena.attacker.join("sorted.csv").exists());
 }

@@ -14,8 +14,7 @@ fn every_starter_skill_is_valid_and_named_after_its_folder() {
         let folder_name = folder.file_name().unwrap().to_str().unwrap().to_string();
         let file = folder.join("SKILL.md");
         let text = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{} has no SKILL.md", folder.display()));
-        let skill = parse_skill_md(&file.display().to_string(), Some(&folder_name), &text)
-            .unwrap_or_else(|errors| panic!("{errors:?}"));
+        let skill = parse_skill_md(&file.display().to_string(), Some(&folder_name), &text).unwrap_or_else(|errors| panic!("{errors:?}"));
         assert!(!skill.body.trim().is_empty(), "{folder_name} has no instructions");
         assert!(skill.description.contains("Use when"), "{folder_name} should say when to use it");
         names.push(skill.name);

@@ -35,11 +35,31 @@ async fn main() -> anyhow::Result<()> {
         let user = format!("user{}", i % 7);
         // Every third session fails a tool, so some groups are weak and get decided.
         let failed = i % 3 == 0;
-        store.add_session(trace(&format!("s{i}"), &user, now - (sessions - i) as i64 * 600, goal, skill.map(|s| (s, "1.0.0")), failed, true));
+        store.add_session(trace(
+            &format!("s{i}"),
+            &user,
+            now - (sessions - i) as i64 * 600,
+            goal,
+            skill.map(|s| (s, "1.0.0")),
+            failed,
+            true,
+        ));
     }
     let engine = Arc::new(RuleEngine::default());
-    engine.decide("Skill csv-inspect", "improve", "csv-inspect", "Inspect a CSV file. Use when asked about a .csv file.", "1. Check the file exists with ls.\n2. Count rows with wc -l.");
-    engine.decide("markdown", "create", "markdown to html", "Convert markdown notes to HTML. Use when asked to publish notes.", "1. Read the notes.\n2. Write the HTML file next to them.");
+    engine.decide(
+        "Skill csv-inspect",
+        "improve",
+        "csv-inspect",
+        "Inspect a CSV file. Use when asked about a .csv file.",
+        "1. Check the file exists with ls.\n2. Count rows with wc -l.",
+    );
+    engine.decide(
+        "markdown",
+        "create",
+        "markdown to html",
+        "Convert markdown notes to HTML. Use when asked to publish notes.",
+        "1. Read the notes.\n2. Write the HTML file next to them.",
+    );
     let evolver = Evolver { engine: engine.clone(), store: store.clone(), config: EvolverConfig::default() };
 
     let started = Instant::now();
@@ -49,9 +69,15 @@ async fn main() -> anyhow::Result<()> {
     let replays: usize = report.steps.iter().map(|s| s.replay_calls).sum();
     let tokens: usize = report.steps.iter().map(|s| s.prompt_tokens + s.completion_tokens).sum();
     let per_session = calls as f64 / report.new_sessions.max(1) as f64;
-    println!("sessions: {}; patterns: {}; candidates: {}; published: {}", report.new_sessions, report.patterns, report.candidates, report.published);
+    println!(
+        "sessions: {}; patterns: {}; candidates: {}; published: {}",
+        report.new_sessions, report.patterns, report.candidates, report.published
+    );
     println!("engine calls: {calls} ({per_session:.2} per new session, target <= 1.2); replay calls: {replays}");
-    println!("tokens: {tokens} ({:.0} per new session, estimated at 4 characters a token)", tokens as f64 / report.new_sessions.max(1) as f64);
+    println!(
+        "tokens: {tokens} ({:.0} per new session, estimated at 4 characters a token)",
+        tokens as f64 / report.new_sessions.max(1) as f64
+    );
     for step in &report.steps {
         println!("  {:<10} {:>4} items {:>4} calls {:>6} ms", step.name, step.items, step.llm_calls, step.millis);
     }

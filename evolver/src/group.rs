@@ -52,9 +52,9 @@ pub fn decay_weight(now: i64, then: i64, half_life_days: f64) -> f64 {
 }
 
 const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "with", "that", "this", "from", "into", "what", "how", "please", "can", "you", "are", "was", "then",
-    "file", "files", "use", "make", "let", "get", "out", "all", "its", "our", "your", "have", "has", "will", "would", "should",
-    "about", "them", "their", "there", "here", "which", "when", "one", "two", "some", "any", "need", "want",
+    "the", "and", "for", "with", "that", "this", "from", "into", "what", "how", "please", "can", "you", "are", "was", "then", "file",
+    "files", "use", "make", "let", "get", "out", "all", "its", "our", "your", "have", "has", "will", "would", "should", "about", "them",
+    "their", "there", "here", "which", "when", "one", "two", "some", "any", "need", "want",
 ];
 
 /// The content words of a goal: lowercase, three letters or more, no stopwords.

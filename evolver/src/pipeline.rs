@@ -177,7 +177,8 @@ pub fn transcript(trace: &SessionTrace, max_chars: usize) -> (String, String, BT
             }
             Event::ToolCall { name, arguments, .. } => format!("call {name} {}", clean(arguments)),
             Event::ToolResult { ok, exit_code, excerpt, .. } => {
-                let status = if *ok { "ok".to_string() } else { format!("error{}", exit_code.map(|c| format!(" {c}")).unwrap_or_default()) };
+                let status =
+                    if *ok { "ok".to_string() } else { format!("error{}", exit_code.map(|c| format!(" {c}")).unwrap_or_default()) };
                 format!("result {status}: {}", clean(&excerpt.chars().take(160).collect::<String>()))
             }
             Event::SkillRead { slug, .. } => format!("read skill {slug}"),
@@ -504,7 +505,13 @@ impl Evolver {
     }
 
     /// The gate: format, safety, then the A/B replay. Returns the verdict with numbers.
-    async fn gate(&self, step: &mut Step, candidate: &CandidateRecord, held_out: &[String], identities: &[String]) -> anyhow::Result<Value> {
+    async fn gate(
+        &self,
+        step: &mut Step,
+        candidate: &CandidateRecord,
+        held_out: &[String],
+        identities: &[String],
+    ) -> anyhow::Result<Value> {
         let manifest = match parse_skill_md(&format!("{}/SKILL.md", candidate.slug), Some(&candidate.slug), &candidate.skill_md) {
             Ok(manifest) => manifest,
             Err(errors) => {
@@ -529,7 +536,9 @@ impl Evolver {
             return Ok(json!({ "accepted": false, "failed": "safety", "format": "ok", "safety": findings }));
         }
         if held_out.is_empty() {
-            return Ok(json!({ "accepted": false, "failed": "replay", "format": "ok", "safety": [], "replay": "no held-out goal to replay" }));
+            return Ok(
+                json!({ "accepted": false, "failed": "replay", "format": "ok", "safety": [], "replay": "no held-out goal to replay" }),
+            );
         }
         let baseline = match &candidate.base_version {
             Some(version) => self.store.shared_skill_version(&candidate.slug, version).await?,
@@ -587,7 +596,8 @@ impl Evolver {
         };
         let sink = MemorySink::default();
         let (_cancel, cancel) = watch::channel(false);
-        let mut ctx = TurnContext { engine: self.engine.as_ref(), workspace: &workspace, skills: &skills, sink: &sink, config: &config, cancel };
+        let mut ctx =
+            TurnContext { engine: self.engine.as_ref(), workspace: &workspace, skills: &skills, sink: &sink, config: &config, cancel };
         let mut history = Vec::new();
         run_turn(&mut ctx, &mut history, goal).await;
         let events = sink.events();

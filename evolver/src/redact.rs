@@ -21,7 +21,10 @@ static PATTERNS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
         p("api_key", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
         p("api_key", r"\bAIza[0-9A-Za-z_\-]{35}\b"),
         p("token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*"),
-        p("password", r#"(?i)\b(password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)\b(\s*[:=]\s*|\s+is\s+)["']?[^\s"',;]{4,}"#),
+        p(
+            "password",
+            r#"(?i)\b(password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)\b(\s*[:=]\s*|\s+is\s+)["']?[^\s"',;]{4,}"#,
+        ),
         p("email", r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"),
     ]
 });

@@ -12,14 +12,23 @@ static RULES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     let r = |rule, pattern: &str| (rule, Regex::new(pattern).expect("safety patterns compile"));
     vec![
         r("destructive-command", r"\brm\s+(-[A-Za-z]*\s+)*-[A-Za-z]*[rR][A-Za-z]*\s+(-[A-Za-z]+\s+)*(/|/\*|~|~/|\$HOME|\*)(\s|$|;|&)"),
-        r("destructive-command", r"\bmkfs(\.\w+)?\b|\bdd\s+[^\n]*\bof=/dev/|:\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\bchmod\s+-R\s+0?777\s+/(\s|$)|>\s*/dev/sd[a-z]"),
+        r(
+            "destructive-command",
+            r"\bmkfs(\.\w+)?\b|\bdd\s+[^\n]*\bof=/dev/|:\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:|\bchmod\s+-R\s+0?777\s+/(\s|$)|>\s*/dev/sd[a-z]",
+        ),
         r("remote-code", r"(?i)\b(curl|wget|fetch)\b[^\n|]*\|\s*(sudo\s+)?(ba|z|da|k)?sh\b"),
         r("remote-code", r"(?i)\b(curl|wget|fetch)\b[^\n|]*\|\s*(sudo\s+)?(python[0-9.]*|perl|ruby|node)\b"),
         r("remote-code", r"(?i)\b(ba|z)?sh\s+(-c\s+)?[<\x22']*\$?\(\s*(curl|wget)\b|\beval\s+[\x22']?\$\(\s*(curl|wget)\b"),
-        r("ignore-rules", r"(?i)\b(ignore|disregard|forget|override)\b[^\n.]{0,30}\b(previous|prior|above|earlier|all|any|system|safety|your)\b[^\n.]{0,20}\b(instructions?|rules?|prompts?|guidelines|policies)\b"),
+        r(
+            "ignore-rules",
+            r"(?i)\b(ignore|disregard|forget|override)\b[^\n.]{0,30}\b(previous|prior|above|earlier|all|any|system|safety|your)\b[^\n.]{0,20}\b(instructions?|rules?|prompts?|guidelines|policies)\b",
+        ),
         r("ignore-rules", r"(?i)\byou are no longer bound\b|\bjailbreak\b|\bdo anything now\b"),
         r("exfiltration", r"(?i)\bexfiltrat\w*"),
-        r("exfiltration", r"(?i)\b(send|upload|post|transmit|forward|copy|sync)\b[^\n]{0,80}\b(to|into)\b[^\n]{0,40}(https?://|ftp://|\b\d{1,3}(\.\d{1,3}){3}\b|webhook|pastebin|requestbin|ngrok)"),
+        r(
+            "exfiltration",
+            r"(?i)\b(send|upload|post|transmit|forward|copy|sync)\b[^\n]{0,80}\b(to|into)\b[^\n]{0,40}(https?://|ftp://|\b\d{1,3}(\.\d{1,3}){3}\b|webhook|pastebin|requestbin|ngrok)",
+        ),
         r("exfiltration", r"(?i)\b(curl|wget)\b[^\n]*\s(-d|--data(-binary|-raw)?|-F|--form|-T|--upload-file)\s*[\x22']?@"),
         r("exfiltration", r"(?i)\b(nc|ncat|netcat)\b[^\n]*\s\d{2,5}\s*<"),
     ]

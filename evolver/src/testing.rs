@@ -140,16 +140,40 @@ impl EvolverStore for MemoryStore {
 
 /// A session trace for tests: a request, optionally a skill read and a failing tool, and
 /// how it stopped.
-pub fn trace(id: &str, user: &str, updated_at: i64, request: &str, skill: Option<(&str, &str)>, failed_tool: bool, answered: bool) -> SessionTrace {
+pub fn trace(
+    id: &str,
+    user: &str,
+    updated_at: i64,
+    request: &str,
+    skill: Option<(&str, &str)>,
+    failed_tool: bool,
+    answered: bool,
+) -> SessionTrace {
     let mut events = vec![Event::UserMessage { text: request.into() }];
     if let Some((slug, version)) = skill {
-        events.push(Event::ToolCall { call_id: "c1".into(), name: "read".into(), arguments: format!("{{\"path\":\"skills/{slug}/SKILL.md\"}}") });
+        events.push(Event::ToolCall {
+            call_id: "c1".into(),
+            name: "read".into(),
+            arguments: format!("{{\"path\":\"skills/{slug}/SKILL.md\"}}"),
+        });
         events.push(Event::SkillRead { slug: slug.into(), version: version.into() });
-        events.push(Event::ToolResult { call_id: "c1".into(), name: "read".into(), ok: true, exit_code: None, excerpt: "skill text".into() });
+        events.push(Event::ToolResult {
+            call_id: "c1".into(),
+            name: "read".into(),
+            ok: true,
+            exit_code: None,
+            excerpt: "skill text".into(),
+        });
     }
     if failed_tool {
         events.push(Event::ToolCall { call_id: "c2".into(), name: "exec".into(), arguments: "{\"command\":\"wc -l data.csv\"}".into() });
-        events.push(Event::ToolResult { call_id: "c2".into(), name: "exec".into(), ok: false, exit_code: Some(1), excerpt: "wc: data.csv: No such file".into() });
+        events.push(Event::ToolResult {
+            call_id: "c2".into(),
+            name: "exec".into(),
+            ok: false,
+            exit_code: Some(1),
+            excerpt: "wc: data.csv: No such file".into(),
+        });
     }
     if answered {
         events.push(Event::FinalAnswer { text: "Done.".into() });
@@ -210,26 +234,23 @@ impl RuleEngine {
             return Choice { text: summary.to_string(), ..Default::default() };
         }
         let decisions = self.decisions.lock().unwrap();
-        let decision = decisions
-            .iter()
-            .find(|(key, _)| user.contains(key.as_str()))
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| json!({ "action": "skip", "name": "", "description": "", "instructions": "", "rationale": "weak evidence" }));
+        let decision = decisions.iter().find(|(key, _)| user.contains(key.as_str())).map(|(_, d)| d.clone()).unwrap_or_else(
+            || json!({ "action": "skip", "name": "", "description": "", "instructions": "", "rationale": "weak evidence" }),
+        );
         Choice { text: decision.to_string(), ..Default::default() }
     }
 }
 
 fn call(name: &str, arguments: Value) -> Choice {
-    Choice { tool_calls: vec![ToolCall { id: format!("call-{name}"), name: name.into(), arguments: arguments.to_string() }], ..Default::default() }
+    Choice {
+        tool_calls: vec![ToolCall { id: format!("call-{name}"), name: name.into(), arguments: arguments.to_string() }],
+        ..Default::default()
+    }
 }
 
 fn agent_step(system: &str, messages: &[ChatMessage]) -> Choice {
     let results: Vec<&str> = messages.iter().filter(|m| m.role == Some(Role::Tool)).map(|m| m.content.as_str()).collect();
-    let location = system
-        .split("<location>")
-        .nth(1)
-        .and_then(|rest| rest.split("</location>").next())
-        .map(str::to_string);
+    let location = system.split("<location>").nth(1).and_then(|rest| rest.split("</location>").next()).map(str::to_string);
     match (results.len(), location) {
         (0, Some(location)) => call("read", json!({ "path": location })),
         (0, None) => call("read", json!({ "path": "missing.txt" })),
@@ -254,7 +275,10 @@ impl Engine for RuleEngine {
         // Token counts estimated at four characters a token, so that benchmarks see the
         // real size of the prompts the pipeline builds.
         let completion_chars = choice.text.len() + choice.tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>();
-        Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: prompt_chars.div_ceil(4), completion_tokens: completion_chars.div_ceil(4) } })
+        Ok(Generation {
+            choices: vec![choice],
+            usage: Usage { prompt_tokens: prompt_chars.div_ceil(4), completion_tokens: completion_chars.div_ceil(4) },
+        })
     }
     async fn generate_stream(&self, _: GenerationRequest) -> Result<EventStream, EngineError> {
         Err(EngineError::InvalidRequest("the rule engine does not stream".into()))

@@ -79,7 +79,13 @@ pub async fn search(State(state): State<AppState>, user: AuthUser, Query(query):
         .filter(|s| query.mode.as_deref() != Some("exact") || s.slug == needle)
         .map(|s| {
             // A match in the slug ranks above one in the description only.
-            let score = if s.slug == needle { 1.0 } else if s.slug.contains(&needle) { 0.8 } else { 0.5 };
+            let score = if s.slug == needle {
+                1.0
+            } else if s.slug.contains(&needle) {
+                0.8
+            } else {
+                0.5
+            };
             json!({
                 "source": "clawhub",
                 "slug": s.slug,

@@ -15,13 +15,13 @@ use agent::engine::Engine;
 use agent::model::{self, PullOutcome, DEFAULT_MODEL};
 
 use crate::config::{Backend, DType, ServeConfig, Weights};
-use agent::repack::{self, WeightFormat};
+use crate::evolver_api::EvolverService;
 use crate::skill_store::{load_starter_skills, starter_skills, SkillStore, SqliteSkillStore};
 use crate::skills_api::SkillRepo;
-use crate::evolver_api::EvolverService;
-use crate::sync_client::{SyncClient, SyncOptions};
 use crate::store::{SqliteStore, Store};
+use crate::sync_client::{SyncClient, SyncOptions};
 use crate::{app, AppState, GenerationLimits, HttpLimits};
+use agent::repack::{self, WeightFormat};
 
 #[derive(Debug, Parser)]
 #[command(name = "skillhive", version, about = "A server on which many users run agents that get better together.")]
@@ -122,9 +122,7 @@ enum ModelCommand {
 
 pub async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -220,8 +218,7 @@ async fn pull() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("skillhive.db");
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
 
@@ -269,9 +266,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Printed on stdout, flushed, so that scripts and tests can read the bound port.
     println!("skillhive listening on http://{address}");
@@ -338,10 +333,12 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                 Weights::AsShipped => WeightFormat::AsShipped,
             };
             let source = path.clone();
-            let load_path = tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &source, format))
-                .await?
-                .with_context(|| {
-                    format!("cannot read model {} (damaged or truncated?); run `skillhive model pull` or pass another --model", path.display())
+            let load_path =
+                tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &source, format)).await?.with_context(|| {
+                    format!(
+                        "cannot read model {} (damaged or truncated?); run `skillhive model pull` or pass another --model",
+                        path.display()
+                    )
                 })?;
             if load_path != path {
                 tracing::info!(repacked = %load_path.display(), "using repacked weights");
@@ -367,7 +364,10 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                     )
                 })?
                 .with_context(|| {
-                    format!("cannot load model {} (damaged or truncated?); run `skillhive model pull` or pass another --model", path.display())
+                    format!(
+                        "cannot load model {} (damaged or truncated?); run `skillhive model pull` or pass another --model",
+                        path.display()
+                    )
                 })?;
             Ok(Arc::new(engine))
         }

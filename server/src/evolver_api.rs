@@ -38,7 +38,11 @@ impl EvolverService {
     }
 
     /// The service with the schedule and configuration given on the command line.
-    pub fn scheduled(store: &crate::store::SqliteStore, skills: &crate::skills_api::SkillRepo, args: &crate::config::EvolverArgs) -> Arc<Self> {
+    pub fn scheduled(
+        store: &crate::store::SqliteStore,
+        skills: &crate::skills_api::SkillRepo,
+        args: &crate::config::EvolverArgs,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
             config: args.config(),
@@ -187,7 +191,13 @@ mod tests {
             }
         }
         let engine = Arc::new(RuleEngine::default());
-        engine.decide("markdown", "create", "markdown to html", "Convert markdown notes to HTML. Use when asked to publish notes.", "1. Read the notes.\n2. Write the HTML file beside them.");
+        engine.decide(
+            "markdown",
+            "create",
+            "markdown to html",
+            "Convert markdown notes to HTML. Use when asked to publish notes.",
+            "1. Read the notes.\n2. Write the HTML file beside them.",
+        );
         let skills = crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs"));
         let config = EvolverConfig { review: true, ..Default::default() };
         let state = AppState {

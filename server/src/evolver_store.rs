@@ -45,11 +45,12 @@ impl SqliteEvolverStore {
     }
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
-        let rows: Vec<(String, String, String, String, i64, Option<i64>)> =
-            sqlx::query_as("SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(id, trigger, status, report, started_at, finished_at)| {
@@ -139,7 +140,14 @@ impl EvolverStore for SqliteEvolverStore {
                 .bind(&session_id)
                 .fetch_all(&self.pool)
                 .await?;
-            traces.push(SessionTrace { session_id, user_id, user_name, updated_at, events, feedback: feedback.into_iter().map(|(r,)| r).collect() });
+            traces.push(SessionTrace {
+                session_id,
+                user_id,
+                user_name,
+                updated_at,
+                events,
+                feedback: feedback.into_iter().map(|(r,)| r).collect(),
+            });
         }
         Ok(traces)
     }
@@ -161,10 +169,11 @@ impl EvolverStore for SqliteEvolverStore {
     }
 
     async fn summaries_since(&self, since: i64) -> anyhow::Result<Vec<SummaryRecord>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT record FROM session_summaries WHERE updated_at >= ? ORDER BY updated_at, session_id")
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT record FROM session_summaries WHERE updated_at >= ? ORDER BY updated_at, session_id")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 
@@ -200,14 +209,16 @@ impl EvolverStore for SqliteEvolverStore {
     }
 
     async fn candidate(&self, id: &str) -> anyhow::Result<Option<CandidateRecord>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT record FROM evolver_candidates WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         Ok(row.and_then(|(r,)| serde_json::from_str(&r).ok()))
     }
 
     async fn published_candidates(&self) -> anyhow::Result<Vec<CandidateRecord>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE status IN ('published', 'approved_and_published')")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT record FROM evolver_candidates WHERE status IN ('published', 'approved_and_published')")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 

@@ -4,6 +4,7 @@
 //! the binary only binds a socket and serves it.
 
 pub mod auth;
+pub mod clawhub_api;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -13,13 +14,11 @@ pub mod http_server;
 pub mod openai_api;
 pub mod proxy;
 pub mod quota;
-pub mod clawhub_api;
 pub mod sessions_api;
 pub mod skill_store;
 pub mod skills_api;
 pub mod store;
 pub mod sync_client;
-
 
 use std::sync::Arc;
 use std::time::Duration;

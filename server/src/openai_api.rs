@@ -20,14 +20,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use agent::engine::{
-    ChatMessage, FinishReason, Generation, GenerationRequest, Prompt, Role, StreamEvent, TokenLogprob, ToolCall,
-    ToolChoice, ToolSpec,
+    ChatMessage, FinishReason, Generation, GenerationRequest, Prompt, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice, ToolSpec,
 };
 use axum::http::HeaderMap;
 
 use crate::auth::AuthUser;
-use crate::proxy::{inject_catalog, ProxyRecorder};
 use crate::error::ApiError;
+use crate::proxy::{inject_catalog, ProxyRecorder};
 use crate::store::CompletionRecord;
 use crate::AppState;
 
@@ -186,7 +185,13 @@ fn convert_message(index: usize, message: WireMessage) -> Result<ChatMessage, Ap
         "user" => Role::User,
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
-        other => return Err(bad(format!("messages[{index}].role `{other}` is not one of system, developer, user, assistant, tool"), "invalid_value", "messages")),
+        other => {
+            return Err(bad(
+                format!("messages[{index}].role `{other}` is not one of system, developer, user, assistant, tool"),
+                "invalid_value",
+                "messages",
+            ))
+        }
     };
     let content = match message.content {
         None => String::new(),
@@ -226,10 +231,9 @@ fn convert_tool_choice(value: Option<Value>) -> Result<ToolChoice, ApiError> {
             "required" => Ok(ToolChoice::Required),
             other => Err(bad(format!("tool_choice `{other}` is not one of auto, none, required"), "invalid_value", "tool_choice")),
         },
-        Some(object) => object["function"]["name"]
-            .as_str()
-            .map(|name| ToolChoice::Named(name.to_string()))
-            .ok_or_else(|| bad("tool_choice must be a string or {\"type\":\"function\",\"function\":{\"name\":...}}", "invalid_value", "tool_choice")),
+        Some(object) => object["function"]["name"].as_str().map(|name| ToolChoice::Named(name.to_string())).ok_or_else(|| {
+            bad("tool_choice must be a string or {\"type\":\"function\",\"function\":{\"name\":...}}", "invalid_value", "tool_choice")
+        }),
     }
 }
 
@@ -262,12 +266,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiErro
         }
         Some(n) => n as usize,
     };
-    let messages = request
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| convert_message(i, m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages = request.messages.into_iter().enumerate().map(|(i, m)| convert_message(i, m)).collect::<Result<Vec<_>, _>>()?;
     let json_schema = match request.response_format {
         None => None,
         Some(format) => match format.kind.as_str() {
@@ -319,11 +318,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiErro
         Some(StopField::Many(v)) => v,
     };
     agent::engine::validate_request(&generation)?;
-    Ok(ParsedRequest {
-        generation,
-        stream: request.stream,
-        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-    })
+    Ok(ParsedRequest { generation, stream: request.stream, include_usage: request.stream_options.is_some_and(|o| o.include_usage) })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,15 +442,7 @@ pub async fn chat_completions(
 
 /// Logs a served completion. The log is for operators; a failure to write it must not fail
 /// the client's request, so it is reported and swallowed here.
-async fn record(
-    state: &AppState,
-    id: &str,
-    model: &str,
-    streamed: bool,
-    usage: agent::engine::Usage,
-    started: Instant,
-    outcome: String,
-) {
+async fn record(state: &AppState, id: &str, model: &str, streamed: bool, usage: agent::engine::Usage, started: Instant, outcome: String) {
     let record = CompletionRecord {
         id: id.to_string(),
         model: model.to_string(),
@@ -602,8 +589,7 @@ mod app_tests {
     use tower::ServiceExt;
 
     use agent::engine::{
-        Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo,
-        StreamEvent, ToolCall, Usage,
+        Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, StreamEvent, ToolCall, Usage,
     };
 
     use crate::store::{SqliteStore, Store};
@@ -675,7 +661,11 @@ mod app_tests {
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
             agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            evolver: crate::evolver_api::EvolverService::new(
+                &store,
+                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                Default::default(),
+            ),
             quotas: Default::default(),
         };
         (state, engine, store, dir)
@@ -707,8 +697,22 @@ mod app_tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (state, _engine, _store, _dir) = runtime.block_on(scripted_state());
         let keys = vec![
-            "model", "messages", "tools", "tool_choice", "n", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
-            "response_format", "stop", "temperature", "top_p", "stream", "stream_options", "seed",
+            "model",
+            "messages",
+            "tools",
+            "tool_choice",
+            "n",
+            "max_tokens",
+            "max_completion_tokens",
+            "logprobs",
+            "top_logprobs",
+            "response_format",
+            "stop",
+            "temperature",
+            "top_p",
+            "stream",
+            "stream_options",
+            "seed",
         ];
         let bodies = (prop::collection::vec((prop::sample::select(keys), json_value()), 0..6), prop::option::of("\\PC{0,40}"));
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::default());
@@ -802,8 +806,14 @@ mod app_tests {
         let tools = json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]);
         // An external agent's loop: the model calls a tool, the client runs it and sends
         // the result back in the next request, under its own session id.
-        let (status, first) = send(&router, &token, Some("ext-1"), json!({"model": "scripted", "tools": tools,
-            "messages": [{"role": "user", "content": "read a"}]})).await;
+        let (status, first) = send(
+            &router,
+            &token,
+            Some("ext-1"),
+            json!({"model": "scripted", "tools": tools,
+            "messages": [{"role": "user", "content": "read a"}]}),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let (_, second) = send(&router, &token, Some("ext-1"), json!({"model": "scripted", "messages": [
             {"role": "user", "content": "read a"},
@@ -833,7 +843,9 @@ mod app_tests {
         let (_, theirs) = send(&router, &other, Some("ext-1"), plain).await;
         assert_ne!(theirs.as_deref(), Some(session.as_str()));
         assert_eq!(get_json(&router, &token, "/api/sessions").await["sessions"].as_array().unwrap().len(), 2);
-        let (status, _) = send(&router, &token, Some(&"x".repeat(200)), json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})).await;
+        let (status, _) =
+            send(&router, &token, Some(&"x".repeat(200)), json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}))
+                .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
@@ -892,7 +904,8 @@ mod app_tests {
         let (router, engine, _store, _dir, token) = fixture().await;
         let tools = json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object",
             "properties": {"path": {"anyOf": [{"type": "string"}, {"const": "-"}]}, "mode": {"enum": ["a", "b"]}}}}}]);
-        let (_, body) = post(&router, &token, json!({"model": "scripted", "messages": [{"role": "user", "content": "read a"}], "tools": tools})).await;
+        let (_, body) =
+            post(&router, &token, json!({"model": "scripted", "messages": [{"role": "user", "content": "read a"}], "tools": tools})).await;
         let reply: Value = serde_json::from_str(&body).unwrap();
         let message = &reply["choices"][0]["message"];
         assert!(message["content"].is_null());

@@ -96,8 +96,7 @@ impl ProxyRecorder {
         self.record(Event::ModelCall { prompt_tokens, latency_ms }).await?;
         self.record(Event::ModelOutput { text: text.to_string(), tool_calls: tool_calls.to_vec(), completion_tokens }).await?;
         for call in tool_calls {
-            self.record(Event::ToolCall { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() })
-                .await?;
+            self.record(Event::ToolCall { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() }).await?;
         }
         if tool_calls.is_empty() {
             self.record(Event::FinalAnswer { text: text.to_string() }).await?;

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::convert::Infallible;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::header::ACCEPT;
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -93,11 +93,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 async fn own_session(state: &AppState, user: &AuthUser, id: &str) -> Result<Session, ApiError> {
-    state
-        .store
-        .get_session(&user.0.id, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no session `{id}`"), "session_not_found"))
+    state.store.get_session(&user.0.id, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session `{id}`"), "session_not_found"))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -146,10 +142,7 @@ pub async fn post_message(
         return Err(ApiError::bad_request("content must not be empty", "invalid_value", Some("content")));
     }
     let session = own_session(&state, &user, &id).await?;
-    let streaming = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
+    let streaming = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
     let permit = state.quotas.begin_generation(&user.0.id)?;
     let (cancel, cancel_rx) = watch::channel(false);
     {
@@ -210,21 +203,19 @@ async fn run_session_turn(
     let skills = state.skills.agent_skills(&viewer).await?;
     state.store.update_session(user_id, session_id, "running", None).await?;
     let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
-    let mut ctx = TurnContext {
-        engine: &engine,
-        workspace: &workspace,
-        skills: skills.as_ref(),
-        sink: &sink,
-        config: &state.agent.config,
-        cancel,
-    };
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config: &state.agent.config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;
     let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
     state.store.update_session(user_id, session_id, "idle", Some(&history_json)).await?;
     Ok((outcome.stop, outcome.answer))
 }
 
-pub async fn cancel_turn(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn cancel_turn(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let session = own_session(&state, &user, &id).await?;
     match state.agent.running().get(&session.id) {
         Some(cancel) => {
@@ -381,13 +372,19 @@ mod tests {
         let state = AppState {
             engine: Arc::new(ScriptedEngine {
                 info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                script: Mutex::new(vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }].into()),
+                script: Mutex::new(
+                    vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }].into(),
+                ),
             }),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            evolver: crate::evolver_api::EvolverService::new(
+                &store,
+                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                Default::default(),
+            ),
             quotas: Default::default(),
         };
         let router = app(state, HttpLimits::default());
@@ -424,7 +421,20 @@ mod tests {
         assert_eq!(deltas, "Nothing here.");
         assert_eq!(
             names,
-            ["user_message", "model_call", "model_output", "tool_call", "tool_result", "delta", "delta", "model_call", "model_output", "final_answer", "stop", "done"]
+            [
+                "user_message",
+                "model_call",
+                "model_output",
+                "tool_call",
+                "tool_result",
+                "delta",
+                "delta",
+                "model_call",
+                "model_output",
+                "final_answer",
+                "stop",
+                "done"
+            ]
         );
     }
 
@@ -442,7 +452,11 @@ mod tests {
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
             agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            evolver: crate::evolver_api::EvolverService::new(
+                &store,
+                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                Default::default(),
+            ),
             quotas: Default::default(),
         };
         let router = app(state, HttpLimits::default());
@@ -450,7 +464,9 @@ mod tests {
         let id = session["id"].as_str().unwrap().to_string();
         let turn = {
             let (router, token, id) = (router.clone(), token.clone(), id.clone());
-            tokio::spawn(async move { request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await })
+            tokio::spawn(async move {
+                request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await
+            })
         };
         // Wait until the turn is running, then cancel it.
         let mut cancelled = None;
@@ -466,7 +482,8 @@ mod tests {
         let (status, reply) = tokio::time::timeout(Duration::from_secs(5), turn).await.unwrap().unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(reply["stop_reason"], "cancelled");
-        let (_, second) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "again"}))).await;
+        let (_, second) =
+            request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "again"}))).await;
         assert_eq!(second["stop_reason"], "final_answer", "the session is usable after a cancel");
     }
 
@@ -481,11 +498,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "attacker", false).await.unwrap();
-        for (sandbox, policy) in [
-            (Sandbox::default(), ExecPolicy::default()),
-            (Sandbox::default(), ExecPolicy::Full),
-            (Sandbox::Missing, ExecPolicy::Full),
-        ] {
+        for (sandbox, policy) in
+            [(Sandbox::default(), ExecPolicy::default()), (Sandbox::default(), ExecPolicy::Full), (Sandbox::Missing, ExecPolicy::Full)]
+        {
             let arena = Arena::for_attacker(&user.id).unwrap();
             let attacks: Vec<_> = ATTACKS.iter().filter(|a| a.needs_shell == (policy == ExecPolicy::Full)).collect();
             let mut script: Vec<Choice> = attacks.iter().map(|a| tool("exec", json!({"command": arena.fill(a.command)}))).collect();
@@ -508,13 +523,18 @@ mod tests {
                     },
                 )),
                 skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+                evolver: crate::evolver_api::EvolverService::new(
+                    &store,
+                    &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                    Default::default(),
+                ),
                 quotas: Default::default(),
             };
             let router = app(state, HttpLimits::default());
             let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
             let id = session["id"].as_str().unwrap().to_string();
-            let (status, reply) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
+            let (status, reply) =
+                request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
             assert_eq!(status, StatusCode::OK, "{sandbox:?} {policy:?}: {reply}");
             let events = store.session_events(&user.id, &id).await.unwrap();
             let results: Vec<&crate::store::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
@@ -562,13 +582,18 @@ mod tests {
                 },
             )),
             skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(&store, &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")), Default::default()),
+            evolver: crate::evolver_api::EvolverService::new(
+                &store,
+                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                Default::default(),
+            ),
             quotas: Default::default(),
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let id = session["id"].as_str().unwrap().to_string();
-        let (status, reply) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
+        let (status, reply) =
+            request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
         assert_eq!(status, StatusCode::OK, "{reply}");
         assert_eq!(reply["stop_reason"], "final_answer");
 

@@ -373,7 +373,8 @@ impl SqliteSkillStore {
         let (id, slug, scope, latest, created_at, updated_at) = row;
         let Some(latest) = latest else { return Ok(None) };
         let Some(version_row) = self.version_rows(id, Some(&latest)).await?.pop() else { return Ok(None) };
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM skill_versions WHERE skill_id = ?").bind(id).fetch_one(&self.pool).await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM skill_versions WHERE skill_id = ?").bind(id).fetch_one(&self.pool).await?;
         Ok(Some(SkillInfo {
             latest: Self::version_info(Some(viewer), &slug, &scope, version_row),
             scope: Scope::from_key(&scope).label(),
@@ -405,8 +406,8 @@ impl SqliteSkillStore {
         let highest = existing.iter().filter_map(|(v, _)| semver::Version::parse(v).ok()).max();
         let version = match &request.version {
             Some(text) => {
-                let parsed = semver::Version::parse(text)
-                    .map_err(|e| RepoError::BadRequest(format!("version `{text}` is not semver: {e}")))?;
+                let parsed =
+                    semver::Version::parse(text).map_err(|e| RepoError::BadRequest(format!("version `{text}` is not semver: {e}")))?;
                 if existing.iter().any(|(v, _)| v == text) {
                     return Err(RepoError::Conflict(format!("version {text} of `{}` exists and cannot change", request.slug)));
                 }
@@ -531,7 +532,8 @@ impl SqliteSkillStore {
 #[async_trait]
 impl SkillStore for SqliteSkillStore {
     async fn viewer(&self, user_id: &str) -> anyhow::Result<Viewer> {
-        let (is_admin,): (bool,) = sqlx::query_as("SELECT is_admin FROM users WHERE id = ?").bind(user_id).fetch_optional(&self.pool).await?.unwrap_or((false,));
+        let (is_admin,): (bool,) =
+            sqlx::query_as("SELECT is_admin FROM users WHERE id = ?").bind(user_id).fetch_optional(&self.pool).await?.unwrap_or((false,));
         let groups: Vec<(String,)> = sqlx::query_as("SELECT group_name FROM group_members WHERE user_id = ? ORDER BY group_name")
             .bind(user_id)
             .fetch_all(&self.pool)
@@ -601,7 +603,12 @@ impl SkillStore for SqliteSkillStore {
         }
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        sqlx::query("UPDATE skills SET deleted_at = ?, updated_at = ? WHERE id = ?").bind(now).bind(now).bind(skill_id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE skills SET deleted_at = ?, updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(now)
+            .bind(skill_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO skill_changes (skill_id, slug, scope, kind, version, created_at) VALUES (?, ?, ?, 'delete', NULL, ?)")
             .bind(skill_id)
             .bind(slug)
@@ -710,10 +717,7 @@ impl SkillStore for SqliteSkillStore {
         }
         for (id, fingerprint) in query.fetch_all(&self.pool).await? {
             let (slug, scope, version) = &ids[&id];
-            manifest.insert(
-                slug.clone(),
-                ManifestEntry { version: version.clone(), fingerprint, scope: Scope::from_key(scope).label() },
-            );
+            manifest.insert(slug.clone(), ManifestEntry { version: version.clone(), fingerprint, scope: Scope::from_key(scope).label() });
         }
         Ok((cursor, manifest))
     }
@@ -749,7 +753,17 @@ impl SkillStore for SqliteSkillStore {
                 .bind(cursor)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(|(cursor, slug, scope_key, kind, version)| Change { cursor, slug, scope: Scope::from_key(&scope_key).label(), scope_key, kind, version }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(cursor, slug, scope_key, kind, version)| Change {
+                cursor,
+                slug,
+                scope: Scope::from_key(&scope_key).label(),
+                scope_key,
+                kind,
+                version,
+            })
+            .collect())
     }
 
     async fn latest_cursor(&self) -> anyhow::Result<i64> {
@@ -852,13 +866,23 @@ mod tests {
 
     fn files(body: &str) -> Files {
         let mut files = Files::new();
-        files.insert("SKILL.md".into(), format!("---\nname: notes\ndescription: Keep notes. Use when asked to remember.\n---\n{body}\n").into_bytes());
+        files.insert(
+            "SKILL.md".into(),
+            format!("---\nname: notes\ndescription: Keep notes. Use when asked to remember.\n---\n{body}\n").into_bytes(),
+        );
         files.insert("references/style.md".into(), b"Short lines.\n".to_vec());
         files
     }
 
     fn request(scope: Scope, version: Option<&str>, body: &str) -> PublishRequest {
-        PublishRequest { slug: "notes".into(), scope, version: version.map(str::to_string), changelog: body.into(), files: files(body), provenance: Value::Null }
+        PublishRequest {
+            slug: "notes".into(),
+            scope,
+            version: version.map(str::to_string),
+            changelog: body.into(),
+            files: files(body),
+            provenance: Value::Null,
+        }
     }
 
     async fn fixture() -> (tempfile::TempDir, SqliteSkillStore, Viewer, Viewer) {

@@ -135,10 +135,7 @@ impl SkillRepo {
         let body = serde_json::to_vec(&json!({ "cursor": cursor, "full": true, "skills": skills, "removed": [] }))?;
         let etag = format!("\"{}\"", &agent::skills::bundle::sha256_hex(&body)[..32]);
         let body = Bytes::from(body);
-        self.manifests
-            .lock()
-            .expect("manifest cache")
-            .insert(key, CachedManifest { cursor, etag: etag.clone(), body: body.clone() });
+        self.manifests.lock().expect("manifest cache").insert(key, CachedManifest { cursor, etag: etag.clone(), body: body.clone() });
         Ok((etag, body))
     }
 
@@ -242,7 +239,11 @@ pub async fn list_versions(State(state): State<AppState>, user: AuthUser, Path(s
     Ok(Json(json!({ "slug": slug, "versions": versions })))
 }
 
-pub async fn get_version(State(state): State<AppState>, user: AuthUser, Path((slug, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn get_version(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((slug, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let version = state.skills.store.version(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
     Ok(Json(serde_json::to_value(version).map_err(anyhow::Error::from)?))
@@ -309,9 +310,7 @@ pub async fn diff(
     static DIFFS_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
     let _permit = DIFFS_AT_ONCE.acquire().await.map_err(anyhow::Error::from)?;
     let (from_label, to_label) = (query.from.clone(), query.to.clone());
-    let diff = tokio::task::spawn_blocking(move || unified_diff(&from, &to, &from_label, &to_label))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let diff = tokio::task::spawn_blocking(move || unified_diff(&from, &to, &from_label, &to_label)).await.map_err(anyhow::Error::from)?;
     Ok(Json(json!({ "slug": slug, "from": query.from, "to": query.to, "diff": diff })))
 }
 
@@ -343,11 +342,7 @@ pub fn unified_diff(from: &Files, to: &Files, from_label: &str, to_label: &str) 
                 let old = old.and_then(Result::ok).unwrap_or_default();
                 let new = new.and_then(Result::ok).unwrap_or_default();
                 if old.len().max(new.len()) > MAX_DIFF_FILE_BYTES {
-                    out.push_str(&format!(
-                        "File {path} differs ({} -> {} bytes; too large to show line by line)\n",
-                        old.len(),
-                        new.len()
-                    ));
+                    out.push_str(&format!("File {path} differs ({} -> {} bytes; too large to show line by line)\n", old.len(), new.len()));
                     continue;
                 }
                 let diff = similar::TextDiff::configure().deadline(deadline).diff_lines(&old, &new);
@@ -383,7 +378,8 @@ pub struct PublishBody {
 }
 
 pub async fn publish(State(state): State<AppState>, user: AuthUser, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: PublishBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), "invalid_json", None))?;
+    let body: PublishBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), "invalid_json", None))?;
     let viewer = viewer_of(&state, &user).await?;
     let scope = Scope::parse_for(body.scope.as_deref().unwrap_or("private"), &viewer)
         .map_err(|m| ApiError::bad_request(m, "invalid_scope", Some("scope")))?;
@@ -391,10 +387,16 @@ pub async fn publish(State(state): State<AppState>, user: AuthUser, body: Bytes)
     for file in body.files {
         let bytes = match (file.content, file.content_base64) {
             (Some(text), None) => text.into_bytes(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| ApiError::bad_request(format!("`{}`: content_base64 is not base64: {e}", file.path), "invalid_file", Some("files")))?,
-            _ => return Err(ApiError::bad_request(format!("`{}` needs exactly one of content or content_base64", file.path), "invalid_file", Some("files"))),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| {
+                ApiError::bad_request(format!("`{}`: content_base64 is not base64: {e}", file.path), "invalid_file", Some("files"))
+            })?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("`{}` needs exactly one of content or content_base64", file.path),
+                    "invalid_file",
+                    Some("files"),
+                ))
+            }
         };
         if files.insert(file.path.clone(), bytes).is_some() {
             return Err(ApiError::bad_request(format!("`{}` is listed twice", file.path), "invalid_file", Some("files")));
@@ -424,8 +426,9 @@ pub async fn rollback(
     Path(slug): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: RollbackBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body (expected {{\"version\": \"x.y.z\"}}): {e}"), "invalid_json", None))?;
+    let body: RollbackBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("invalid JSON body (expected {{\"version\": \"x.y.z\"}}): {e}"), "invalid_json", None)
+    })?;
     let viewer = viewer_of(&state, &user).await?;
     let info = state.skills.store.rollback(&Actor::User(viewer.clone()), &viewer, &slug, &body.version).await?;
     state.skills.after_write().await;
@@ -551,7 +554,7 @@ fn sse_event(change: &Change) -> SseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::skill_store::{SqliteSkillStore, SkillStore};
+    use crate::skill_store::{SkillStore, SqliteSkillStore};
     use crate::store::{SqliteStore, Store};
     use agent::agent_loop::SkillSource;
 
@@ -638,9 +641,8 @@ mod tests {
         assert!(diff.contains("File data.txt differs") && diff.contains("too large"), "{}", &diff[..diff.len().min(300)]);
         // Just under the size cap, every line different: the deadline ends the matching,
         // and the result is still a diff that names the file.
-        let lines = |seed: u64| -> Vec<u8> {
-            (0..30_000u64).map(|i| format!("{}\n", (i * seed + 3) % 99_991)).collect::<String>().into_bytes()
-        };
+        let lines =
+            |seed: u64| -> Vec<u8> { (0..30_000u64).map(|i| format!("{}\n", (i * seed + 3) % 99_991)).collect::<String>().into_bytes() };
         let (a, b) = (lines(7), lines(11));
         assert!(a.len() < MAX_DIFF_FILE_BYTES && b.len() < MAX_DIFF_FILE_BYTES);
         let diff = unified_diff(&Files::from([("x.txt".to_string(), a)]), &Files::from([("x.txt".to_string(), b)]), "1", "2");

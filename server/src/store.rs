@@ -84,7 +84,14 @@ pub trait Store: Send + Sync {
     async fn session_events(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<StoredEvent>>;
     /// The user's events after cursor `since`, oldest first, at most `limit`.
     async fn events_since(&self, user_id: &str, since: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>>;
-    async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()>;
+    async fn add_feedback(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        turn: Option<i64>,
+        rating: &str,
+        comment: Option<&str>,
+    ) -> anyhow::Result<()>;
     async fn user_by_name(&self, name: &str) -> anyhow::Result<Option<User>>;
     /// Stores an imported session and all its events in one transaction: all or nothing.
     /// `Ok(None)` when this user already imported a session with the same source id.
@@ -336,13 +343,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>> {
-        let row: Option<SessionRow> = sqlx::query_as(
-            "SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? AND id = ?",
-        )
-        .bind(user_id)
-        .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<SessionRow> =
+            sqlx::query_as("SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? AND id = ?")
+                .bind(user_id)
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(Session::from))
     }
 
@@ -408,10 +414,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_name(&self, name: &str) -> anyhow::Result<Option<User>> {
-        let row: Option<(String, String, bool)> = sqlx::query_as("SELECT id, name, is_admin FROM users WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String, String, bool)> =
+            sqlx::query_as("SELECT id, name, is_admin FROM users WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
         Ok(row.map(|(id, name, is_admin)| User { id, name, is_admin }))
     }
 
@@ -447,7 +451,14 @@ impl Store for SqliteStore {
         self.get_session(user_id, &id).await
     }
 
-    async fn add_feedback(&self, user_id: &str, session_id: &str, turn: Option<i64>, rating: &str, comment: Option<&str>) -> anyhow::Result<()> {
+    async fn add_feedback(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        turn: Option<i64>,
+        rating: &str,
+        comment: Option<&str>,
+    ) -> anyhow::Result<()> {
         sqlx::query("INSERT INTO feedback (session_id, user_id, turn, rating, comment) VALUES (?, ?, ?, ?, ?)")
             .bind(session_id)
             .bind(user_id)

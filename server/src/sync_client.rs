@@ -122,7 +122,9 @@ impl SyncClient {
     fn read_lock(&self) -> anyhow::Result<Lockfile> {
         match std::fs::read(self.lock_path()) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid lockfile", self.lock_path().display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lockfile { server: self.options.server.clone(), ..Default::default() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Lockfile { server: self.options.server.clone(), ..Default::default() })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -152,7 +154,8 @@ impl SyncClient {
 
         let mut request = self.http.get(self.url("/api/sync/manifest")).bearer_auth(&self.options.token);
         // A 304 is trusted only when the folder still holds exactly what was installed.
-        let all_intact = lock.skills.iter().all(|(slug, locked)| self.local_fingerprint(slug).ok().flatten().as_ref() == Some(&locked.fingerprint));
+        let all_intact =
+            lock.skills.iter().all(|(slug, locked)| self.local_fingerprint(slug).ok().flatten().as_ref() == Some(&locked.fingerprint));
         if let (Some(etag), false, true) = (&lock.etag, self.options.force, all_intact) {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -367,7 +370,12 @@ fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
     // A zip's own size says nothing of what it expands to: the bundle's caps (files,
     // bytes per file, bytes in all) are checked on what is actually read, so a zip bomb
     // stops after at most a bundle's worth of bytes.
-    anyhow::ensure!(archive.len() <= bundle::MAX_FILES * 2, "the zip lists {} entries; a skill has at most {}", archive.len(), bundle::MAX_FILES);
+    anyhow::ensure!(
+        archive.len() <= bundle::MAX_FILES * 2,
+        "the zip lists {} entries; a skill has at most {}",
+        archive.len(),
+        bundle::MAX_FILES
+    );
     let mut files = Files::new();
     let mut total = 0usize;
     for i in 0..archive.len() {
@@ -381,7 +389,11 @@ fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
         entry.by_ref().take(bundle::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut content)?;
         anyhow::ensure!(content.len() <= bundle::MAX_FILE_BYTES, "{name} is larger than a skill file may be");
         total += content.len();
-        anyhow::ensure!(total <= bundle::MAX_BUNDLE_BYTES, "the zip expands past {} bytes, more than a skill may hold", bundle::MAX_BUNDLE_BYTES);
+        anyhow::ensure!(
+            total <= bundle::MAX_BUNDLE_BYTES,
+            "the zip expands past {} bytes, more than a skill may hold",
+            bundle::MAX_BUNDLE_BYTES
+        );
         anyhow::ensure!(files.len() < bundle::MAX_FILES, "the zip holds more than {} files", bundle::MAX_FILES);
         files.insert(name, content);
     }
@@ -406,10 +418,8 @@ fn swap_in(staging: &Path, target: &Path) -> anyhow::Result<()> {
     }
     // `staging` now holds the previous version; rename it out of the way first, so that a
     // crash during the removal leaves a leftover the next pass cleans, not a half folder.
-    let outgoing = staging.with_file_name(format!(
-        "outgoing-{}",
-        staging.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-    ));
+    let outgoing =
+        staging.with_file_name(format!("outgoing-{}", staging.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
     std::fs::rename(staging, &outgoing)?;
     std::fs::remove_dir_all(&outgoing)?;
     Ok(())

@@ -167,7 +167,13 @@ pub fn client() -> reqwest::Client {
 
 /// Calls the server's API as the holder of `token`: the status and the JSON body (the
 /// body as a string when it is not JSON).
-pub async fn call(method: reqwest::Method, server: &Server, token: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub async fn call(
+    method: reqwest::Method,
+    server: &Server,
+    token: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut request = client().request(method, format!("{}{path}", server.url)).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);

@@ -88,7 +88,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 async fn chat(url: &str, token: &str) -> Result<(), String> {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
-    let response = client().post(format!("{url}/v1/chat/completions")).bearer_auth(token).json(&body).send().await.map_err(|e| e.to_string())?;
+    let response =
+        client().post(format!("{url}/v1/chat/completions")).bearer_auth(token).json(&body).send().await.map_err(|e| e.to_string())?;
     let status = response.status();
     let reply: Value = response.json().await.map_err(|e| e.to_string())?;
     if status != 200 || reply["choices"][0]["message"]["content"].as_str().is_none() {
@@ -113,7 +114,8 @@ pub async fn run(server: &Server, spec: LoadSpec) -> LoadReport {
             let (url, token, slug) = (server.url.clone(), server.token.clone(), slug.clone());
             tokio::spawn(async move {
                 let opened = Instant::now();
-                let response = client().get(format!("{url}/api/sync/events")).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
+                let response =
+                    client().get(format!("{url}/api/sync/events")).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
                 if response.status() != 200 {
                     return Err(format!("feed: {}", response.status()));
                 }

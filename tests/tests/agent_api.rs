@@ -92,14 +92,23 @@ async fn a_streamed_turn_sends_each_event_as_recorded_then_done() {
             kind = if name == "done" { "done" } else { "event" };
         } else if let Some(data) = line.strip_prefix("data: ") {
             let value: Value = serde_json::from_str(data).unwrap();
-            if kind == "done" { done = Some(value) } else { streamed.push(value) }
+            if kind == "done" {
+                done = Some(value)
+            } else {
+                streamed.push(value)
+            }
         }
     }
     let done = done.expect("a done event ends the stream");
     assert!(done["stop_reason"].is_string(), "{done}");
     // What was streamed is exactly what was stored, in the same order.
     let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
-    let stored: Vec<(i64, String)> = trajectory["events"].as_array().unwrap().iter().map(|e| (e["seq"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string())).collect();
+    let stored: Vec<(i64, String)> = trajectory["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string()))
+        .collect();
     let sent: Vec<(i64, String)> = streamed.iter().map(|e| (e["seq"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string())).collect();
     assert_eq!(sent, stored);
     assert_eq!(sent.first().map(|e| e.1.as_str()), Some("user_message"));
@@ -111,7 +120,8 @@ async fn users_cannot_see_each_others_sessions_or_trajectories() {
     let alice = server.token.clone();
     let bob = add_user(server.data_dir.path(), "bob");
     let session = new_session(&server, &alice).await;
-    let (status, _) = call(reqwest::Method::POST, &server, &alice, &format!("/api/sessions/{session}/feedback"), Some(json!({"rating": "up"}))).await;
+    let (status, _) =
+        call(reqwest::Method::POST, &server, &alice, &format!("/api/sessions/{session}/feedback"), Some(json!({"rating": "up"}))).await;
     assert_eq!(status, 201);
 
     use reqwest::Method;
@@ -134,7 +144,8 @@ async fn users_cannot_see_each_others_sessions_or_trajectories() {
 
     // Bob's own session works, and the cursor feed shows each only their own events.
     let bobs_session = new_session(&server, &bob).await;
-    let (status, _) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/messages"), Some(json!({"content": "Say hi."}))).await;
+    let (status, _) =
+        call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/messages"), Some(json!({"content": "Say hi."}))).await;
     assert_eq!(status, 200);
     let (_, feed) = call(Method::GET, &server, &bob, "/api/trajectories?since=0", None).await;
     let events = feed["events"].as_array().unwrap();
@@ -147,7 +158,8 @@ async fn users_cannot_see_each_others_sessions_or_trajectories() {
     assert_eq!(rest["events"], json!([]));
 
     // Bad input is refused clearly.
-    let (status, reply) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/feedback"), Some(json!({"rating": "meh"}))).await;
+    let (status, reply) =
+        call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/feedback"), Some(json!({"rating": "meh"}))).await;
     assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_value")));
     let (status, _) = call(Method::POST, &server, &bob, &format!("/api/sessions/{bobs_session}/cancel"), None).await;
     assert_eq!(status, 409, "nothing is running");

@@ -9,13 +9,7 @@ use serde_json::{json, Value};
 #[test]
 fn model_pull_fetches_verifies_and_is_idempotent() {
     let cache = tempfile::tempdir().unwrap();
-    let pull = || {
-        Command::new(skillhive_binary())
-            .args(["model", "pull"])
-            .env("SKILLHIVE_CACHE", cache.path())
-            .output()
-            .unwrap()
-    };
+    let pull = || Command::new(skillhive_binary()).args(["model", "pull"]).env("SKILLHIVE_CACHE", cache.path()).output().unwrap();
     let first = pull();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(String::from_utf8_lossy(&first.stdout).starts_with("fetched"), "{}", String::from_utf8_lossy(&first.stdout));
@@ -124,7 +118,8 @@ async fn the_openai_backend_serves_through_another_endpoint() {
         .await
         .unwrap();
     let raw = response.text().await.unwrap();
-    let deltas = raw.lines().filter(|l| l.starts_with("data: {") && l.contains("\"content\":\"") && !l.contains("\"content\":\"\"")).count();
+    let deltas =
+        raw.lines().filter(|l| l.starts_with("data: {") && l.contains("\"content\":\"") && !l.contains("\"content\":\"\"")).count();
     assert!(deltas >= 2, "{raw}");
     assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
 
@@ -142,8 +137,8 @@ async fn the_openai_backend_serves_through_another_endpoint() {
 
 #[test]
 fn the_official_openai_python_client_works() {
-    let python = std::env::var("SKILLHIVE_TEST_PYTHON")
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
+    let python =
+        std::env::var("SKILLHIVE_TEST_PYTHON").unwrap_or_else(|_| repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
     let server = Server::start(&[]);
     let output = Command::new(&python)
         .arg(repo_root().join("tests/openai_client.py"))

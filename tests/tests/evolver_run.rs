@@ -39,12 +39,8 @@ async fn evolve_once_on_the_real_model_records_its_run_and_verdicts() {
     let (_, before) = get(&server, &admin, "/api/evolver/status").await;
     assert_eq!(before["pending_sessions"], 4, "{before}");
 
-    let output = Command::new(skillhive_binary())
-        .args(["evolve", "--once", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output =
+        Command::new(skillhive_binary()).args(["evolve", "--once", "--data-dir"]).arg(data).env("RUST_LOG", "warn").output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     let run_id = printed["run_id"].as_str().unwrap();
@@ -76,7 +72,8 @@ async fn evolve_once_on_the_real_model_records_its_run_and_verdicts() {
     assert_eq!(after["last_run"]["id"], run_id);
 
     // A second run finds nothing new and asks the model nothing.
-    let output = Command::new(skillhive_binary()).args(["evolve", "--once", "--data-dir"]).arg(data).env("RUST_LOG", "warn").output().unwrap();
+    let output =
+        Command::new(skillhive_binary()).args(["evolve", "--once", "--data-dir"]).arg(data).env("RUST_LOG", "warn").output().unwrap();
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     let calls: u64 = printed["report"]["steps"].as_array().unwrap().iter().map(|s| s["llm_calls"].as_u64().unwrap()).sum();
     assert_eq!((printed["report"]["new_sessions"].as_u64(), calls), (Some(0), 0));

@@ -11,13 +11,8 @@ fn client() -> reqwest::Client {
 }
 
 async fn post(server: &Server, body: Value) -> (u16, Value) {
-    let response = client()
-        .post(format!("{}/v1/chat/completions", server.url))
-        .bearer_auth(&server.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client().post(format!("{}/v1/chat/completions", server.url)).bearer_auth(&server.token).json(&body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -118,10 +113,7 @@ async fn streamed_completion_yields_chunks_usage_and_done() {
     let payloads = sse_payloads(response).await;
     assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{payloads:?}");
     let chunks: Vec<Value> = payloads[..payloads.len() - 1].iter().map(|p| serde_json::from_str(p).unwrap()).collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"].get(0).and_then(|choice| choice["delta"]["content"].as_str()))
-        .collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"].get(0).and_then(|choice| choice["delta"]["content"].as_str())).collect();
     let content_chunks = chunks
         .iter()
         .filter(|c| c["choices"].get(0).is_some_and(|choice| choice["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())))
@@ -209,13 +201,8 @@ async fn tools_come_back_as_openai_tool_calls() {
 #[tokio::test]
 async fn concurrent_requests_both_complete() {
     let server = Server::start(&[]);
-    let request = |question: &str| {
-        json!({"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": 16})
-    };
-    let (a, b) = tokio::join!(
-        post(&server, request("Name a fruit.")),
-        post(&server, request("Name a color."))
-    );
+    let request = |question: &str| json!({"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": 16});
+    let (a, b) = tokio::join!(post(&server, request("Name a fruit.")), post(&server, request("Name a color.")));
     for (status, body) in [a, b] {
         assert_eq!(status, 200, "{body}");
         assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
@@ -265,22 +252,17 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(status, 400);
     assert_openai_error(&body, "invalid_json");
 
-    let (status, body) =
-        post(&server, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let (status, body) = post(&server, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(status, 404);
     assert_openai_error(&body, "model_not_found");
 
-    let (status, body) =
-        post(&server, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65})).await;
+    let (status, body) = post(&server, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65})).await;
     assert_eq!(status, 400);
     assert_openai_error(&body, "max_tokens_exceeded");
     assert_eq!(body["error"]["param"], "max_tokens");
 
-    let (status, body) = post(
-        &server,
-        json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(8192)}], "max_tokens": 4}),
-    )
-    .await;
+    let (status, body) =
+        post(&server, json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(8192)}], "max_tokens": 4})).await;
     assert_eq!(status, 413);
     assert_openai_error(&body, "request_too_large");
 

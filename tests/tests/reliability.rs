@@ -92,7 +92,15 @@ async fn a_full_disk_loses_no_acknowledged_write_and_the_server_recovers_without
         let imports = (0..3).map(|i| {
             let transcript = OPENCLAW.replace("oc-7f3a", &format!("full-{round}-{i}")).replace("Let me check.", &"padding ".repeat(500));
             let (url, token) = (server.url.clone(), token.clone());
-            async move { client().post(format!("{url}/api/trajectories/import")).bearer_auth(token).body(transcript).send().await.map(|r| r.status().as_u16()) }
+            async move {
+                client()
+                    .post(format!("{url}/api/trajectories/import"))
+                    .bearer_auth(token)
+                    .body(transcript)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
         });
         let (feedback, imports) = futures::join!(futures::future::join_all(feedback), futures::future::join_all(imports));
         for (status, comment) in feedback {
@@ -268,7 +276,10 @@ async fn on_the_real_model_no_request_can_hurt_another() {
         (chat(json!([{"role": "user", "content": long_prompt}]), json!({})), "context_length_exceeded"),
         (chat(json!([{"role": "user", "content": long_prompt}]), json!({"stream": true})), "context_length_exceeded"),
         (
-            chat(hi.clone(), json!({"stream": true, "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": recursive}}})),
+            chat(
+                hi.clone(),
+                json!({"stream": true, "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": recursive}}}),
+            ),
             "invalid_request",
         ),
         (chat(hi.clone(), json!({"tools": (0..200).map(tool).collect::<Vec<_>>()})), "invalid_request"),
@@ -299,7 +310,8 @@ async fn on_the_real_model_no_request_can_hurt_another() {
         assert_eq!(status, 200, "{reply}");
     }
     // Lower-case `bearer` is the same scheme.
-    let response = client().get(format!("{}/v1/models", server.url)).header("authorization", format!("bearer {other}")).send().await.unwrap();
+    let response =
+        client().get(format!("{}/v1/models", server.url)).header("authorization", format!("bearer {other}")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
 

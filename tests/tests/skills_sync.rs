@@ -126,10 +126,12 @@ async fn publishing_syncing_and_the_change_feed() {
     );
     let (status, _) = get(&server, &server.token, "/api/skills/tidy-notes/versions/9.9.9").await;
     assert_eq!(status, 404);
-    let (status, rolled) = call(reqwest::Method::POST, &server, &admin, "/api/skills/tidy-notes/rollback", Some(json!({"version": "1.0.0"}))).await;
+    let (status, rolled) =
+        call(reqwest::Method::POST, &server, &admin, "/api/skills/tidy-notes/rollback", Some(json!({"version": "1.0.0"}))).await;
     assert_eq!(status, 201, "{rolled}");
     assert_eq!((rolled["version"].as_str(), rolled["fingerprint"].as_str()), (Some("1.0.2"), published["fingerprint"].as_str()));
-    let (status, _) = call(reqwest::Method::POST, &server, &server.token, "/api/skills/tidy-notes/rollback", Some(json!({"version": "1.0.1"}))).await;
+    let (status, _) =
+        call(reqwest::Method::POST, &server, &server.token, "/api/skills/tidy-notes/rollback", Some(json!({"version": "1.0.1"}))).await;
     assert_eq!(status, 403, "a user may not roll back a shared skill");
 }
 
@@ -308,13 +310,21 @@ async fn a_private_skill_is_invisible_to_other_users_everywhere() {
         let (status, body) = get(&server, &bob, path).await;
         assert_eq!(status, 404, "{path} for another user: {body}");
     }
-    for path in ["/api/skills", "/api/skills?q=secret", "/api/v1/search?q=secret", "/api/v1/skills?prefix=secret", "/api/sync/manifest", "/api/sync/manifest?since=0"] {
+    for path in [
+        "/api/skills",
+        "/api/skills?q=secret",
+        "/api/v1/search?q=secret",
+        "/api/v1/skills?prefix=secret",
+        "/api/sync/manifest",
+        "/api/sync/manifest?since=0",
+    ] {
         let (_, mine) = get(&server, owner, path).await;
         assert!(mine.to_string().contains("secret-recipe"), "{path}: {mine}");
         let (_, theirs) = get(&server, &bob, path).await;
         assert!(!theirs.to_string().contains("secret"), "{path} leaks: {theirs}");
     }
-    let (status, _) = call(reqwest::Method::POST, &server, &bob, "/api/skills/secret-recipe/rollback", Some(json!({"version": version}))).await;
+    let (status, _) =
+        call(reqwest::Method::POST, &server, &bob, "/api/skills/secret-recipe/rollback", Some(json!({"version": version}))).await;
     assert_eq!(status, 404);
     let (status, _) = call(reqwest::Method::DELETE, &server, &bob, "/api/skills/secret-recipe", None).await;
     assert_eq!(status, 404);
@@ -326,13 +336,7 @@ async fn a_private_skill_is_invisible_to_other_users_everywhere() {
     assert!(mine.as_str().unwrap().contains("Only mine."));
 
     // Bob's feed carries his own publication, never the owner's.
-    let feed = client()
-        .get(format!("{}/api/sync/events", server.url))
-        .bearer_auth(&bob)
-        .header("Last-Event-ID", "0")
-        .send()
-        .await
-        .unwrap();
+    let feed = client().get(format!("{}/api/sync/events", server.url)).bearer_auth(&bob).header("Last-Event-ID", "0").send().await.unwrap();
     let mut feed = feed.bytes_stream();
     let mut received = String::new();
     while !received.contains("secret-recipe") {
@@ -371,7 +375,10 @@ async fn sync_watch_installs_a_publication_as_it_happens() {
         false
     };
     let starter = skills.join("csv-inspect/SKILL.md");
-    assert!(wait_for(starter.clone(), std::fs::read_to_string(repo_root().join("skills/csv-inspect/SKILL.md")).unwrap()).await, "the first pass installs");
+    assert!(
+        wait_for(starter.clone(), std::fs::read_to_string(repo_root().join("skills/csv-inspect/SKILL.md")).unwrap()).await,
+        "the first pass installs"
+    );
     publish(&server, &admin, bundle("tidy-notes", "Wrap at 80 columns.", "shared")).await;
     let arrived = wait_for(skills.join("tidy-notes/SKILL.md"), skill_md("tidy-notes", "Wrap at 80 columns.")).await;
     publish(&server, &admin, bundle("tidy-notes", "Wrap at 72 columns.", "shared")).await;

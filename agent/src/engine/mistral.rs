@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use either::Either;
 use indexmap::IndexMap;
 use mistralrs::core::{
-    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
-    MistralRs, MistralRsBuilder, ModelDType, RequestMessage, SchedulerConfig, TokenSource,
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MistralRs, MistralRsBuilder,
+    ModelDType, RequestMessage, SchedulerConfig, TokenSource,
 };
 use mistralrs::{Constraint, CustomLogitsProcessor, NormalRequest, Request, Response, SamplingParams, StopTokens};
 use tokio::sync::mpsc;
@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use super::seeded::{ForcedContinuation, SeededSampler};
 use super::tool_protocol::{self, ParsedReply};
 use super::{
-    validate_request, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest,
-    ModelInfo, Prompt, StreamEvent, TokenLogprob, Usage,
+    validate_request, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, Prompt,
+    StreamEvent, TokenLogprob, Usage,
 };
 
 /// The activation dtype. Weights stay quantized either way; this is the dtype of
@@ -99,16 +99,7 @@ impl MistralRsEngine {
     pub async fn load(options: MistralRsOptions) -> anyhow::Result<Self> {
         crate::model::check_gguf_file(&options.model_path)?;
         let (dir, file) = split_model_path(&options.model_path)?;
-        let loader = GGUFLoaderBuilder::new(
-            None,
-            None,
-            dir,
-            vec![file],
-            GGUFSpecificConfig { topology: None },
-            false,
-            None,
-        )
-        .build();
+        let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
         let device = mistralrs::best_device(cfg!(not(feature = "cuda")))?;
         let dtype = match options.dtype {
             ActivationDType::Auto => ModelDType::Auto,
@@ -124,9 +115,7 @@ impl MistralRsEngine {
             None,
             None,
         )?;
-        let scheduler = SchedulerConfig::DefaultScheduler {
-            method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?),
-        };
+        let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?) };
         // mistral.rs's prefix cache keeps the KV cache of every finished sequence, and it
         // evicts only caches on an accelerator: on a CPU nothing is ever dropped, so the
         // process grows by each request's KV cache (hundreds of MB for a 6k-token prompt)
@@ -198,10 +187,7 @@ impl MistralRsEngine {
             truncate_sequence: false,
         };
         let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        engine
-            .send(Request::Normal(Box::new(request)))
-            .await
-            .map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+        engine.send(Request::Normal(Box::new(request))).await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
         Ok(receiver)
     }
 
@@ -217,9 +203,7 @@ impl MistralRsEngine {
                     ));
                 }
                 if request.logprobs.is_some_and(|k| k > 0) {
-                    return Err(EngineError::InvalidRequest(
-                        "top_logprobs with a seed is not supported by the embedded backend".into(),
-                    ));
+                    return Err(EngineError::InvalidRequest("top_logprobs with a seed is not supported by the embedded backend".into()));
                 }
                 Some(Arc::new(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p)))
             }
@@ -309,10 +293,8 @@ struct Outgoing {
 }
 
 fn split_model_path(path: &Path) -> anyhow::Result<(String, String)> {
-    let file = path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .ok_or_else(|| anyhow::anyhow!("model path {} has no file name", path.display()))?;
+    let file =
+        path.file_name().and_then(|f| f.to_str()).ok_or_else(|| anyhow::anyhow!("model path {} has no file name", path.display()))?;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_string_lossy().into_owned(),
         _ => ".".to_string(),
@@ -346,11 +328,7 @@ fn convert_logprob(logprob: mistralrs::core::ResponseLogprob) -> TokenLogprob {
     TokenLogprob {
         token: logprob.token,
         logprob: logprob.logprob,
-        top: logprob
-            .top_logprobs
-            .into_iter()
-            .map(|top| (top.bytes.unwrap_or_else(|| top.token.to_string()), top.logprob))
-            .collect(),
+        top: logprob.top_logprobs.into_iter().map(|top| (top.bytes.unwrap_or_else(|| top.token.to_string()), top.logprob)).collect(),
     }
 }
 

@@ -351,19 +351,13 @@ pub fn validate_request(request: &GenerationRequest) -> Result<(), EngineError> 
         }
     }
     match &request.prompt {
-        Prompt::Messages(messages) if messages.is_empty() => {
-            Err(EngineError::InvalidRequest("messages must not be empty".into()))
-        }
-        Prompt::Tokens(tokens) if tokens.is_empty() => {
-            Err(EngineError::InvalidRequest("the token prompt must not be empty".into()))
-        }
+        Prompt::Messages(messages) if messages.is_empty() => Err(EngineError::InvalidRequest("messages must not be empty".into())),
+        Prompt::Tokens(tokens) if tokens.is_empty() => Err(EngineError::InvalidRequest("the token prompt must not be empty".into())),
         _ => Ok(()),
     }?;
     if let ToolChoice::Named(name) = &request.tool_choice {
         if !request.tools.iter().any(|t| &t.name == name) {
-            return Err(EngineError::InvalidRequest(format!(
-                "tool_choice names the tool `{name}`, which is not among the tools"
-            )));
+            return Err(EngineError::InvalidRequest(format!("tool_choice names the tool `{name}`, which is not among the tools")));
         }
     }
     if request.tool_choice == ToolChoice::Required && request.tools.is_empty() {

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::{
-    validate_request, ChatMessage, Choice, Engine, EngineError, EventStream, FinishReason, Generation,
-    GenerationRequest, ModelInfo, Prompt, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice, Usage,
+    validate_request, ChatMessage, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo,
+    Prompt, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice, Usage,
 };
 
 #[derive(Debug, Clone)]
@@ -42,9 +42,7 @@ impl OpenAiEngine {
     fn body(&self, request: &GenerationRequest, stream: bool) -> Result<Value, EngineError> {
         validate_request(request)?;
         let Prompt::Messages(messages) = &request.prompt else {
-            return Err(EngineError::InvalidRequest(
-                "token prompts need the embedded backend; the OpenAI chat API takes messages".into(),
-            ));
+            return Err(EngineError::InvalidRequest("token prompts need the embedded backend; the OpenAI chat API takes messages".into()));
         };
         let mut body = json!({
             "model": self.options.model,
@@ -109,10 +107,8 @@ impl OpenAiEngine {
             return Ok(response);
         }
         let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
+        let message =
+            serde_json::from_str::<Value>(&text).ok().and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or(text);
         if status.is_client_error() {
             Err(EngineError::InvalidRequest(format!("upstream rejected the request ({status}): {message}")))
         } else {
@@ -192,11 +188,8 @@ impl ToolCallAssembler {
     fn add(&mut self, fragments: &Value) {
         for fragment in fragments.as_array().into_iter().flatten() {
             let index = fragment["index"].as_u64().unwrap_or(0);
-            let call = self.calls.entry(index).or_insert_with(|| ToolCall {
-                id: String::new(),
-                name: String::new(),
-                arguments: String::new(),
-            });
+            let call =
+                self.calls.entry(index).or_insert_with(|| ToolCall { id: String::new(), name: String::new(), arguments: String::new() });
             if let Some(id) = fragment["id"].as_str() {
                 call.id = id.to_string();
             }
@@ -221,12 +214,8 @@ impl Engine for OpenAiEngine {
 
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
         let body = self.body(&request, false)?;
-        let response: Value = self
-            .post(&body)
-            .await?
-            .json()
-            .await
-            .map_err(|e| EngineError::Backend(format!("upstream sent an unreadable body: {e}")))?;
+        let response: Value =
+            self.post(&body).await?.json().await.map_err(|e| EngineError::Backend(format!("upstream sent an unreadable body: {e}")))?;
         let choices = response["choices"]
             .as_array()
             .ok_or_else(|| EngineError::Backend("upstream response has no choices".into()))?
@@ -243,9 +232,7 @@ impl Engine for OpenAiEngine {
     }
 
     async fn score(&self, _prefix: &[u32], _continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
-        Err(EngineError::InvalidRequest(
-            "the OpenAI chat API cannot score given tokens; scoring needs the embedded backend".into(),
-        ))
+        Err(EngineError::InvalidRequest("the OpenAI chat API cannot score given tokens; scoring needs the embedded backend".into()))
     }
 
     async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {

@@ -61,11 +61,8 @@ impl SeededSampler {
         if !(total.is_finite() && total > 0.0) {
             // Every token is masked or the logits are broken: fall back to the first token
             // with the highest logit, which is what greedy decoding would pick.
-            let token = logits
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
-                .0 as u32;
+            let token =
+                logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0 as u32;
             return SampledToken { token, logprob: 0.0 };
         }
         // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.

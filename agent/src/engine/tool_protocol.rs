@@ -121,19 +121,14 @@ pub fn render_conversation(messages: &[ChatMessage], tools: &[ToolSpec], choice:
                     .tool_calls
                     .iter()
                     .map(|call| {
-                        let arguments: Value =
-                            serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+                        let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
                         json!({ TOOL_KEY: call.name, ARGUMENTS_KEY: arguments }).to_string()
                     })
                     .collect();
                 rendered.push(ChatMessage::assistant(calls.join("\n")));
             }
             Role::Tool => {
-                let name = message
-                    .tool_call_id
-                    .as_deref()
-                    .and_then(|id| find_call_name(messages, id))
-                    .unwrap_or("tool");
+                let name = message.tool_call_id.as_deref().and_then(|id| find_call_name(messages, id)).unwrap_or("tool");
                 rendered.push(ChatMessage::user(format!("Result of {name}:\n{}", message.content)));
             }
             _ => rendered.push(message.clone()),
@@ -146,11 +141,7 @@ pub fn render_conversation(messages: &[ChatMessage], tools: &[ToolSpec], choice:
 }
 
 fn find_call_name<'a>(messages: &'a [ChatMessage], call_id: &str) -> Option<&'a str> {
-    messages
-        .iter()
-        .flat_map(|m| m.tool_calls.iter())
-        .find(|call| call.id == call_id)
-        .map(|call| call.name.as_str())
+    messages.iter().flat_map(|m| m.tool_calls.iter()).find(|call| call.id == call_id).map(|call| call.name.as_str())
 }
 
 /// What a constrained reply meant.

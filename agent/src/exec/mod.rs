@@ -28,8 +28,8 @@ use tokio::process::Command;
 /// Programs the default policy allows: they read, count and print, and cannot reach the
 /// network or change anything outside the files named to them.
 pub const DEFAULT_ALLOWLIST: &[&str] = &[
-    "ls", "cat", "head", "tail", "wc", "grep", "sort", "uniq", "cut", "tr", "echo", "printf", "date", "pwd", "diff",
-    "stat", "du", "basename", "dirname", "true", "false", "seq",
+    "ls", "cat", "head", "tail", "wc", "grep", "sort", "uniq", "cut", "tr", "echo", "printf", "date", "pwd", "diff", "stat", "du",
+    "basename", "dirname", "true", "false", "seq",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,9 +380,8 @@ mod tests {
         // scripts/test installs bubblewrap, so this runs the sandbox for real.
         assert!(matches!(Sandbox::default(), Sandbox::Bubblewrap(_)), "bubblewrap is needed to run commands");
         let dir = tempfile::tempdir().unwrap();
-        let outcome = run(dir.path(), "echo hi > made.txt; touch /usr/escape; cat /etc/passwd", &full(), ExecLimits::default())
-            .await
-            .unwrap();
+        let outcome =
+            run(dir.path(), "echo hi > made.txt; touch /usr/escape; cat /etc/passwd", &full(), ExecLimits::default()).await.unwrap();
         assert!(outcome.sandboxed);
         assert_eq!(std::fs::read_to_string(dir.path().join("made.txt")).unwrap(), "hi\n");
         assert!(outcome.stderr.contains("Read-only file system"), "{}", outcome.stderr);

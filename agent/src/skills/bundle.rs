@@ -228,10 +228,37 @@ mod tests {
     #[test]
     fn collation_orders_paths_as_javascript_locale_compare_does() {
         // Orders taken from Node's `localeCompare` on the same strings.
-        let mut paths = vec!["SKILL.md", "scripts/run.sh", "references/a.md", "assets/x.png", "a_b.md", "a-b.md", "a.md", "A.md", "b1.md", "b10.md", "b2.md"];
+        let mut paths = vec![
+            "SKILL.md",
+            "scripts/run.sh",
+            "references/a.md",
+            "assets/x.png",
+            "a_b.md",
+            "a-b.md",
+            "a.md",
+            "A.md",
+            "b1.md",
+            "b10.md",
+            "b2.md",
+        ];
         let collator = collator();
         paths.sort_by(|a, b| collator.compare(a, b));
-        assert_eq!(paths, vec!["a_b.md", "a-b.md", "a.md", "A.md", "assets/x.png", "b1.md", "b10.md", "b2.md", "references/a.md", "scripts/run.sh", "SKILL.md"]);
+        assert_eq!(
+            paths,
+            vec![
+                "a_b.md",
+                "a-b.md",
+                "a.md",
+                "A.md",
+                "assets/x.png",
+                "b1.md",
+                "b10.md",
+                "b2.md",
+                "references/a.md",
+                "scripts/run.sh",
+                "SKILL.md"
+            ]
+        );
     }
 
     #[test]
@@ -258,10 +285,19 @@ mod tests {
             vec![("demo/../evil".to_string(), "path"), ("demo/.hidden".to_string(), "path")]
         );
         let big = "x".repeat(MAX_FILE_BYTES + 1);
-        assert_eq!(rules(&bundle(&[("SKILL.md", SKILL), ("assets/big.txt", &big)])), vec![("demo/assets/big.txt".to_string(), "file-size")]);
-        let many: Files = (0..=MAX_FILES).map(|i| (format!("assets/{i}.txt"), b"x".to_vec())).chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())]).collect();
+        assert_eq!(
+            rules(&bundle(&[("SKILL.md", SKILL), ("assets/big.txt", &big)])),
+            vec![("demo/assets/big.txt".to_string(), "file-size")]
+        );
+        let many: Files = (0..=MAX_FILES)
+            .map(|i| (format!("assets/{i}.txt"), b"x".to_vec()))
+            .chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())])
+            .collect();
         assert_eq!(rules(&many), vec![("demo/".to_string(), "bundle-files")]);
-        let total: Files = (0..9).map(|i| (format!("assets/{i}.bin"), vec![0u8; MAX_FILE_BYTES])).chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())]).collect();
+        let total: Files = (0..9)
+            .map(|i| (format!("assets/{i}.bin"), vec![0u8; MAX_FILE_BYTES]))
+            .chain([("SKILL.md".to_string(), SKILL.as_bytes().to_vec())])
+            .collect();
         assert_eq!(rules(&total), vec![("demo/".to_string(), "bundle-size")]);
         // The name must equal the slug the bundle is published under.
         assert_eq!(validate_bundle("other", &ok).unwrap_err()[0].rule, "name-folder");

@@ -80,10 +80,7 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
 
     // Line of a top-level key, for messages: frontmatter line n is file line n + 1.
     let key_line = |key: &str| {
-        yaml.lines()
-            .position(|l| l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
-            .map(|i| i + 2)
-            .unwrap_or(1)
+        yaml.lines().position(|l| l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))).map(|i| i + 2).unwrap_or(1)
     };
 
     let value: Value = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&yaml) {
@@ -231,7 +228,10 @@ mod tests {
         assert_eq!(rules("---\ndescription: d\n---\n"), vec![("name-required", 1)]);
         assert_eq!(rules("---\nname: [a]\ndescription: d\n---\n"), vec![("type", 2)]);
         let error = parse("---\nname: other\ndescription: d\n---\n").unwrap_err().remove(0);
-        assert_eq!(error.to_string(), "skills/csv-inspect/SKILL.md:2: [name-folder] `name` `other` must equal its folder's name `csv-inspect`");
+        assert_eq!(
+            error.to_string(),
+            "skills/csv-inspect/SKILL.md:2: [name-folder] `name` `other` must equal its folder's name `csv-inspect`"
+        );
     }
 
     #[test]
