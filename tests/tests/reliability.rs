@@ -324,3 +324,25 @@ fn add_user_while_running(server: &Server, name: &str) -> String {
     // `user add` writes to the same database file the server uses; WAL allows it.
     add_user(server.data_dir.path(), name)
 }
+
+#[tokio::test]
+async fn a_user_past_the_rate_limit_gets_429_with_retry_after_and_others_are_served() {
+    let data = tempfile::tempdir().unwrap();
+    let token = add_user(data.path(), "tester");
+    let other = add_user(data.path(), "other");
+    let server = start_without_model(data, token.clone(), &["--user-requests-per-minute", "5"]);
+    let models = |token: String| {
+        let url = server.url.clone();
+        async move { client().get(format!("{url}/v1/models")).bearer_auth(token).send().await.unwrap() }
+    };
+    for _ in 0..5 {
+        assert_eq!(models(token.clone()).await.status(), 200);
+    }
+    let limited = models(token.clone()).await;
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(models(other).await.status(), 200, "another user's allowance is their own");
+}
