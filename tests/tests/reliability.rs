@@ -346,3 +346,41 @@ async fn a_user_past_the_rate_limit_gets_429_with_retry_after_and_others_are_ser
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(models(other).await.status(), 200, "another user's allowance is their own");
 }
+
+#[tokio::test]
+async fn an_open_change_feed_ends_when_its_token_is_deleted() {
+    use futures::StreamExt;
+    let data = tempfile::tempdir().unwrap();
+    let token = add_user(data.path(), "tester");
+    let admin = e2e::add_admin(data.path(), "admin");
+    let server = start_without_model(data, token.clone(), &[]);
+    let response = client().get(format!("{}/api/sync/events", server.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut feed = response.bytes_stream();
+
+    // The token goes (as an operator would revoke it), and its cached lookup expires.
+    use sqlx::ConnectOptions;
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new().filename(server.data_dir.path().join("skillhive.db")).connect().await.unwrap();
+    let user_id: (String,) = sqlx::query_as("SELECT id FROM users WHERE name = 'tester'").fetch_one(&mut db).await.unwrap();
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = ?").bind(&user_id.0).execute(&mut db).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    let skill = "---\nname: after-revoke\ndescription: Published after a revocation. Use never.\n---\nNothing.\n";
+    let published = client()
+        .post(format!("{}/api/skills", server.url))
+        .bearer_auth(&admin)
+        .json(&json!({"slug": "after-revoke", "scope": "shared", "files": [{"path": "SKILL.md", "content": skill}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(chunk)) = feed.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the feed of a deleted token stayed open");
+    assert!(!seen.contains("after-revoke"), "a change reached a deleted token: {seen}");
+}

@@ -69,29 +69,39 @@ const END_MARKERS: &[&str] = &["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|
 /// (SmolLM2: `<|endoftext|>` versus `<|im_end|>`). Without stopping on it too, every
 /// constrained reply would run on, emitting end-of-text tokens until `max_tokens`.
 async fn find_special_stops(runner: &MistralRs) -> Vec<String> {
-    let Ok(engine) = runner.get_sender(None) else { return Vec::new() };
     let mut stops = Vec::new();
     for marker in END_MARKERS {
-        let (sender, mut receiver) = mpsc::channel(1);
-        let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
-            text: Either::Right(marker.to_string()),
-            tools: None,
-            add_generation_prompt: false,
-            add_special_tokens: false,
-            enable_thinking: None,
-            reasoning_effort: None,
-            response: sender,
-        });
-        if engine.send(request).await.is_err() {
-            break;
-        }
-        if let Some(Ok(tokens)) = receiver.recv().await {
-            if tokens.len() == 1 {
-                stops.push(marker.to_string());
-            }
+        if tokenize(runner, Either::Right(marker.to_string())).await.is_ok_and(|tokens| tokens.len() == 1) {
+            stops.push(marker.to_string());
         }
     }
     stops
+}
+
+/// Tokenizes on the engine: plain text as it is, chat messages through the chat template
+/// with the generation prompt, as a request would be.
+async fn tokenize(
+    runner: &MistralRs,
+    text: Either<Vec<IndexMap<String, mistralrs::MessageContent>>, String>,
+) -> Result<Vec<u32>, EngineError> {
+    let engine = runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let chat = text.is_left();
+    let (sender, mut receiver) = mpsc::channel(1);
+    let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
+        text,
+        tools: None,
+        add_generation_prompt: chat,
+        add_special_tokens: chat,
+        enable_thinking: None,
+        reasoning_effort: None,
+        response: sender,
+    });
+    engine.send(request).await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+    match receiver.recv().await {
+        Some(Ok(tokens)) => Ok(tokens),
+        Some(Err(e)) => Err(EngineError::InvalidRequest(format!("the prompt cannot be tokenized: {e}"))),
+        None => Err(EngineError::Unavailable("the engine dropped a tokenization".into())),
+    }
 }
 
 impl MistralRsEngine {
@@ -134,25 +144,7 @@ impl MistralRsEngine {
         let Some(window) = self.info.context_window else { return Ok(()) };
         let prompt_tokens = match messages {
             RequestMessage::CompletionTokens(tokens) => tokens.len(),
-            RequestMessage::Chat { messages, .. } => {
-                let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-                let (sender, mut receiver) = mpsc::channel(1);
-                let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
-                    text: Either::Left(messages.clone()),
-                    tools: None,
-                    add_generation_prompt: true,
-                    add_special_tokens: true,
-                    enable_thinking: None,
-                    reasoning_effort: None,
-                    response: sender,
-                });
-                engine.send(request).await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
-                match receiver.recv().await {
-                    Some(Ok(tokens)) => tokens.len(),
-                    Some(Err(e)) => return Err(EngineError::InvalidRequest(format!("the prompt cannot be tokenized: {e}"))),
-                    None => return Err(EngineError::Unavailable("the engine dropped a tokenization".into())),
-                }
-            }
+            RequestMessage::Chat { messages, .. } => tokenize(&self.runner, Either::Left(messages.clone())).await?.len(),
             _ => return Ok(()),
         };
         if prompt_tokens + max_tokens > window {
