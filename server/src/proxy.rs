@@ -101,7 +101,7 @@ impl ProxyRecorder {
         if tool_calls.is_empty() {
             self.record(Event::FinalAnswer { text: text.to_string() }).await?;
         }
-        self.store.update_session(&self.user_id, &self.session_id, "idle", None).await?;
+        self.store.update_session(&self.user_id, &self.session_id, crate::store::SessionStatus::Idle, None).await?;
         Ok(())
     }
 }

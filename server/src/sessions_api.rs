@@ -27,7 +27,7 @@ use agent::workspace::Workspace;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::store::{Session, Store};
+use crate::store::{Session, SessionStatus, Store};
 use crate::AppState;
 
 /// What the agent API needs beyond the engine and the store.
@@ -201,13 +201,13 @@ async fn run_session_turn(
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = state.skills.viewer(user_id).await?;
     let skills = state.skills.agent_skills(&viewer).await?;
-    state.store.update_session(user_id, session_id, "running", None).await?;
+    state.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
     let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
     let mut ctx =
         TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config: &state.agent.config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;
     let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
-    state.store.update_session(user_id, session_id, "idle", Some(&history_json)).await?;
+    state.store.update_session(user_id, session_id, SessionStatus::Idle, Some(&history_json)).await?;
     Ok((outcome.stop, outcome.answer))
 }
 

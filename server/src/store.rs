@@ -28,13 +28,45 @@ pub struct User {
     pub is_admin: bool,
 }
 
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// No turn is running; a new message may start one.
+    Idle,
+    /// A turn is running.
+    Running,
+    /// A turn was running when the server stopped; it did not finish.
+    Interrupted,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Idle => "idle",
+            SessionStatus::Running => "running",
+            SessionStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// The status stored as `text`; anything unknown reads as idle, the state in which a
+    /// session accepts a new turn.
+    fn parse(text: &str) -> Self {
+        match text {
+            "running" => SessionStatus::Running,
+            "interrupted" => SessionStatus::Interrupted,
+            _ => SessionStatus::Idle,
+        }
+    }
+}
+
 /// An agent session.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Session {
     pub id: String,
     pub title: String,
     pub model: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -78,7 +110,7 @@ pub trait Store: Send + Sync {
     async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str, idle_secs: i64) -> anyhow::Result<Session>;
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>>;
     async fn session_history(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>>;
-    async fn update_session(&self, user_id: &str, session_id: &str, status: &str, history: Option<&str>) -> anyhow::Result<()>;
+    async fn update_session(&self, user_id: &str, session_id: &str, status: SessionStatus, history: Option<&str>) -> anyhow::Result<()>;
     /// Appends an event at the next position of its session; committed before returning.
     async fn append_event(&self, user_id: &str, session_id: &str, kind: &str, payload: &serde_json::Value) -> anyhow::Result<i64>;
     async fn session_events(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<StoredEvent>>;
@@ -110,7 +142,7 @@ type EventRow = (i64, String, i64, String, String, String);
 
 impl From<SessionRow> for Session {
     fn from((id, title, model, status, created_at, updated_at): SessionRow) -> Self {
-        Session { id, title, model, status, created_at, updated_at }
+        Session { id, title, model, status: SessionStatus::parse(&status), created_at, updated_at }
     }
 }
 
@@ -186,11 +218,11 @@ impl Store for SqliteStore {
     }
 
     async fn mark_interrupted_sessions(&self) -> anyhow::Result<u64> {
-        let done = sqlx::query(
-            "UPDATE sessions SET status = 'interrupted', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = 'running'",
-        )
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query("UPDATE sessions SET status = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = ?")
+            .bind(SessionStatus::Interrupted.as_str())
+            .bind(SessionStatus::Running.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -361,12 +393,12 @@ impl Store for SqliteStore {
         Ok(row.map(|(h,)| h))
     }
 
-    async fn update_session(&self, user_id: &str, session_id: &str, status: &str, history: Option<&str>) -> anyhow::Result<()> {
+    async fn update_session(&self, user_id: &str, session_id: &str, status: SessionStatus, history: Option<&str>) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE sessions SET status = ?, history = COALESCE(?, history),
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE user_id = ? AND id = ?",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(history)
         .bind(user_id)
         .bind(session_id)
