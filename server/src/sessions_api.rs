@@ -355,6 +355,30 @@ mod tests {
         }
     }
 
+    /// The API on a scripted engine that answers with `script`, over `store` (skill blobs
+    /// under `dir`), with users' workspaces under `workspaces` and the agent as `config` says.
+    fn scripted_state(
+        store: &Arc<SqliteStore>,
+        dir: &std::path::Path,
+        script: Vec<Choice>,
+        workspaces: std::path::PathBuf,
+        config: AgentConfig,
+    ) -> AppState {
+        let skills = crate::skills_api::SkillRepo::sqlite(store, dir.join("blobs"));
+        AppState {
+            engine: Arc::new(ScriptedEngine {
+                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+                script: Mutex::new(script.into()),
+            }),
+            store: store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
+            agent: Arc::new(AgentRuntime::new(workspaces, config)),
+            evolver: crate::evolver_api::EvolverService::new(store, &skills, Default::default()),
+            skills,
+            quotas: Default::default(),
+        }
+    }
+
     fn tool(name: &str, arguments: Value) -> Choice {
         Choice {
             tool_calls: vec![ToolCall { id: format!("call-{name}-{}", arguments), name: name.into(), arguments: arguments.to_string() }],
@@ -369,24 +393,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
-        let state = AppState {
-            engine: Arc::new(ScriptedEngine {
-                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                script: Mutex::new(
-                    vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }].into(),
-                ),
-            }),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
-            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(
-                &store,
-                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                Default::default(),
-            ),
-            quotas: Default::default(),
-        };
+        let state = scripted_state(
+            &store,
+            dir.path(),
+            vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }],
+            dir.path().join("ws"),
+            AgentConfig::default(),
+        );
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let id = session["id"].as_str().unwrap();
@@ -443,22 +456,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
-        let state = AppState {
-            engine: Arc::new(ScriptedEngine {
-                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                script: Mutex::new(vec![Choice { text: "hang".into(), ..Default::default() }].into()),
-            }),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(dir.path().join("ws"), AgentConfig::default())),
-            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(
-                &store,
-                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                Default::default(),
-            ),
-            quotas: Default::default(),
-        };
+        let state = scripted_state(
+            &store,
+            dir.path(),
+            vec![Choice { text: "hang".into(), ..Default::default() }],
+            dir.path().join("ws"),
+            AgentConfig::default(),
+        );
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let id = session["id"].as_str().unwrap().to_string();
@@ -505,31 +509,14 @@ mod tests {
             let attacks: Vec<_> = ATTACKS.iter().filter(|a| a.needs_shell == (policy == ExecPolicy::Full)).collect();
             let mut script: Vec<Choice> = attacks.iter().map(|a| tool("exec", json!({"command": arena.fill(a.command)}))).collect();
             script.push(Choice { text: "done".into(), ..Default::default() });
-            let state = AppState {
-                engine: Arc::new(ScriptedEngine {
-                    info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                    script: Mutex::new(script.into()),
-                }),
-                store: store.clone(),
-                limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-                agent: Arc::new(AgentRuntime::new(
-                    arena.workspaces.clone(),
-                    AgentConfig {
-                        max_steps: attacks.len() + 1,
-                        exec_policy: policy.clone(),
-                        exec_limits: ExecLimits { timeout: Duration::from_secs(3), max_file_bytes: 16 * 1024 * 1024, ..Default::default() },
-                        exec_sandbox: sandbox.clone(),
-                        ..Default::default()
-                    },
-                )),
-                skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                evolver: crate::evolver_api::EvolverService::new(
-                    &store,
-                    &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                    Default::default(),
-                ),
-                quotas: Default::default(),
+            let config = AgentConfig {
+                max_steps: attacks.len() + 1,
+                exec_policy: policy.clone(),
+                exec_limits: ExecLimits { timeout: Duration::from_secs(3), max_file_bytes: 16 * 1024 * 1024, ..Default::default() },
+                exec_sandbox: sandbox.clone(),
+                ..Default::default()
             };
+            let state = scripted_state(&store, dir.path(), script, arena.workspaces.clone(), config);
             let router = app(state, HttpLimits::default());
             let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
             let id = session["id"].as_str().unwrap().to_string();
@@ -566,28 +553,13 @@ mod tests {
         let full = vec![tool("exec", json!({"command": "sleep 20"})), tool("exec", json!({"command": "yes"}))];
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
-        let make = |script: Vec<Choice>, policy: ExecPolicy| AppState {
-            engine: Arc::new(ScriptedEngine {
-                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                script: Mutex::new(script.into()),
-            }),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(
-                dir.path().join("workspaces"),
-                AgentConfig {
-                    exec_policy: policy,
-                    exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024, ..Default::default() },
-                    ..Default::default()
-                },
-            )),
-            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(
-                &store,
-                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                Default::default(),
-            ),
-            quotas: Default::default(),
+        let make = |script: Vec<Choice>, policy: ExecPolicy| {
+            let config = AgentConfig {
+                exec_policy: policy,
+                exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024, ..Default::default() },
+                ..Default::default()
+            };
+            scripted_state(&store, dir.path(), script, dir.path().join("workspaces"), config)
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
