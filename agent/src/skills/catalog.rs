@@ -33,7 +33,15 @@ pub fn slug_of_location(path: &str) -> Option<&str> {
 /// Shortest description kept before skills start being dropped.
 const MIN_DESCRIPTION_CHARS: usize = 40;
 
-/// Renders the catalog within `budget` characters.
+/// Renders the catalog within `budget` characters, the skills most relevant to `request`
+/// first, so that when skills must be dropped to fit, the least relevant go (and not
+/// those whose names sort last).
+pub fn render_for(entries: &[CatalogEntry], budget: usize, request: &str) -> String {
+    let ranked: Vec<CatalogEntry> = super::relevance::rank(entries, request).into_iter().map(|(entry, _)| entry).collect();
+    render(&ranked, budget)
+}
+
+/// Renders the catalog within `budget` characters, in the order given.
 pub fn render(entries: &[CatalogEntry], budget: usize) -> String {
     let mut limit = entries.iter().map(|e| e.description.chars().count()).max().unwrap_or(0);
     loop {
@@ -122,6 +130,15 @@ mod tests {
         assert!(tiny.len() <= 400);
         assert!(tiny.matches("<skill>").count() < 4);
         assert!(tiny.contains("<location>skills/skill-0/SKILL.md</location>"));
+    }
+
+    #[test]
+    fn a_tight_budget_drops_the_least_relevant_skills() {
+        let mut entries: Vec<CatalogEntry> = (0..10).map(|i| entry(&format!("a-skill-{i}"), "Formats dates and times for reports.")).collect();
+        entries.push(entry("z-csv-inspect", "Inspect a CSV file's columns and row count."));
+        let text = render_for(&entries, 400, "How many rows does people.csv have?");
+        assert!(text.contains("<name>z-csv-inspect</name>"), "{text}");
+        assert!(render(&entries, 400).matches("z-csv-inspect").count() == 0, "by name it would be dropped");
     }
 
     #[test]

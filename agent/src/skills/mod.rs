@@ -4,3 +4,4 @@
 pub mod bundle;
 pub mod catalog;
 pub mod format;
+pub mod relevance;
