@@ -6,6 +6,7 @@
 //! traits, so the same loop runs in the server, in tests on a scripted engine, and in
 //! replays.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,10 +15,12 @@ use tokio::sync::watch;
 use futures::StreamExt;
 
 use crate::engine::{
-    ChatMessage, Choice, Engine, EngineError, Generation, GenerationRequest, Role, StreamEvent, ToolCall, ToolSpec, Usage,
+    ChatMessage, Choice, Engine, EngineError, FinishReason, Generation, GenerationRequest, Role, StreamEvent, ToolCall, ToolSpec, Usage,
 };
 use crate::exec::{self, ExecLimits, ExecPolicy, Sandbox};
 use crate::skills::catalog::{self, CatalogEntry};
+use crate::skills::format::parse_skill_md;
+use crate::skills::relevance;
 use crate::trajectory::{Event, EventSink, StopReason};
 use crate::workspace::Workspace;
 
@@ -55,6 +58,11 @@ pub struct AgentConfig {
     pub context_window: usize,
     /// Characters of `<available_skills>` at most.
     pub catalog_budget: usize,
+    /// How many of the skills most relevant to a request have their instructions put
+    /// into the prompt (see [`relevant_skills`]); 0 leaves only the catalog.
+    pub inline_skills: usize,
+    /// Characters of one skill's instructions put into the prompt at most.
+    pub inline_skill_chars: usize,
     pub exec_policy: ExecPolicy,
     pub exec_limits: ExecLimits,
     /// Where commands run; without a sandbox (and without the operator's opt-in) none do.
@@ -75,6 +83,8 @@ impl Default for AgentConfig {
             max_tokens_per_step: 256,
             context_window: 8192,
             catalog_budget: 2_000,
+            inline_skills: 1,
+            inline_skill_chars: 1_200,
             exec_policy: ExecPolicy::default(),
             exec_limits: ExecLimits::default(),
             exec_sandbox: Sandbox::default(),
@@ -99,12 +109,24 @@ pub struct TurnContext<'a> {
 pub struct TurnOutcome {
     pub stop: StopReason,
     pub answer: Option<String>,
+    /// Model steps taken.
+    pub steps: usize,
+    /// Tokens of every model call of the turn, compaction included.
+    pub usage: Usage,
 }
 
 /// Characters of tool output kept in a trajectory event.
 const EXCERPT_CHARS: usize = 500;
 /// Messages always kept verbatim by compaction.
 const KEEP_RECENT_MESSAGES: usize = 4;
+/// A workspace file larger than this is not copied into the trajectory.
+const MAX_CAPTURED_FILE_BYTES: u64 = 16 * 1024;
+/// Bytes of workspace files one turn copies into its trajectory at most.
+const MAX_CAPTURED_BYTES_PER_TURN: u64 = 64 * 1024;
+/// A skill must score at least this (see [`relevance::scores`]) to have its instructions
+/// put into the prompt: with five skills, one word shared with at most three of them, or two
+/// words shared with more.
+pub const MIN_INLINE_RELEVANCE: f64 = 1.0;
 
 /// The tools every agent has.
 pub fn tool_specs() -> Vec<ToolSpec> {
@@ -129,22 +151,58 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         ToolSpec { name: "ls".into(), description: "List a directory.".into(), parameters: object(json!({ "path": path }), &["path"]) },
         ToolSpec {
             name: "exec".into(),
-            description: "Run a command in the workspace.".into(),
+            description: "Run one command (a program and its arguments, no pipes) in the workspace.".into(),
             parameters: object(json!({ "command": {"type": "string"} }), &["command"]),
         },
     ]
 }
 
-/// The system prompt: a short runtime section, the skills catalog, and the workspace's
-/// top-level files. Short on purpose: prompt processing dominates a step on a CPU.
-pub fn system_prompt(workspace: &Workspace, skills: &dyn SkillSource, config: &AgentConfig) -> String {
+/// The skills whose instructions go into the prompt for `request`: the most relevant
+/// ones scoring at least [`MIN_INLINE_RELEVANCE`], at most `limit`. Relevance is lexical
+/// (see [`relevance`]): it costs no model call, and the cost in tokens is the skills'
+/// text, at most `inline_skill_chars` characters (about a quarter as many tokens) each.
+pub fn relevant_skills(skills: &dyn SkillSource, request: &str, limit: usize) -> Vec<(CatalogEntry, f64)> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    relevance::rank(&skills.catalog(), request).into_iter().filter(|(_, score)| *score >= MIN_INLINE_RELEVANCE).take(limit).collect()
+}
+
+/// A skill's instructions as the prompt shows them: the body without its frontmatter,
+/// cut to `max_chars`.
+fn skill_instructions(slug: &str, skill_md: &str, max_chars: usize) -> String {
+    let body = parse_skill_md("SKILL.md", None, skill_md).map(|skill| skill.body).unwrap_or_else(|_| skill_md.to_string());
+    let mut text: String = body.trim().chars().take(max_chars).collect();
+    if text.chars().count() < body.trim().chars().count() {
+        text.push_str(" […]");
+    }
+    format!("Skill {slug} applies to this request. Follow its steps:\n{text}\n")
+}
+
+/// The system prompt: a short runtime section, the instructions of the skills relevant
+/// to the request, the skills catalog, and the workspace's top-level files. Short on
+/// purpose: prompt processing dominates a step on a CPU.
+pub fn system_prompt(workspace: &Workspace, skills: &dyn SkillSource, config: &AgentConfig, request: &str) -> String {
+    system_prompt_with(workspace, skills, config, request, &[])
+}
+
+fn system_prompt_with(
+    workspace: &Workspace,
+    skills: &dyn SkillSource,
+    config: &AgentConfig,
+    request: &str,
+    inlined: &[(String, String)],
+) -> String {
     let mut prompt = String::from(
-        "You are an agent working in the user's workspace. Use the tools to act. When a skill \
-         below fits the task, read its SKILL.md first. Answer when the task is done.\n",
+        "You are an agent working in the user's workspace. Act with the tools: exec runs one command, read shows a file. \
+         When a tool result gives what the user asked for, answer with it at once. When a skill below fits the task, follow it.\n",
     );
+    for (slug, text) in inlined {
+        prompt.push_str(&skill_instructions(slug, text, config.inline_skill_chars));
+    }
     let entries = skills.catalog();
     if !entries.is_empty() {
-        prompt.push_str(&catalog::render(&entries, config.catalog_budget));
+        prompt.push_str(&catalog::render_for(&entries, config.catalog_budget, request));
         prompt.push('\n');
     }
     let files = workspace.ls(".").unwrap_or_default();
@@ -157,43 +215,107 @@ pub fn system_prompt(workspace: &Workspace, skills: &dyn SkillSource, config: &A
     prompt
 }
 
+/// What one turn has done so far, beyond the conversation itself.
+#[derive(Default)]
+struct TurnState {
+    steps: usize,
+    usage: Usage,
+    /// Each distinct call, whether it worked and its result, until the workspace changes.
+    results: HashMap<(String, String), (bool, String)>,
+    /// Calls repeated after the model was told their result.
+    repeats: usize,
+    /// Steps cut off at the token limit in a row.
+    cut_offs: usize,
+    /// The next step may only answer: the model already has what it needs.
+    answer_only: bool,
+    captured: BTreeSet<String>,
+    captured_bytes: u64,
+    written: BTreeSet<String>,
+}
+
 /// Runs one user turn, appending to `history` (which holds no system message; the system
 /// prompt is rebuilt each step so it shows the current files).
 pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>, user_text: &str) -> TurnOutcome {
+    let mut turn = TurnState::default();
+    let (stop, answer) = turn_steps(ctx, history, user_text, &mut turn).await;
+    // What the turn left in the files it wrote is recorded whatever ended it.
+    for path in std::mem::take(&mut turn.written) {
+        if let Some(content) = small_file(ctx.workspace, &path) {
+            record(ctx, Event::OutputFile { path, content }).await;
+        }
+    }
+    let detail = match stop {
+        StopReason::TokenBudget => Some(format!("{} tokens used", turn.usage.total_tokens())),
+        _ => None,
+    };
+    let (reason, detail) = match answer {
+        Ok(answer) => {
+            record(ctx, Event::FinalAnswer { text: answer.clone() }).await;
+            record(ctx, Event::Stop { reason: StopReason::FinalAnswer, detail: None }).await;
+            return TurnOutcome { stop: StopReason::FinalAnswer, answer: Some(answer), steps: turn.steps, usage: turn.usage };
+        }
+        Err(error) => (stop, error.or(detail)),
+    };
+    record(ctx, Event::Stop { reason, detail }).await;
+    TurnOutcome { stop: reason, answer: None, steps: turn.steps, usage: turn.usage }
+}
+
+/// The step loop. Returns why it stopped and either the answer or the detail of the stop.
+async fn turn_steps(
+    ctx: &mut TurnContext<'_>,
+    history: &mut Vec<ChatMessage>,
+    user_text: &str,
+    turn: &mut TurnState,
+) -> (StopReason, Result<String, Option<String>>) {
     let started = Instant::now();
-    let mut tokens_used = 0usize;
     history.push(ChatMessage::user(user_text));
     record(ctx, Event::UserMessage { text: user_text.to_string() }).await;
+    // The relevant skills are chosen once per turn and count as read: the model saw them.
+    let mut inlined = Vec::new();
+    for (entry, _) in relevant_skills(ctx.skills, user_text, ctx.config.inline_skills) {
+        if let Some((version, text)) = ctx.skills.skill_md(&entry.slug) {
+            record(ctx, Event::SkillRead { slug: entry.slug.clone(), version }).await;
+            inlined.push((entry.slug, text));
+        }
+    }
 
-    for step in 0..ctx.config.max_steps {
+    while turn.steps < ctx.config.max_steps {
         if *ctx.cancel.borrow() {
-            return stop(ctx, StopReason::Cancelled, None).await;
+            return (StopReason::Cancelled, Err(None));
         }
         let Some(remaining) = ctx.config.max_wall_time.checked_sub(started.elapsed()) else {
-            return stop(ctx, StopReason::MaxWallTime, None).await;
+            return (StopReason::MaxWallTime, Err(None));
         };
-        if tokens_used >= ctx.config.token_budget {
-            return stop(ctx, StopReason::TokenBudget, Some(format!("{tokens_used} tokens used"))).await;
+        if turn.usage.total_tokens() >= ctx.config.token_budget {
+            return (StopReason::TokenBudget, Err(None));
         }
-        if let Err(error) = compact_if_needed(ctx, history).await {
-            return stop(ctx, StopReason::Error, Some(error)).await;
+        if let Err(error) = compact_if_needed(ctx, history, turn).await {
+            return (StopReason::Error, Err(Some(error)));
         }
 
-        let mut messages = vec![ChatMessage::system(system_prompt(ctx.workspace, ctx.skills, ctx.config))];
+        let mut messages = vec![ChatMessage::system(system_prompt_with(ctx.workspace, ctx.skills, ctx.config, user_text, &inlined))];
         messages.extend(history.iter().cloned());
         let mut request = GenerationRequest::chat(messages, ctx.config.max_tokens_per_step);
-        request.tools = tool_specs();
-        request.seed = ctx.config.seed.map(|seed| seed.wrapping_add(step as u64));
+        if turn.answer_only {
+            // A grammar that admits only an answer: the model has the result it needs and
+            // another call would repeat one it already made.
+            request.json_schema = Some(answer_schema());
+        } else {
+            request.tools = tool_specs();
+        }
+        request.seed = ctx.config.seed.map(|seed| seed.wrapping_add(turn.steps as u64));
+        turn.steps += 1;
         let call_started = Instant::now();
         let generation = tokio::select! {
             result = tokio::time::timeout(remaining, generate(ctx, request)) => match result {
                 Ok(Ok(generation)) => generation,
-                Ok(Err(error)) => return stop(ctx, StopReason::Error, Some(error.to_string())).await,
-                Err(_) => return stop(ctx, StopReason::MaxWallTime, None).await,
+                Ok(Err(error)) => return (StopReason::Error, Err(Some(error.to_string()))),
+                Err(_) => return (StopReason::MaxWallTime, Err(None)),
             },
-            _ = cancelled(ctx.cancel.clone()) => return stop(ctx, StopReason::Cancelled, None).await,
+            _ = cancelled(ctx.cancel.clone()) => return (StopReason::Cancelled, Err(None)),
         };
-        tokens_used += generation.usage.total_tokens();
+        turn.usage.prompt_tokens += generation.usage.prompt_tokens;
+        turn.usage.completion_tokens += generation.usage.completion_tokens;
         record(
             ctx,
             Event::ModelCall { prompt_tokens: generation.usage.prompt_tokens, latency_ms: call_started.elapsed().as_millis() as u64 },
@@ -211,16 +333,71 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
         .await;
 
         if choice.tool_calls.is_empty() {
-            history.push(ChatMessage::assistant(choice.text.clone()));
-            record(ctx, Event::FinalAnswer { text: choice.text.clone() }).await;
-            let outcome = stop(ctx, StopReason::FinalAnswer, None).await;
-            return TurnOutcome { answer: Some(choice.text), ..outcome };
+            let answer = if turn.answer_only { forced_answer(&choice.text) } else { Some(choice.text.clone()) };
+            let cut_off = choice.finish_reason == Some(FinishReason::Length);
+            match answer {
+                // An answer that the token limit cut off is still an answer when it parsed;
+                // a cut-off tool call (which does not parse) never is.
+                Some(answer) if !cut_off || turn.answer_only => {
+                    history.push(ChatMessage::assistant(answer.clone()));
+                    return (StopReason::FinalAnswer, Ok(answer));
+                }
+                _ => {
+                    turn.cut_offs += 1;
+                    let reason = format!("the reply was cut off at {} tokens", ctx.config.max_tokens_per_step);
+                    record(ctx, Event::StepRejected { reason: reason.clone(), text: choice.text.clone() }).await;
+                    if turn.cut_offs >= 2 {
+                        return (StopReason::CutOff, Err(Some(reason)));
+                    }
+                    history.push(ChatMessage::user(
+                        "[Your last reply was cut off before it was complete and was dropped. Reply with one short tool call or answer.]",
+                    ));
+                    continue;
+                }
+            }
         }
+        turn.cut_offs = 0;
 
         history.push(ChatMessage { role: Some(Role::Assistant), tool_calls: choice.tool_calls.clone(), ..Default::default() });
         for call in &choice.tool_calls {
             record(ctx, Event::ToolCall { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() }).await;
-            let output = dispatch(ctx, call).await;
+            let key = (call.name.clone(), canonical_arguments(&call.arguments));
+            let output = match turn.results.get(&key) {
+                Some((earlier_ok, earlier)) => {
+                    turn.repeats += 1;
+                    if turn.repeats >= 2 {
+                        return (StopReason::RepeatedCalls, Err(Some(format!("`{}` was called again with the same arguments", call.name))));
+                    }
+                    // Running it again would give the same result: say so. After a result
+                    // that worked, the next step may only answer; after an error, the model
+                    // must try something else.
+                    if *earlier_ok {
+                        turn.answer_only = true;
+                        ToolOutput::ok(format!(
+                            "You already called {} with these arguments. Its result was:\n{earlier}\nAnswer the user with it now.",
+                            call.name
+                        ))
+                    } else {
+                        ToolOutput::error(format!(
+                            "you already called {} with these arguments and it failed: {earlier}\nDo something else.",
+                            call.name
+                        ))
+                    }
+                }
+                None => {
+                    capture_inputs(ctx, call, turn).await;
+                    let output = dispatch(ctx, call).await;
+                    if output.ok && matches!(call.name.as_str(), "write" | "edit") {
+                        // The workspace changed: earlier results may no longer hold.
+                        turn.results.clear();
+                        if let Some(path) = path_argument(&call.arguments) {
+                            turn.written.insert(path);
+                        }
+                    }
+                    turn.results.insert(key, (output.ok, output.text.chars().take(EXCERPT_CHARS).collect()));
+                    output
+                }
+            };
             if let Some((slug, version)) = &output.skill_read {
                 record(ctx, Event::SkillRead { slug: slug.clone(), version: version.clone() }).await;
             }
@@ -243,7 +420,86 @@ pub async fn run_turn(ctx: &mut TurnContext<'_>, history: &mut Vec<ChatMessage>,
             });
         }
     }
-    stop(ctx, StopReason::MaxSteps, None).await
+    (StopReason::MaxSteps, Err(None))
+}
+
+/// The grammar of a step that may only answer.
+fn answer_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": { "answer": { "type": "string" } },
+        "required": ["answer"],
+        "additionalProperties": false,
+    })
+}
+
+/// The answer in a reply written under [`answer_schema`]; a backend that ignored the
+/// schema and wrote plain text is taken at its word.
+fn forced_answer(text: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(value) => value.get("answer").and_then(Value::as_str).map(str::to_string),
+        Err(_) if !text.trim_start().starts_with('{') && !text.trim().is_empty() => Some(text.trim().to_string()),
+        Err(_) => None,
+    }
+}
+
+/// Arguments in one spelling, so that `{"a":1, "b":2}` and `{"b":2,"a":1}` are the same call.
+fn canonical_arguments(arguments: &str) -> String {
+    serde_json::from_str::<Value>(arguments).map(|v| v.to_string()).unwrap_or_else(|_| arguments.trim().to_string())
+}
+
+fn path_argument(arguments: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(arguments).ok()?;
+    value.get("path").and_then(Value::as_str).map(|p| p.trim_start_matches("./").to_string())
+}
+
+/// A small regular text file's content, for the trajectory.
+fn small_file(workspace: &Workspace, path: &str) -> Option<String> {
+    let real = workspace.resolve(path).ok()?;
+    let metadata = std::fs::symlink_metadata(&real).ok()?;
+    if !metadata.is_file() || metadata.len() > MAX_CAPTURED_FILE_BYTES {
+        return None;
+    }
+    workspace.read(path).ok()
+}
+
+/// Records the workspace files a call is about to touch as they are before it runs, each
+/// once per turn: the file it reads or edits, the files it lists, the files named to a
+/// command. A replay of the turn lays these out again.
+async fn capture_inputs(ctx: &TurnContext<'_>, call: &ToolCall, turn: &mut TurnState) {
+    let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+    let text = |key: &str| arguments.get(key).and_then(Value::as_str).map(str::to_string);
+    let paths: Vec<String> = match call.name.as_str() {
+        "read" | "edit" | "write" => text("path").into_iter().collect(),
+        "ls" => {
+            let dir = text("path").unwrap_or_else(|| ".".into());
+            let dir = dir.trim_end_matches('/').to_string();
+            ctx.workspace
+                .ls(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|name| !name.ends_with('/'))
+                .map(|name| if dir == "." || dir.is_empty() { name } else { format!("{dir}/{name}") })
+                .collect()
+        }
+        "exec" => text("command")
+            .map(|command| shell_words::split(&command).unwrap_or_default().into_iter().skip(1).filter(|w| !w.starts_with('-')).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for path in paths {
+        let path = path.trim_start_matches("./").to_string();
+        if catalog::slug_of_location(&path).is_some() || turn.captured.contains(&path) {
+            continue;
+        }
+        let Some(content) = small_file(ctx.workspace, &path) else { continue };
+        if turn.captured_bytes + content.len() as u64 > MAX_CAPTURED_BYTES_PER_TURN {
+            continue;
+        }
+        turn.captured_bytes += content.len() as u64;
+        turn.captured.insert(path.clone());
+        record(ctx, Event::InputFile { path, content }).await;
+    }
 }
 
 /// One model step; streamed when the sink wants the text as it comes.
@@ -282,11 +538,6 @@ async fn record(ctx: &TurnContext<'_>, event: Event) {
     if let Err(error) = ctx.sink.record(event).await {
         tracing::error!(?error, "could not record a trajectory event");
     }
-}
-
-async fn stop(ctx: &TurnContext<'_>, reason: StopReason, detail: Option<String>) -> TurnOutcome {
-    record(ctx, Event::Stop { reason, detail }).await;
-    TurnOutcome { stop: reason, answer: None }
 }
 
 /// The result of one tool call.
@@ -373,8 +624,17 @@ async fn run_command(ctx: &TurnContext<'_>, command: &str) -> ToolOutput {
             if outcome.output_truncated {
                 text.push_str("[killed: the output passed its size limit]\n");
             }
+            // The exit code first and plainly: a small model reads "exit code 0" as success
+            // more reliably than it infers it from the output.
+            match outcome.exit_code {
+                Some(code) => text.push_str(&format!("exit code {code}\n")),
+                None => text.push_str("killed by a signal\n"),
+            }
             text.push_str(&outcome.stdout);
             text.push_str(&outcome.stderr);
+            if outcome.stdout.is_empty() && outcome.stderr.is_empty() {
+                text.push_str("(no output)");
+            }
             ToolOutput { ok: outcome.succeeded(), exit_code: outcome.exit_code, text, skill_read: None }
         }
     }
@@ -398,7 +658,7 @@ pub fn compaction_split(history: &[ChatMessage]) -> usize {
 
 /// Replaces the older part of `history` with a model-written summary when the context
 /// nears the window.
-async fn compact_if_needed(ctx: &TurnContext<'_>, history: &mut Vec<ChatMessage>) -> Result<(), String> {
+async fn compact_if_needed(ctx: &TurnContext<'_>, history: &mut Vec<ChatMessage>, turn: &mut TurnState) -> Result<(), String> {
     let system_estimate = ctx.config.catalog_budget / 4 + 100;
     if system_estimate + estimate_tokens(history) < ctx.config.context_window * 3 / 4 {
         return Ok(());
@@ -421,7 +681,10 @@ async fn compact_if_needed(ctx: &TurnContext<'_>, history: &mut Vec<ChatMessage>
         ],
         128,
     );
-    let summary = ctx.engine.generate(request).await.map_err(|e| format!("compaction failed: {e}"))?.text().to_string();
+    let generation = ctx.engine.generate(request).await.map_err(|e| format!("compaction failed: {e}"))?;
+    turn.usage.prompt_tokens += generation.usage.prompt_tokens;
+    turn.usage.completion_tokens += generation.usage.completion_tokens;
+    let summary = generation.text().to_string();
     history.splice(..split, [ChatMessage::user(format!("[Summary of earlier steps] {summary}"))]);
     record(ctx, Event::Compaction { replaced_messages: split, summary }).await;
     Ok(())

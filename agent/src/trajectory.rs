@@ -16,6 +16,11 @@ pub enum StopReason {
     TokenBudget,
     Error,
     Cancelled,
+    /// The model called the same tool with the same arguments again after being told
+    /// the result; running it once more would change nothing.
+    RepeatedCalls,
+    /// The model's replies were cut off by the per-step token limit twice in a row.
+    CutOff,
 }
 
 impl StopReason {
@@ -27,6 +32,8 @@ impl StopReason {
             StopReason::TokenBudget => "token_budget",
             StopReason::Error => "error",
             StopReason::Cancelled => "cancelled",
+            StopReason::RepeatedCalls => "repeated_calls",
+            StopReason::CutOff => "cut_off",
         }
     }
 }
@@ -34,15 +41,62 @@ impl StopReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    UserMessage { text: String },
-    ModelCall { prompt_tokens: usize, latency_ms: u64 },
-    ModelOutput { text: String, tool_calls: Vec<ToolCall>, completion_tokens: usize },
-    ToolCall { call_id: String, name: String, arguments: String },
-    ToolResult { call_id: String, name: String, ok: bool, exit_code: Option<i32>, excerpt: String },
-    SkillRead { slug: String, version: String },
-    Compaction { replaced_messages: usize, summary: String },
-    FinalAnswer { text: String },
-    Stop { reason: StopReason, detail: Option<String> },
+    UserMessage {
+        text: String,
+    },
+    ModelCall {
+        prompt_tokens: usize,
+        latency_ms: u64,
+    },
+    ModelOutput {
+        text: String,
+        tool_calls: Vec<ToolCall>,
+        completion_tokens: usize,
+    },
+    ToolCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    ToolResult {
+        call_id: String,
+        name: String,
+        ok: bool,
+        exit_code: Option<i32>,
+        excerpt: String,
+    },
+    SkillRead {
+        slug: String,
+        version: String,
+    },
+    Compaction {
+        replaced_messages: usize,
+        summary: String,
+    },
+    FinalAnswer {
+        text: String,
+    },
+    Stop {
+        reason: StopReason,
+        detail: Option<String>,
+    },
+    /// A model step that was neither a tool call nor an answer (it was cut off at the
+    /// token limit); the model was told and the turn went on.
+    StepRejected {
+        reason: String,
+        text: String,
+    },
+    /// A workspace file as the turn first found it (read, listed, edited or named to a
+    /// command), so that a replay can lay out the same workspace.
+    InputFile {
+        path: String,
+        content: String,
+    },
+    /// A file the turn wrote or edited, as the turn left it.
+    OutputFile {
+        path: String,
+        content: String,
+    },
 }
 
 impl Event {
@@ -58,6 +112,9 @@ impl Event {
             Event::Compaction { .. } => "compaction",
             Event::FinalAnswer { .. } => "final_answer",
             Event::Stop { .. } => "stop",
+            Event::StepRejected { .. } => "step_rejected",
+            Event::InputFile { .. } => "input_file",
+            Event::OutputFile { .. } => "output_file",
         }
     }
 }

@@ -113,6 +113,8 @@ async fn tool_call_result_and_final_answer_are_recorded_in_order() {
         kinds(&events),
         vec![
             "user_message",
+            // The request is about notes: the notes skill's instructions are in the prompt.
+            "skill_read",
             "model_call",
             "model_output",
             "tool_call",
@@ -128,19 +130,25 @@ async fn tool_call_result_and_final_answer_are_recorded_in_order() {
             "tool_result",
             "model_call",
             "model_output",
+            "output_file",
             "final_answer",
             "stop",
         ]
     );
-    assert!(matches!(&events[4], Event::SkillRead { slug, version } if slug == "notes" && version == "1.2.0"));
+    assert!(matches!(&events[1], Event::SkillRead { slug, .. } if slug == "notes"));
+    assert!(matches!(&events[17], Event::OutputFile { path, content } if path == "notes.txt" && content == "milk"));
+    assert_eq!(outcome.steps, 4);
+    assert_eq!(outcome.usage, Usage { prompt_tokens: 400, completion_tokens: 40 });
+    assert!(matches!(&events[5], Event::SkillRead { slug, version } if slug == "notes" && version == "1.2.0"));
     // The refused escape is a tool error the model saw, not a failed turn.
-    let Event::ToolResult { ok, excerpt, .. } = &events[13] else { panic!("tool result expected") };
+    let Event::ToolResult { ok, excerpt, .. } = &events[14] else { panic!("tool result expected") };
     assert!(!ok && excerpt.contains("leaves the workspace"), "{excerpt}");
 
     // The model saw the catalog, the tools and each result.
     let requests = engine.requests.lock().unwrap();
     let Prompt::Messages(first) = &requests[0].prompt else { panic!() };
     assert!(first[0].content.contains("<location>skills/notes/SKILL.md</location>"));
+    assert!(first[0].content.contains("Skill notes applies to this request. Follow its steps:\nAppend to notes.txt."));
     assert_eq!(requests[0].tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["read", "write", "edit", "ls", "exec"]);
     let Prompt::Messages(last) = &requests[3].prompt else { panic!() };
     assert!(last[0].content.contains("notes.txt"), "the workspace listing is refreshed each step");
@@ -151,7 +159,7 @@ async fn tool_call_result_and_final_answer_are_recorded_in_order() {
 async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
     let mut f = fixture();
     f.config.max_steps = 3;
-    let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
+    let engine = ScriptedEngine::new((0..10).map(|i| call("ls", json!({"path": format!("d{i}")}))).collect());
     let (_cancel, cancel_rx) = watch::channel(false);
     let mut ctx =
         TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
@@ -161,7 +169,7 @@ async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
 
     let mut budget = fixture();
     budget.config.token_budget = 200; // each scripted step costs 110 tokens
-    let engine = ScriptedEngine::new((0..10).map(|_| call("ls", json!({"path": "."}))).collect());
+    let engine = ScriptedEngine::new((0..10).map(|i| call("ls", json!({"path": format!("d{i}")}))).collect());
     let (_cancel, cancel_rx) = watch::channel(false);
     let mut ctx = TurnContext {
         engine: &engine,
@@ -173,6 +181,107 @@ async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
     };
     assert_eq!(run_turn(&mut ctx, &mut Vec::new(), "loop").await.stop, StopReason::TokenBudget);
     assert_eq!(engine.requests.lock().unwrap().len(), 2);
+}
+
+/// Runs one turn of `script` on a fresh fixture with `files` in the workspace; returns
+/// the outcome, the events and the requests the engine saw.
+async fn check_turn(
+    files: &[(&str, &str)],
+    request: &str,
+    script: Vec<Choice>,
+) -> (agent::agent_loop::TurnOutcome, Vec<Event>, Vec<GenerationRequest>) {
+    let f = fixture();
+    for (path, content) in files {
+        f.workspace.write(path, content).unwrap();
+    }
+    let engine = ScriptedEngine::new(script);
+    let (_cancel, cancel_rx) = watch::channel(false);
+    let mut ctx =
+        TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run_turn(&mut ctx, &mut Vec::new(), request)).await.expect("the turn ends");
+    let requests = engine.requests.lock().unwrap().clone();
+    (outcome, f.sink.events(), requests)
+}
+
+fn cut_off(text: &str) -> Choice {
+    Choice { text: text.into(), finish_reason: Some(agent::engine::FinishReason::Length), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_tool_call_cut_off_at_the_token_limit_is_not_a_final_answer() {
+    let truncated = format!(r#"{{"tool": "write", "arguments": {{"path": "note.txt", "content": "{}"#, "This is a note. ".repeat(40));
+    let (outcome, events, requests) = check_turn(&[], "Write a note", vec![cut_off(&truncated), answer("Done.")]).await;
+    assert_eq!(outcome.stop, StopReason::FinalAnswer);
+    assert_eq!(outcome.answer.as_deref(), Some("Done."));
+    assert!(events.iter().any(|e| matches!(e, Event::StepRejected { text, .. } if text == &truncated)));
+    assert!(!events.iter().any(|e| matches!(e, Event::FinalAnswer { text } if text == &truncated)));
+    // The model was told, and the broken reply is not in its history.
+    let Prompt::Messages(second) = &requests[1].prompt else { panic!() };
+    assert!(second.last().unwrap().content.contains("cut off"));
+    assert!(!second.iter().any(|m| m.content.contains("This is a note.")));
+
+    // Cut off twice in a row, the turn stops and says why.
+    let (outcome, events, _) = check_turn(&[], "Write a note", vec![cut_off(&truncated), cut_off(&truncated), answer("late")]).await;
+    assert_eq!(outcome.stop, StopReason::CutOff);
+    assert_eq!(outcome.answer, None);
+    assert!(!events.iter().any(|e| e.kind() == "final_answer"));
+}
+
+#[tokio::test]
+async fn a_repeated_call_is_answered_from_memory_then_stopped() {
+    let wc = || call("exec", json!({"command": "wc -l people.csv"}));
+    let read = || call("read", json!({"path": "people.csv"}));
+    // The second identical read is not run again: the model is given the earlier result
+    // and a grammar that only admits an answer.
+    let (outcome, events, requests) =
+        check_turn(&[("people.csv", "name\nann\nbob\n")], "How many people?", vec![read(), read(), answer(r#"{"answer": "2"}"#)]).await;
+    assert_eq!(outcome.stop, StopReason::FinalAnswer);
+    assert_eq!(outcome.answer.as_deref(), Some("2"));
+    assert!(requests[2].tools.is_empty(), "the step after a repeat may only answer");
+    assert!(requests[2].json_schema.as_ref().is_some_and(|s| s["required"][0] == "answer"));
+    let results: Vec<&Event> = events.iter().filter(|e| e.kind() == "tool_result").collect();
+    assert!(
+        matches!(results[1], Event::ToolResult { ok: true, excerpt, .. } if excerpt.contains("You already called read") && excerpt.contains("bob"))
+    );
+
+    // Eight identical commands in a row no longer run until `max_steps`.
+    let (outcome, events, requests) = check_turn(&[("people.csv", "a\n")], "Count", (0..8).map(|_| wc()).collect()).await;
+    assert_eq!(outcome.stop, StopReason::RepeatedCalls);
+    assert!(requests.len() <= 3, "{} steps", requests.len());
+    assert!(matches!(events.last(), Some(Event::Stop { reason: StopReason::RepeatedCalls, .. })));
+}
+
+#[tokio::test]
+async fn files_a_turn_touches_are_recorded_for_replays() {
+    let (_, events, _) = check_turn(
+        &[("data/a.csv", "x,y\n1,2\n"), ("data/b.txt", "hello\n"), ("big.txt", &"z".repeat(20_000))],
+        "Look around",
+        vec![
+            call("ls", json!({"path": "data"})),
+            call("read", json!({"path": "big.txt"})),
+            call("write", json!({"path": "out.md", "content": "# done"})),
+            answer("ok"),
+        ],
+    )
+    .await;
+    let inputs: Vec<(&str, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::InputFile { path, content } => Some((path.as_str(), content.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inputs, vec![("data/a.csv", "x,y\n1,2\n"), ("data/b.txt", "hello\n")], "listed files, not the large one");
+    assert!(events.iter().any(|e| matches!(e, Event::OutputFile { path, content } if path == "out.md" && content == "# done")));
+}
+
+#[tokio::test]
+async fn only_relevant_skills_have_their_instructions_inlined() {
+    let (_, events, requests) = check_turn(&[], "What is the weather?", vec![answer("I cannot tell.")]).await;
+    assert!(!events.iter().any(|e| e.kind() == "skill_read"));
+    let Prompt::Messages(messages) = &requests[0].prompt else { panic!() };
+    assert!(!messages[0].content.contains("Follow its steps"));
+    assert!(messages[0].content.contains("<name>notes</name>"), "the catalog is still shown");
 }
 
 #[tokio::test]

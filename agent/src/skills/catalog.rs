@@ -134,7 +134,8 @@ mod tests {
 
     #[test]
     fn a_tight_budget_drops_the_least_relevant_skills() {
-        let mut entries: Vec<CatalogEntry> = (0..10).map(|i| entry(&format!("a-skill-{i}"), "Formats dates and times for reports.")).collect();
+        let mut entries: Vec<CatalogEntry> =
+            (0..10).map(|i| entry(&format!("a-skill-{i}"), "Formats dates and times for reports.")).collect();
         entries.push(entry("z-csv-inspect", "Inspect a CSV file's columns and row count."));
         let text = render_for(&entries, 400, "How many rows does people.csv have?");
         assert!(text.contains("<name>z-csv-inspect</name>"), "{text}");

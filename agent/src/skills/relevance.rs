@@ -12,10 +12,10 @@ use super::catalog::CatalogEntry;
 
 /// Words that say nothing about which skill fits.
 const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "as", "is", "are", "be", "it", "its", "this",
-    "that", "these", "those", "from", "into", "when", "what", "which", "who", "how", "do", "does", "use", "using", "user", "asks",
-    "about", "please", "can", "you", "your", "me", "my", "i", "we", "our", "all", "any", "each", "there", "then", "than", "so", "if",
-    "not", "no", "yes", "only", "just", "give", "tell", "answer", "file", "files",
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "as", "is", "are", "be", "it", "its", "this", "that",
+    "these", "those", "from", "into", "when", "what", "which", "who", "how", "do", "does", "use", "using", "user", "asks", "about",
+    "please", "can", "you", "your", "me", "my", "i", "we", "our", "all", "any", "each", "there", "then", "than", "so", "if", "not", "no",
+    "yes", "only", "just", "give", "tell", "answer", "file", "files",
 ];
 
 /// The content words of a text: lower-cased, split at anything but letters and digits,
@@ -47,7 +47,9 @@ pub fn scores(entries: &[CatalogEntry], query: &str) -> Vec<f64> {
             *document_frequency.entry(word.as_str()).or_insert(0) += 1;
         }
     }
-    let total = entries.len() as f64;
+    // One more than the number of skills, so that a word in a one-skill catalog still
+    // counts as rare.
+    let total = entries.len() as f64 + 1.0;
     per_entry
         .iter()
         .map(|words| {
