@@ -211,6 +211,44 @@ impl Workspace {
         }
     }
 
+    /// Removes a file (not a directory); empty parent directories stay.
+    pub fn remove(&self, path: &str) -> Result<(), WorkspaceError> {
+        let real = self.resolve(path)?;
+        let metadata = std::fs::symlink_metadata(&real).map_err(|_| WorkspaceError::NotFound(path.to_string()))?;
+        if metadata.is_dir() {
+            return Err(WorkspaceError::IsDirectory(path.to_string()));
+        }
+        std::fs::remove_file(&real).map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))
+    }
+
+    /// Every regular file below the root with its size, as relative paths, sorted; at most
+    /// [`MAX_COUNTED_ENTRIES`] entries are visited.
+    pub fn files(&self) -> Vec<(String, u64)> {
+        let mut files = Vec::new();
+        let mut visited = 0usize;
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                visited += 1;
+                if visited > MAX_COUNTED_ENTRIES {
+                    break;
+                }
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => pending.push(entry.path()),
+                    Ok(t) if t.is_file() => {
+                        if let Ok(relative) = entry.path().strip_prefix(&self.root) {
+                            files.push((relative.to_string_lossy().into_owned(), entry.metadata().map(|m| m.len()).unwrap_or(0)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
     /// Lists a directory, sorted, directories marked with a trailing `/`.
     pub fn ls(&self, path: &str) -> Result<Vec<String>, WorkspaceError> {
         let real = self.resolve(path)?;

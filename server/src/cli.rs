@@ -253,6 +253,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 context_window: engine_window.unwrap_or(8192),
                 exec_sandbox: exec_sandbox(&config),
                 workspace_quota_bytes: config.workspace_quota_mb.saturating_mul(1024 * 1024),
+                max_steps: config.turn_max_steps.max(1),
+                max_wall_time: Duration::from_secs(config.turn_max_seconds.max(1)),
+                seed: config.turn_seed,
+                inline_skills: config.inline_skills,
                 ..Default::default()
             },
         )),

@@ -134,6 +134,23 @@ pub struct ServeConfig {
     #[arg(long, env = "SKILLHIVE_WORKSPACE_QUOTA_MB", default_value_t = 256)]
     pub workspace_quota_mb: u64,
 
+    /// Model steps an agent turn may take at most; a request may ask for fewer.
+    #[arg(long, env = "SKILLHIVE_TURN_MAX_STEPS", default_value_t = 8)]
+    pub turn_max_steps: usize,
+
+    /// Seconds an agent turn may run at most; a request may ask for fewer.
+    #[arg(long, env = "SKILLHIVE_TURN_MAX_SECONDS", default_value_t = 300)]
+    pub turn_max_seconds: u64,
+
+    /// Seeds every agent turn's sampling (a request may name its own seed).
+    #[arg(long, env = "SKILLHIVE_TURN_SEED")]
+    pub turn_seed: Option<u64>,
+
+    /// How many of the skills most relevant to a request have their instructions put
+    /// into the agent's prompt (0: only the catalog).
+    #[arg(long, env = "SKILLHIVE_INLINE_SKILLS", default_value_t = 1)]
+    pub inline_skills: usize,
+
     #[command(flatten)]
     pub evolver: EvolverArgs,
 }

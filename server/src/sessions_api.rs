@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use agent::agent_loop::{run_turn, AgentConfig, TurnContext};
+use agent::agent_loop::{run_turn, AgentConfig, TurnContext, TurnOutcome};
 use agent::engine::ChatMessage;
 use agent::trajectory::{Event, EventSink};
 use agent::workspace::Workspace;
@@ -124,6 +124,65 @@ pub async fn get_session(State(state): State<AppState>, user: AuthUser, Path(id)
 #[derive(Debug, Deserialize)]
 pub struct NewMessage {
     content: String,
+    /// Model steps this turn may take, at most the server's limit.
+    #[serde(default)]
+    max_steps: Option<usize>,
+    /// Seconds this turn may run, at most the server's limit.
+    #[serde(default)]
+    max_seconds: Option<u64>,
+    /// Seeds the turn's sampling, so that the same request on the same workspace and
+    /// model makes the same choices.
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+impl NewMessage {
+    /// The server's agent configuration with this request's limits and seed applied;
+    /// a limit above the server's is refused rather than silently lowered.
+    fn turn_config(&self, server: &AgentConfig) -> Result<AgentConfig, ApiError> {
+        let mut config = server.clone();
+        if let Some(steps) = self.max_steps {
+            if steps == 0 || steps > server.max_steps {
+                return Err(ApiError::bad_request(
+                    format!("max_steps must be 1 to {} on this server", server.max_steps),
+                    "invalid_value",
+                    Some("max_steps"),
+                ));
+            }
+            config.max_steps = steps;
+        }
+        if let Some(seconds) = self.max_seconds {
+            let limit = server.max_wall_time.as_secs();
+            if seconds == 0 || seconds > limit {
+                return Err(ApiError::bad_request(
+                    format!("max_seconds must be 1 to {limit} on this server"),
+                    "invalid_value",
+                    Some("max_seconds"),
+                ));
+            }
+            config.max_wall_time = std::time::Duration::from_secs(seconds);
+        }
+        if self.seed.is_some() {
+            config.seed = self.seed;
+        }
+        Ok(config)
+    }
+}
+
+/// What a turn's reply says: how it ended, its answer, and what it cost.
+fn turn_reply(session_id: &str, outcome: &TurnOutcome, elapsed: std::time::Duration) -> Value {
+    json!({
+        "session_id": session_id,
+        "stop_reason": outcome.stop,
+        "answer": outcome.answer,
+        "steps": outcome.steps,
+        "usage": {
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "total_tokens": outcome.usage.total_tokens(),
+        },
+        "elapsed_ms": elapsed.as_millis() as u64,
+    })
 }
 
 /// Runs one agent turn. Plain requests are answered when the turn ends; with
@@ -141,6 +200,7 @@ pub async fn post_message(
     if body.content.trim().is_empty() {
         return Err(ApiError::bad_request("content must not be empty", "invalid_value", Some("content")));
     }
+    let config = body.turn_config(&state.agent.config)?;
     let session = own_session(&state, &user, &id).await?;
     let streaming = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
     let permit = state.quotas.begin_generation(&user.0.id)?;
@@ -157,16 +217,17 @@ pub async fn post_message(
     let task_state = state.clone();
     let session_id = session.id.clone();
     let forward = streaming.then_some(forward);
+    let started = std::time::Instant::now();
     let turn = tokio::spawn(async move {
         let state = task_state;
-        let result = run_session_turn(&state, &user_id, &session_id, &body.content, cancel_rx, forward).await;
+        let result = run_session_turn(&state, &user_id, &session_id, &body.content, &config, cancel_rx, forward).await;
         state.agent.running().remove(&session_id);
         drop(permit);
         result
     });
     if !streaming {
-        let (stop, answer) = turn.await.map_err(|e| anyhow::anyhow!("the turn task failed: {e}"))??;
-        return Ok(Json(json!({ "session_id": session.id, "stop_reason": stop, "answer": answer })).into_response());
+        let outcome = turn.await.map_err(|e| anyhow::anyhow!("the turn task failed: {e}"))??;
+        return Ok(Json(turn_reply(&session.id, &outcome, started.elapsed())).into_response());
     }
     let session_id = session.id.clone();
     let events = async_stream::stream! {
@@ -175,7 +236,7 @@ pub async fn post_message(
             yield Ok::<SseEvent, Infallible>(SseEvent::default().event(name).data(event.to_string()));
         }
         let done = match turn.await {
-            Ok(Ok((stop, answer))) => json!({ "session_id": session_id, "stop_reason": stop, "answer": answer }),
+            Ok(Ok(outcome)) => turn_reply(&session_id, &outcome, started.elapsed()),
             Ok(Err(error)) => json!({ "session_id": session_id, "error": error.to_string() }),
             Err(error) => json!({ "session_id": session_id, "error": format!("the turn task failed: {error}") }),
         };
@@ -189,14 +250,15 @@ async fn run_session_turn(
     user_id: &str,
     session_id: &str,
     content: &str,
+    config: &AgentConfig,
     cancel: watch::Receiver<bool>,
     forward: Option<mpsc::UnboundedSender<Value>>,
-) -> Result<(agent::trajectory::StopReason, Option<String>), ApiError> {
+) -> Result<TurnOutcome, ApiError> {
     let history_json = state.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
     let workspace = Workspace::open(&state.agent.workspaces.join(user_id))
         .map_err(anyhow::Error::from)?
-        .with_quota(state.agent.config.workspace_quota_bytes);
+        .with_quota(config.workspace_quota_bytes);
     let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = state.skills.viewer(user_id).await?;
@@ -204,11 +266,11 @@ async fn run_session_turn(
     state.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
     let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
     let mut ctx =
-        TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config: &state.agent.config, cancel };
+        TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;
     let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
     state.store.update_session(user_id, session_id, SessionStatus::Idle, Some(&history_json)).await?;
-    Ok((outcome.stop, outcome.answer))
+    Ok(outcome)
 }
 
 pub async fn cancel_turn(
