@@ -26,7 +26,7 @@ use axum::http::HeaderMap;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::proxy::{inject_catalog, ProxyRecorder};
+use crate::proxy::{inject_catalog, CatalogMode, ProxyRecorder};
 use crate::store::CompletionRecord;
 use crate::AppState;
 
@@ -395,13 +395,17 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
+    let catalog = CatalogMode::from_headers(&headers)?;
     let mut parsed = parse_request(&state, &body)?;
     let permit = state.quotas.begin_generation(&user.0.id)?;
-    // Proxy mode: the exchange joins the caller's trajectory, and the model sees the
-    // skills the caller may use.
-    let recorder = ProxyRecorder::open(&state, &user.0.id, &headers).await?;
-    if let Prompt::Messages(messages) = &mut parsed.generation.prompt {
-        recorder.record_request(messages).await?;
+    // Proxy mode: the exchange joins the caller's trajectory, and a model that may call
+    // tools sees the skills the caller may use (see `proxy` for the rules).
+    let offers_tools = parsed.generation.offers_tools();
+    let Prompt::Messages(messages) = &mut parsed.generation.prompt else {
+        return Err(ApiError::Internal(anyhow::anyhow!("a chat request without messages")));
+    };
+    let recorder = ProxyRecorder::open(&state, &user.0.id, &headers, messages).await?;
+    if catalog == CatalogMode::Auto && offers_tools {
         let viewer = state.skills.viewer(&user.0.id).await?;
         let entries = agent::agent_loop::SkillSource::catalog(state.skills.agent_skills(&viewer).await?.as_ref());
         inject_catalog(messages, &entries, state.agent.config.catalog_budget);
@@ -468,6 +472,7 @@ async fn stream_completion(
 ) -> Result<Response, ApiError> {
     let include_usage = parsed.include_usage;
     let n = parsed.generation.n;
+    let session_id = recorder.session_id.clone();
     // Errors before the first token (a bad schema, an unreachable backend) still get a
     // proper status code; only later errors have to travel inside the stream.
     let mut events = state.engine.generate_stream(parsed.generation).await?;
@@ -499,6 +504,8 @@ async fn stream_completion(
         }
         let mut usage = agent::engine::Usage::default();
         let mut outcome = "ok".to_string();
+        // A stream that failed part-way delivered no complete reply: none is recorded.
+        let mut failed = false;
         // The first choice as it was streamed, for the trajectory.
         let mut streamed_text = String::new();
         let mut streamed_calls: Vec<ToolCall> = Vec::new();
@@ -529,6 +536,7 @@ async fn stream_completion(
                 Err(error) => {
                     tracing::error!(%error, "stream failed");
                     outcome = format!("error: {error}");
+                    failed = true;
                     crate::error::error_body("the stream failed on the server", "server_error", "internal_error", None)
                 }
             };
@@ -538,15 +546,23 @@ async fn stream_completion(
         drop(permit);
         record(&state, &record_id, &record_model, true, usage, started, outcome).await;
         let latency = started.elapsed().as_millis() as u64;
-        if let Err(error) = recorder
-            .record_response(usage.prompt_tokens, latency, &streamed_text, &streamed_calls, usage.completion_tokens)
-            .await
-        {
-            tracing::error!(?error, "could not record a streamed exchange");
+        // A client that leaves mid-stream drops this stream, so nothing below its last
+        // yield runs: an interrupted reply is never recorded either.
+        if !failed {
+            if let Err(error) = recorder
+                .record_response(usage.prompt_tokens, latency, &streamed_text, &streamed_calls, usage.completion_tokens)
+                .await
+            {
+                tracing::error!(?error, "could not record a streamed exchange");
+            }
         }
         yield Ok(Event::default().data("[DONE]"));
     };
-    Ok(Sse::new(sse).keep_alive(KeepAlive::default()).into_response())
+    let mut response = Sse::new(sse).keep_alive(KeepAlive::default()).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&session_id) {
+        response.headers_mut().insert("x-session-id", value);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -599,6 +615,18 @@ mod app_tests {
     struct ScriptedEngine {
         info: ModelInfo,
         seen: Mutex<Vec<GenerationRequest>>,
+        /// How many of the next requests fail: a plain one at once, a streamed one after
+        /// its first piece of text.
+        failures: Mutex<usize>,
+    }
+
+    impl ScriptedEngine {
+        fn take_failure(&self) -> bool {
+            let mut failures = self.failures.lock().unwrap();
+            let fail = *failures > 0;
+            *failures = failures.saturating_sub(1);
+            fail
+        }
     }
 
     fn call() -> ToolCall {
@@ -613,6 +641,9 @@ mod app_tests {
         async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
             let with_tools = request.offers_tools();
             self.seen.lock().unwrap().push(request);
+            if self.take_failure() {
+                return Err(EngineError::Backend("scripted failure".into()));
+            }
             let choice = if with_tools {
                 Choice { tool_calls: vec![call()], finish_reason: Some(FinishReason::ToolCalls), ..Default::default() }
             } else {
@@ -624,6 +655,11 @@ mod app_tests {
             let with_tools = request.offers_tools();
             self.seen.lock().unwrap().push(request);
             let mut events = vec![];
+            if self.take_failure() {
+                events.push(Ok(StreamEvent::Delta { index: 0, text: "Hel".into(), logprobs: vec![] }));
+                events.push(Err(EngineError::Backend("scripted failure".into())));
+                return Ok(Box::pin(futures::stream::iter(events)));
+            }
             if with_tools {
                 events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: vec![call()] }));
                 events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::ToolCalls }));
@@ -643,7 +679,15 @@ mod app_tests {
     const TOKEN_USER: &str = "tester";
 
     async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
-        let (state, engine, store, dir) = scripted_state().await;
+        fixture_with(Default::default()).await
+    }
+
+    /// The fixture with the agent configured as `config` says (the catalog budget).
+    async fn fixture_with(
+        config: agent::agent_loop::AgentConfig,
+    ) -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
+        let (mut state, engine, store, dir) = scripted_state().await;
+        state.agent = Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), config));
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)
     }
@@ -654,6 +698,7 @@ mod app_tests {
         let engine = Arc::new(ScriptedEngine {
             info: ModelInfo { id: "scripted".into(), context_window: Some(2048), backend: "mistralrs" },
             seen: Mutex::new(Vec::new()),
+            failures: Mutex::new(0),
         });
         let state = AppState {
             engine: engine.clone(),
@@ -831,7 +876,8 @@ mod app_tests {
         assert_eq!(trajectory["events"][4]["payload"]["name"], "read");
         assert_eq!(trajectory["events"][4]["payload"]["excerpt"], "file body");
 
-        // Without an id, requests close together share one session, apart from ext-1.
+        // Without an id, a repeated request is a retry and joins the session of the first,
+        // apart from ext-1.
         let plain = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
         let (_, a) = send(&router, &token, None, plain.clone()).await;
         let (_, b) = send(&router, &token, None, plain.clone()).await;
@@ -934,5 +980,293 @@ mod app_tests {
         let agent::engine::Prompt::Messages(messages) = seen.prompt else { panic!("chat prompt expected") };
         assert_eq!(messages[1].tool_calls[0].id, "call_1");
         assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+    }
+
+    /// Sends a completion request with extra headers; the status, the session the reply
+    /// names and the body (JSON, or the raw text of a stream as a JSON string).
+    async fn send_with(router: &axum::Router, token: &str, headers: &[(&str, &str)], body: Value) -> (StatusCode, Option<String>, Value) {
+        let mut request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let status = response.status();
+        let session = response.headers().get("x-session-id").map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        (status, session, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// The recorded events of a session.
+    async fn events(router: &axum::Router, token: &str, session: &str) -> Vec<Value> {
+        get_json(router, token, &format!("/api/sessions/{session}/trajectory")).await["events"].as_array().unwrap().clone()
+    }
+
+    fn kinds(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+    }
+
+    fn user_texts(events: &[Value]) -> Vec<&str> {
+        events.iter().filter(|e| e["kind"] == "user_message").map(|e| e["payload"]["text"].as_str().unwrap()).collect()
+    }
+
+    async fn session_count(router: &axum::Router, token: &str) -> usize {
+        get_json(router, token, "/api/sessions").await["sessions"].as_array().unwrap().len()
+    }
+
+    fn read_tool() -> Value {
+        json!([{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}])
+    }
+
+    /// The assistant message that the scripted engine's tool call comes back as, with the
+    /// call id as the client rewrote it.
+    fn called(id: &str) -> Value {
+        json!({"role": "assistant", "content": null,
+               "tool_calls": [{"id": id, "type": "function", "function": {"name": "read", "arguments": "{\"path\": \"a.txt\"}"}}]})
+    }
+
+    #[tokio::test]
+    async fn concurrent_conversations_land_in_their_own_sessions_in_order() {
+        let (router, _engine, _store, _dir, token) = fixture().await;
+        // Conversation A is an agent reading a file; conversation B is a plain chat. Their
+        // requests arrive at the same time, without session ids.
+        let a1 = json!({"model": "scripted", "tools": read_tool(), "messages": [{"role": "user", "content": "read a"}]});
+        let b1 = json!({"model": "scripted", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]});
+        let ((_, a_first, _), (_, b_first, _)) = tokio::join!(send_with(&router, &token, &[], a1), send_with(&router, &token, &[], b1));
+        let a2 = json!({"model": "scripted", "tools": read_tool(), "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read a "}]}, called("call_1"),
+            {"role": "tool", "tool_call_id": "call_1", "content": "file body"}
+        ]});
+        // The client sends the reply back with other whitespace: still the same reply.
+        let b2 = json!({"model": "scripted", "stream": true, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello there\n"}, {"role": "user", "content": "and now?"}
+        ]});
+        let ((a_status, a_second, _), (b_status, b_second, _)) =
+            tokio::join!(send_with(&router, &token, &[], a2), send_with(&router, &token, &[], b2));
+        assert_eq!((a_status, b_status), (StatusCode::OK, StatusCode::OK));
+        assert_eq!(a_first, a_second, "a follow-up extends its conversation's session");
+        assert_eq!(b_first, b_second, "a follow-up extends its conversation's session");
+        assert_ne!(a_first, b_first, "two conversations, two sessions");
+        assert_eq!(session_count(&router, &token).await, 2);
+
+        let a = events(&router, &token, &a_first.unwrap()).await;
+        assert_eq!(
+            kinds(&a),
+            ["user_message", "model_call", "model_output", "tool_call", "tool_result", "model_call", "model_output", "tool_call"]
+        );
+        assert_eq!(a[4]["payload"]["excerpt"], "file body");
+        let b = events(&router, &token, &b_first.unwrap()).await;
+        assert_eq!(
+            kinds(&b),
+            ["user_message", "model_call", "model_output", "final_answer", "user_message", "model_call", "model_output", "final_answer"]
+        );
+        assert_eq!(user_texts(&b), ["hi", "and now?"]);
+    }
+
+    #[tokio::test]
+    async fn unrelated_calls_each_start_a_session() {
+        let (router, _engine, _store, _dir, token) = fixture().await;
+        let mut sessions = std::collections::BTreeSet::new();
+        for i in 0..14 {
+            let body = json!({"model": "scripted", "messages": [
+                {"role": "system", "content": "You are a helpful model."}, {"role": "user", "content": format!("question {i}")}
+            ]});
+            let (status, session, _) = send_with(&router, &token, &[], body).await;
+            assert_eq!(status, StatusCode::OK);
+            sessions.insert(session.unwrap());
+        }
+        assert_eq!(sessions.len(), 14);
+        assert_eq!(session_count(&router, &token).await, 14);
+        for session in &sessions {
+            let events = events(&router, &token, session).await;
+            assert_eq!(kinds(&events), ["user_message", "model_call", "model_output", "final_answer"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_records_nothing_new() {
+        let (router, engine, _store, _dir, token) = fixture().await;
+        let body = json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+        let (_, first, _) = send_with(&router, &token, &[], body.clone()).await;
+        let session = first.clone().unwrap();
+        let before = events(&router, &token, &session).await;
+        for stream in [false, true, false] {
+            let mut retry = body.clone();
+            retry["stream"] = json!(stream);
+            let (status, again, _) = send_with(&router, &token, &[], retry).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(again, first, "a retry belongs to the session of the first try");
+        }
+        assert_eq!(events(&router, &token, &session).await, before, "the retries recorded nothing");
+        assert_eq!(session_count(&router, &token).await, 1);
+
+        // A request that failed and is tried again records its message once and the reply
+        // of the try that succeeded.
+        *engine.failures.lock().unwrap() = 1;
+        let tools_body = json!({"model": "scripted", "tools": read_tool(), "messages": [{"role": "user", "content": "read b"}]});
+        let (status, failed, _) = send_with(&router, &token, &[], tools_body.clone()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let (status, retried, _) = send_with(&router, &token, &[], tools_body).await;
+        assert_eq!(status, StatusCode::OK);
+        // The failed reply carries no session header; the session is the one of the retry.
+        assert!(failed.is_none());
+        let events = events(&router, &token, &retried.unwrap()).await;
+        assert_eq!(kinds(&events), ["user_message", "model_call", "model_output", "tool_call"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_records_no_answer() {
+        let (router, engine, _store, _dir, token) = fixture().await;
+        // A stream that fails after its first piece of text.
+        *engine.failures.lock().unwrap() = 1;
+        let body = json!({"model": "scripted", "stream": true, "messages": [{"role": "user", "content": "tell me"}]});
+        let (status, session, stream) = send_with(&router, &token, &[], body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(stream.as_str().unwrap().contains("server_error"), "{stream}");
+        let recorded = events(&router, &token, &session.unwrap()).await;
+        assert_eq!(kinds(&recorded), ["user_message"], "no empty answer, no final answer");
+
+        // A plain request the engine fails.
+        *engine.failures.lock().unwrap() = 1;
+        let body = json!({"model": "scripted", "messages": [{"role": "user", "content": "tell me more"}]});
+        let (status, _, error) = send_with(&router, &token, &[], body).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error["error"]["code"], "internal_error");
+
+        // A client that leaves before the stream is read to its end.
+        let request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(json!({"model": "scripted", "stream": true, "messages": [{"role": "user", "content": "bye"}]}).to_string()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let left = response.headers().get("x-session-id").map(|v| v.to_str().unwrap().to_string());
+        drop(response);
+
+        let sessions = get_json(&router, &token, "/api/sessions").await;
+        for session in sessions["sessions"].as_array().unwrap() {
+            let recorded = events(&router, &token, session["id"].as_str().unwrap()).await;
+            assert!(
+                recorded.iter().all(|e| e["kind"] != "final_answer" && e["kind"] != "model_output"),
+                "a failed request recorded an answer: {recorded:?}"
+            );
+        }
+        assert!(left.is_some());
+    }
+
+    #[tokio::test]
+    async fn rewritten_call_ids_link_to_the_recorded_call() {
+        let (router, _engine, _store, _dir, token) = fixture().await;
+        let first = json!({"model": "scripted", "tools": read_tool(), "messages": [{"role": "user", "content": "read a"}]});
+        let (_, session, _) = send_with(&router, &token, &[], first).await;
+        // OpenClaw sends `call_1` back as `call1`.
+        let second = json!({"model": "scripted", "tools": read_tool(), "messages": [
+            {"role": "user", "content": "read a"}, called("call1"),
+            {"role": "tool", "tool_call_id": "call1", "content": "file body"}
+        ]});
+        let (_, again, _) = send_with(&router, &token, &[], second).await;
+        assert_eq!(again, session);
+        let recorded = events(&router, &token, session.as_deref().unwrap()).await;
+        let result = recorded.iter().find(|e| e["kind"] == "tool_result").unwrap();
+        let call = recorded.iter().find(|e| e["kind"] == "tool_call").unwrap();
+        assert_eq!(result["payload"]["call_id"], "call_1");
+        assert_eq!(result["payload"]["call_id"], call["payload"]["call_id"]);
+        assert_eq!(result["payload"]["name"], "read");
+
+        // An id that matches nothing links by position: the first result answers the
+        // first call of the reply it follows.
+        let third = json!({"model": "scripted", "tools": read_tool(), "messages": [
+            {"role": "user", "content": "read a"}, called("call1"),
+            {"role": "tool", "tool_call_id": "call1", "content": "file body"},
+            called("tool-use-7"), {"role": "tool", "tool_call_id": "unknown", "content": "second body"}
+        ]});
+        let (_, third_session, _) = send_with(&router, &token, &[], third).await;
+        assert_eq!(third_session, session);
+        let recorded = events(&router, &token, session.as_deref().unwrap()).await;
+        let results: Vec<&Value> = recorded.iter().filter(|e| e["kind"] == "tool_result").collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[1]["payload"]["call_id"], "call_1");
+        assert_eq!(results[1]["payload"]["name"], "read");
+        assert_eq!(results[1]["payload"]["excerpt"], "second body");
+    }
+
+    /// The system prompt the engine saw for request `index`.
+    fn system_prompt(engine: &ScriptedEngine, index: usize) -> String {
+        let seen = engine.seen.lock().unwrap()[index].clone();
+        let agent::engine::Prompt::Messages(messages) = seen.prompt else { panic!("chat prompt expected") };
+        messages.iter().filter(|m| m.role() == agent::engine::Role::System).map(|m| m.content.clone()).collect()
+    }
+
+    /// Publishes the starter skills and `extra` more as shared skills.
+    async fn publish_skills(store: &SqliteStore, dir: &std::path::Path, extra: Vec<(String, String)>) {
+        let repo = crate::skills_api::SkillRepo::sqlite(store, dir.join("blobs"));
+        let mut skills = crate::skill_store::starter_skills();
+        for (slug, description) in extra {
+            let mut files = agent::skills::bundle::Files::new();
+            files.insert("SKILL.md".into(), format!("---\nname: {slug}\ndescription: {description}\n---\nSteps.\n").into_bytes());
+            skills.push((slug, files));
+        }
+        crate::skill_store::load_starter_skills(repo.store.as_ref(), skills).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_catalog_goes_only_to_requests_with_tools() {
+        let (router, engine, store, dir, token) = fixture().await;
+        publish_skills(&store, dir.path(), vec![]).await;
+        let plain = json!({"model": "scripted", "messages": [{"role": "user", "content": "List the files in data/."}]});
+        let (status, _, _) = send_with(&router, &token, &[], plain).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!system_prompt(&engine, 0).contains("<available_skills>"), "a plain chat request gets no catalog");
+
+        let with_tools =
+            json!({"model": "scripted", "tools": read_tool(), "messages": [{"role": "user", "content": "List the files in data/."}]});
+        send_with(&router, &token, &[], with_tools.clone()).await;
+        let prompt = system_prompt(&engine, 1);
+        assert!(prompt.contains("<available_skills>") && prompt.contains("<name>workspace-files</name>"), "{prompt}");
+
+        for off in ["off", "false", "0", "OFF"] {
+            let (status, _, _) = send_with(&router, &token, &[("x-skillhive-catalog", off)], with_tools.clone()).await;
+            assert_eq!(status, StatusCode::OK);
+            let seen = engine.seen.lock().unwrap().len();
+            assert!(!system_prompt(&engine, seen - 1).contains("<available_skills>"), "turned off by {off}");
+        }
+        let (status, _, _) = send_with(&router, &token, &[("x-skillhive-catalog", "on")], with_tools.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = engine.seen.lock().unwrap().len();
+        assert!(system_prompt(&engine, seen - 1).contains("<available_skills>"));
+
+        let (status, _, error) = send_with(&router, &token, &[("x-skillhive-catalog", "sometimes")], with_tools).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(error["error"]["code"], "invalid_value");
+        assert!(error["error"]["message"].as_str().unwrap().contains("X-Skillhive-Catalog"), "{error}");
+        assert_eq!(engine.seen.lock().unwrap().len(), seen, "a refused request reaches no engine");
+    }
+
+    #[tokio::test]
+    async fn a_tight_catalog_keeps_the_skills_relevant_to_the_request() {
+        let config = agent::agent_loop::AgentConfig { catalog_budget: 1_000, ..Default::default() };
+        let (router, engine, store, dir, token) = fixture_with(config).await;
+        // 61 skills whose names sort before the starter skills and that share no word with
+        // the request, and the 5 starter skills: 66.
+        let unrelated =
+            (0..61).map(|i| (format!("a-calendar-{i:02}"), "Formats calendar dates for quarterly reports and invoices.".to_string()));
+        publish_skills(&store, dir.path(), unrelated.collect()).await;
+        let request = "Inspect the csv columns, find where a phrase appears, write a shell script, summarize the long log \
+                       and organize the workspace.";
+        let body = json!({"model": "scripted", "tools": read_tool(), "messages": [
+            {"role": "system", "content": "You are an agent."}, {"role": "user", "content": request}
+        ]});
+        let (status, _, _) = send_with(&router, &token, &[], body).await;
+        assert_eq!(status, StatusCode::OK);
+        let prompt = system_prompt(&engine, 0);
+        let catalog = &prompt[prompt.find("<available_skills>").expect("a catalog")..];
+        assert!(catalog.len() <= 1_000, "{catalog}");
+        for slug in ["csv-inspect", "search-text", "shell-script-safely", "summarize-long-file", "workspace-files"] {
+            assert!(catalog.contains(&format!("<name>{slug}</name>")), "{slug} missing from {catalog}");
+        }
+        assert!(catalog.matches("<skill>").count() < 10, "the budget dropped most skills: {catalog}");
     }
 }

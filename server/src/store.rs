@@ -84,6 +84,45 @@ pub struct StoredEvent {
     pub created_at: String,
 }
 
+/// A state of a proxied conversation, as proxy mode records it to group requests by
+/// conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationState {
+    /// The messages of a request.
+    Request,
+    /// The messages of a request followed by the reply to it: what a request that
+    /// continues the conversation begins with.
+    Reply,
+}
+
+impl ConversationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationState::Request => "request",
+            ConversationState::Reply => "reply",
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "request" => Ok(ConversationState::Request),
+            "reply" => Ok(ConversationState::Reply),
+            other => anyhow::bail!("unknown conversation state `{other}`"),
+        }
+    }
+}
+
+/// A recorded conversation state whose fingerprint a request asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationMatch {
+    pub session_id: String,
+    pub fingerprint: String,
+    pub state: ConversationState,
+}
+
+/// Fingerprints asked about in one query; SQLite bounds the parameters of a statement.
+const FINGERPRINTS_PER_QUERY: usize = 500;
+
 /// Why a user could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateUserError {
@@ -104,10 +143,33 @@ pub trait Store: Send + Sync {
     // Every session query below filters by the owner: another user's session is absent.
     async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session>;
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>>;
-    /// The session a proxied exchange belongs to: the one named by the client's id, else
-    /// the user's latest id-less proxy session if it was active within `idle_secs`, else a
-    /// new one.
-    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str, idle_secs: i64) -> anyhow::Result<Session>;
+    /// A proxy session: the one named by the client's id (created on its first use), or,
+    /// without an id, a new one.
+    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str) -> anyhow::Result<Session>;
+    /// The recorded states of proxied conversations whose fingerprint is among
+    /// `fingerprints`, newest first: in `session` when given, else in the user's proxy
+    /// sessions that have no client id.
+    async fn find_conversation_states(
+        &self,
+        user_id: &str,
+        session: Option<&str>,
+        fingerprints: &[String],
+    ) -> anyhow::Result<Vec<ConversationMatch>>;
+    /// Records a state of a proxied conversation in a session; recording it again changes
+    /// nothing.
+    async fn add_conversation_state(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        state: ConversationState,
+        fingerprint: &str,
+    ) -> anyhow::Result<()>;
+    /// Marks the request state `fingerprint` of a session as answered. True when this call
+    /// did; false when it was answered before (or is not recorded), so that of a request and
+    /// its retries exactly one records its reply.
+    async fn claim_reply(&self, user_id: &str, session_id: &str, fingerprint: &str) -> anyhow::Result<bool>;
+    /// The newest event of `kind` in a session.
+    async fn last_event(&self, user_id: &str, session_id: &str, kind: &str) -> anyhow::Result<Option<StoredEvent>>;
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>>;
     async fn session_history(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>>;
     async fn update_session(&self, user_id: &str, session_id: &str, status: SessionStatus, history: Option<&str>) -> anyhow::Result<()>;
@@ -310,58 +372,127 @@ impl Store for SqliteStore {
         self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("session vanished after insert"))
     }
 
-    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str, idle_secs: i64) -> anyhow::Result<Session> {
-        let existing: Option<(String,)> = match external_id {
+    async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str) -> anyhow::Result<Session> {
+        if let Some(external) = external_id {
+            let existing: Option<(String,)> = sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
+                .bind(user_id)
+                .bind(external)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some((id,)) = existing {
+                return self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("proxy session vanished"));
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let title = external_id.map(|e| format!("proxy {e}")).unwrap_or_else(|| "proxy".into());
+        // Two first requests with the same client id may race; the unique index lets one
+        // insert win and the other find it.
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, title, model, source, external_id) VALUES (?, ?, ?, ?, 'proxy', ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(user_id)
+        .bind(&title)
+        .bind(model)
+        .bind(external_id)
+        .execute(&self.pool)
+        .await?;
+        let id = match external_id {
             Some(external) => {
-                sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
+                let (id,): (String,) = sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
                     .bind(user_id)
                     .bind(external)
-                    .fetch_optional(&self.pool)
-                    .await?
+                    .fetch_one(&self.pool)
+                    .await?;
+                id
             }
-            None => {
-                sqlx::query_as(
-                    "SELECT id FROM sessions WHERE user_id = ? AND source = 'proxy' AND external_id IS NULL
-                     AND updated_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) ORDER BY updated_at DESC LIMIT 1",
-                )
-                .bind(user_id)
-                .bind(format!("-{idle_secs} seconds"))
-                .fetch_optional(&self.pool)
-                .await?
-            }
-        };
-        let id = match existing {
-            Some((id,)) => id,
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                let title = external_id.map(|e| format!("proxy {e}")).unwrap_or_else(|| "proxy".into());
-                // Two first requests with the same client id may race; the unique index
-                // lets one insert win and the other find it.
-                sqlx::query(
-                    "INSERT INTO sessions (id, user_id, title, model, source, external_id) VALUES (?, ?, ?, ?, 'proxy', ?)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&id)
-                .bind(user_id)
-                .bind(&title)
-                .bind(model)
-                .bind(external_id)
-                .execute(&self.pool)
-                .await?;
-                match external_id {
-                    Some(external) => {
-                        let (id,): (String,) = sqlx::query_as("SELECT id FROM sessions WHERE user_id = ? AND external_id = ?")
-                            .bind(user_id)
-                            .bind(external)
-                            .fetch_one(&self.pool)
-                            .await?;
-                        id
-                    }
-                    None => id,
-                }
-            }
+            None => id,
         };
         self.get_session(user_id, &id).await?.ok_or_else(|| anyhow::anyhow!("proxy session vanished"))
+    }
+
+    async fn find_conversation_states(
+        &self,
+        user_id: &str,
+        session: Option<&str>,
+        fingerprints: &[String],
+    ) -> anyhow::Result<Vec<ConversationMatch>> {
+        let mut found: Vec<(i64, ConversationMatch)> = Vec::new();
+        for chunk in fingerprints.chunks(FINGERPRINTS_PER_QUERY) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = match session {
+                Some(_) => format!(
+                    "SELECT c.rowid, c.session_id, c.fingerprint, c.kind FROM proxy_conversations c
+                     WHERE c.user_id = ? AND c.session_id = ? AND c.fingerprint IN ({placeholders})"
+                ),
+                None => format!(
+                    "SELECT c.rowid, c.session_id, c.fingerprint, c.kind FROM proxy_conversations c
+                     JOIN sessions s ON s.id = c.session_id
+                     WHERE c.user_id = ? AND s.source = 'proxy' AND s.external_id IS NULL AND c.fingerprint IN ({placeholders})"
+                ),
+            };
+            let mut query = sqlx::query_as::<_, (i64, String, String, String)>(&sql).bind(user_id);
+            if let Some(session) = session {
+                query = query.bind(session);
+            }
+            for fingerprint in chunk {
+                query = query.bind(fingerprint);
+            }
+            for (rowid, session_id, fingerprint, kind) in query.fetch_all(&self.pool).await? {
+                found.push((rowid, ConversationMatch { session_id, fingerprint, state: ConversationState::parse(&kind)? }));
+            }
+        }
+        found.sort_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
+        Ok(found.into_iter().map(|(_, m)| m).collect())
+    }
+
+    async fn add_conversation_state(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        state: ConversationState,
+        fingerprint: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO proxy_conversations (session_id, user_id, fingerprint, kind)
+             SELECT id, user_id, ?, ? FROM sessions WHERE id = ? AND user_id = ?
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(fingerprint)
+        .bind(state.as_str())
+        .bind(session_id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_reply(&self, user_id: &str, session_id: &str, fingerprint: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE proxy_conversations SET answered = 1
+             WHERE user_id = ? AND session_id = ? AND kind = ? AND fingerprint = ? AND answered = 0",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .bind(ConversationState::Request.as_str())
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn last_event(&self, user_id: &str, session_id: &str, kind: &str) -> anyhow::Result<Option<StoredEvent>> {
+        let row: Option<EventRow> = sqlx::query_as(
+            "SELECT id, session_id, seq, kind, payload, created_at FROM events
+             WHERE user_id = ? AND session_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(StoredEvent::try_from).transpose()
     }
 
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>> {
@@ -530,6 +661,37 @@ mod tests {
         // Reopening runs the migrations again, which must be a no-op that keeps the data.
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(reopened.completion_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn conversation_states_stay_in_their_scope_and_are_answered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let alice = store.create_user("alice", false).await.unwrap();
+        let bob = store.create_user("bob", false).await.unwrap();
+        let named = store.proxy_session(&alice.id, Some("ext"), "m").await.unwrap();
+        let plain = store.proxy_session(&alice.id, None, "m").await.unwrap();
+        assert_ne!(store.proxy_session(&alice.id, None, "m").await.unwrap().id, plain.id, "no id, a new session");
+        assert_eq!(store.proxy_session(&alice.id, Some("ext"), "m").await.unwrap().id, named.id);
+        for session in [&named, &plain] {
+            store.add_conversation_state(&alice.id, &session.id, ConversationState::Request, "f1").await.unwrap();
+        }
+        store.add_conversation_state(&alice.id, &named.id, ConversationState::Reply, "f2").await.unwrap();
+        // Another user's session id records nothing.
+        store.add_conversation_state(&bob.id, &plain.id, ConversationState::Reply, "f2").await.unwrap();
+        let wanted = ["f1".to_string(), "f2".to_string()];
+        let without_id = store.find_conversation_states(&alice.id, None, &wanted).await.unwrap();
+        assert_eq!(
+            without_id,
+            [ConversationMatch { session_id: plain.id.clone(), fingerprint: "f1".into(), state: ConversationState::Request }]
+        );
+        let in_named = store.find_conversation_states(&alice.id, Some(&named.id), &wanted).await.unwrap();
+        assert_eq!(in_named.len(), 2);
+        assert_eq!(in_named[0].state, ConversationState::Reply, "newest first");
+        assert!(store.find_conversation_states(&bob.id, None, &wanted).await.unwrap().is_empty());
+        assert!(store.claim_reply(&alice.id, &plain.id, "f1").await.unwrap());
+        assert!(!store.claim_reply(&alice.id, &plain.id, "f1").await.unwrap(), "answered once");
+        assert!(store.claim_reply(&alice.id, &named.id, "f1").await.unwrap(), "per session");
     }
 
     #[tokio::test]
