@@ -30,19 +30,23 @@ impl Group<'_> {
         self.members.iter().map(|m| m.user_id.as_str()).collect::<BTreeSet<_>>().len()
     }
 
-    /// Score averaged with older evidence weighing less (`weight = 0.5^(age / half_life)`).
-    pub fn weighted_success(&self, now: i64, half_life_days: f64) -> f64 {
+    /// Distinct users among the sessions this server observed: claimed (imported)
+    /// sessions cannot make a pattern.
+    pub fn distinct_observed_users(&self) -> usize {
+        self.members.iter().filter(|m| m.observed).map(|m| m.user_id.as_str()).collect::<BTreeSet<_>>().len()
+    }
+
+    /// Score of the observed sessions with a known verdict, averaged with older evidence
+    /// weighing less (`weight = 0.5^(age / half_life)`); `None` when no verdict is known.
+    pub fn weighted_success(&self, now: i64, half_life_days: f64) -> Option<f64> {
         let (mut sum, mut weights) = (0.0, 0.0);
-        for member in &self.members {
+        for member in self.members.iter().filter(|m| m.observed) {
+            let Some(score) = member.known_score() else { continue };
             let w = decay_weight(now, member.updated_at, half_life_days);
-            sum += w * member.score;
+            sum += w * score;
             weights += w;
         }
-        if weights > 0.0 {
-            sum / weights
-        } else {
-            0.0
-        }
+        (weights > 0.0).then(|| sum / weights)
     }
 }
 
@@ -136,6 +140,10 @@ mod tests {
             skills_read: skills.iter().map(|s| (s.to_string(), "1.0.0".to_string())).collect(),
             score,
             score_source: "signals".into(),
+            verdict: if score >= 1.0 { crate::store::Verdict::Success } else { crate::store::Verdict::Failure },
+            observed: true,
+            summary_discarded: None,
+            replay: Default::default(),
         }
     }
 
@@ -163,7 +171,7 @@ mod tests {
         let summaries = vec![record("a", "x", &["s"], 0.0, 0), record("b", "y", &["s"], 1.0, 14 * day)];
         let groups = group(&summaries);
         // At day 14 with a 14-day half-life the old failure weighs 0.5, the new success 1.
-        let success = groups[0].weighted_success(14 * day, 14.0);
+        let success = groups[0].weighted_success(14 * day, 14.0).unwrap();
         assert!((success - 2.0 / 3.0).abs() < 1e-9, "{success}");
     }
 }

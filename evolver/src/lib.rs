@@ -10,4 +10,7 @@ pub mod store;
 pub mod testing;
 
 pub use pipeline::{Evolver, EvolverConfig, RunError};
-pub use store::{CandidateRecord, EvolverStore, RunReport, SessionSummary, SessionTrace, SkillText, StepReport, SummaryRecord};
+pub use store::{
+    CandidateRecord, DecisionReport, EvolverStore, ReplayCase, RunReport, SessionSummary, SessionTrace, SkillText, StepReport,
+    SummaryRecord, Verdict,
+};

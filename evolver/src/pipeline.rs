@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use agent::agent_loop::{run_turn, AgentConfig, StaticSkills, TurnContext};
 use agent::engine::{ChatMessage, Engine, GenerationRequest};
-use agent::exec::ExecPolicy;
+use agent::exec::{ExecPolicy, Sandbox};
 use agent::skills::catalog::CatalogEntry;
 use agent::skills::format::parse_skill_md;
 use agent::trajectory::{Event, MemorySink, StopReason};
@@ -21,7 +21,9 @@ use agent::workspace::Workspace;
 use crate::group::{group, Group, GroupKey};
 use crate::redact::Redactor;
 use crate::safety;
-use crate::store::{CandidateRecord, EvolverStore, RunReport, SessionSummary, SessionTrace, StepReport, SummaryRecord};
+use crate::store::{
+    CandidateRecord, DecisionReport, EvolverStore, ReplayCase, RunReport, SessionSummary, SessionTrace, StepReport, SummaryRecord, Verdict,
+};
 
 #[derive(Debug, Clone)]
 pub struct EvolverConfig {
@@ -33,8 +35,8 @@ pub struct EvolverConfig {
     pub window_days: f64,
     /// A skill whose sessions succeed at least this often (weighted) is left alone.
     pub good_enough: f64,
-    /// A candidate passes the replay when its mean score is at least the current
-    /// version's minus this.
+    /// A candidate passes the replay only when its mean score beats the current
+    /// version's (or no skill's) by more than this; a tie is no evidence.
     pub ab_threshold: f64,
     /// Held-out goals replayed per candidate, each with both versions.
     pub replay_goals: usize,
@@ -52,6 +54,10 @@ pub struct EvolverConfig {
     /// Characters of a redacted trajectory shown to the engine.
     pub transcript_chars: usize,
     pub lease_ttl: Duration,
+    /// What replayed commands may run and where: the server passes its own sandbox, so
+    /// a replay is contained exactly as a user's turn is.
+    pub replay_exec_policy: ExecPolicy,
+    pub replay_sandbox: Sandbox,
 }
 
 impl Default for EvolverConfig {
@@ -71,6 +77,8 @@ impl Default for EvolverConfig {
             seed: 7,
             transcript_chars: 1200,
             lease_ttl: Duration::from_secs(3600),
+            replay_exec_policy: ExecPolicy::default(),
+            replay_sandbox: Sandbox::default(),
         }
     }
 }
@@ -106,7 +114,20 @@ impl Step {
     }
 }
 
-const SUMMARY_SCHEMA_HINT: &str = "Reply with JSON, for example {\"goal\": \"count the lines of data.csv\", \"outcome\": \"success\", \"helped\": \"running wc -l\", \"went_wrong\": \"nothing\", \"turning_point\": \"the command printed the count\"}. outcome is success, partial, failure or unknown.";
+/// The summarizer's instructions. No example values: a small model copies an example
+/// instead of reading the session (every summary of two runs was once the example).
+pub const SUMMARY_PROMPT: &str = "You summarize an agent session for a skill library. Reply with JSON: goal is what the user wanted, \
+     outcome is success, partial, failure or unknown, helped is what worked, went_wrong is what failed, turning_point is the step \
+     that decided the outcome. Use only facts from the session.";
+const IMPROVE_PROMPT: &str = "You maintain a library of agent skills. Given a skill and evidence from sessions that used it, \
+     choose: improve (instructions to add), rewrite_description (when to use it), or skip when the evidence is weak. \
+     Reply with JSON: action, name, description, instructions, rationale.";
+const CREATE_PROMPT: &str = "You maintain a library of agent skills. Sessions by several users share this goal and read no skill. \
+     Choose create (a new skill: name, description saying when to use it, step-by-step instructions) or skip. \
+     Reply with JSON: action, name, description, instructions, rationale.";
+/// Share of a model-written text's word sequences that may come from the evolver's own
+/// prompts before the text counts as an echo of them.
+pub const MAX_PROMPT_ECHO: f64 = 0.3;
 
 /// The least a candidate's description and instructions must say, in words.
 pub const MIN_DESCRIPTION_WORDS: usize = 5;
@@ -192,54 +213,300 @@ pub fn transcript(trace: &SessionTrace, max_chars: usize) -> (String, String, BT
     (text, request, counts)
 }
 
-/// Scores a session: the user's feedback first, then verifiable signals (stop reason,
-/// failed tools), then the engine's judgement for the rest.
-pub fn score(trace: &SessionTrace, judged_outcome: &str) -> (f64, &'static str) {
+/// Judges a session. Only what can be verified makes a success: the rating of the user who
+/// ran it here. A failure signal (no answer, a limit hit) or the engine's "failure" makes
+/// a failure; the engine can never make a success. A session nobody rated is `Unknown`,
+/// and so is every imported session: its events and ratings are only claimed.
+pub fn judge(trace: &SessionTrace, judged_outcome: &str) -> (Verdict, &'static str) {
+    if !trace.observed {
+        return (Verdict::Unknown, "claimed");
+    }
     if let Some(last) = trace.feedback.last() {
-        return (if last == "up" { 1.0 } else { 0.0 }, "feedback");
+        return (if last == "up" { Verdict::Success } else { Verdict::Failure }, "feedback");
     }
     let stop = trace.events.iter().rev().find_map(|e| match e {
         Event::Stop { reason, .. } => Some(*reason),
         _ => None,
     });
-    let failed_tools = trace.events.iter().filter(|e| matches!(e, Event::ToolResult { ok: false, .. })).count();
     if !matches!(stop, Some(StopReason::FinalAnswer) | None) {
-        return (0.0, "signals");
+        return (Verdict::Failure, "signals");
     }
-    if failed_tools > 0 {
-        return (0.3, "signals");
-    }
-    let judged = match judged_outcome {
-        "success" => 1.0,
-        "partial" => 0.5,
-        "failure" => 0.0,
-        _ => 0.5,
-    };
-    (judged, "judge")
-}
-
-/// Scores a replayed turn with the verifiable signals only, the same way for both sides.
-fn replay_score(events: &[Event]) -> f64 {
-    let answered = events.iter().any(|e| matches!(e, Event::Stop { reason: StopReason::FinalAnswer, .. }));
-    let failed = events.iter().filter(|e| matches!(e, Event::ToolResult { ok: false, .. })).count();
-    match (answered, failed) {
-        (true, 0) => 1.0,
-        (true, _) => 0.5,
-        (false, _) => 0.0,
+    match judged_outcome {
+        "failure" => (Verdict::Failure, "judge"),
+        "partial" => (Verdict::Partial, "judge"),
+        _ => (Verdict::Unknown, "unverified"),
     }
 }
 
-/// Builds a full `SKILL.md` from a decision, keeping what the action does not change.
-fn candidate_skill_md(action: &str, slug: &str, decision: &Decision, current: Option<&str>) -> String {
-    let current = current.and_then(|text| parse_skill_md("SKILL.md", None, text).ok());
-    let body = match (action, &current) {
-        ("rewrite_description", Some(skill)) => skill.body.clone(),
-        _ => decision.instructions.clone(),
+/// File names in a text: a word, a dot and a short extension.
+fn file_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '"' | '\'' | '`' | ':'))
+        .map(|w| w.trim_end_matches(['.', '!', '?']))
+        .filter(|w| {
+            w.rsplit_once('.').is_some_and(|(stem, ext)| {
+                !stem.is_empty()
+                    && (1..=5).contains(&ext.len())
+                    && ext.chars().all(|c| c.is_ascii_alphanumeric())
+                    && !ext.chars().all(|c| c.is_ascii_digit())
+            })
+        })
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Runs of `n` words, lower-cased.
+fn word_runs(text: &str, n: usize) -> Vec<String> {
+    let words: Vec<String> =
+        text.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()).filter(|w| !w.is_empty()).collect();
+    words.windows(n).map(|w| w.join(" ")).collect()
+}
+
+/// Share of `text`'s four-word runs that also occur in `source`.
+pub fn echo_share(text: &str, source: &str) -> f64 {
+    let runs = word_runs(text, 4);
+    if runs.is_empty() {
+        return 0.0;
+    }
+    let known: BTreeSet<String> = word_runs(source, 4).into_iter().collect();
+    runs.iter().filter(|r| known.contains(*r)).count() as f64 / runs.len() as f64
+}
+
+/// Checks a summary against its session: a summary that names a file the session never
+/// mentions, or that repeats the summarizer's own instructions, is about something else.
+pub fn check_summary(summary: &SessionSummary, transcript: &str) -> Result<(), String> {
+    let text = format!("{} {} {} {}", summary.goal, summary.helped, summary.went_wrong, summary.turning_point);
+    let seen = file_names(transcript);
+    if let Some(name) = file_names(&text).into_iter().find(|name| !seen.contains(name)) {
+        return Err(format!("it names {name}, which the session never mentions"));
+    }
+    if echo_share(&text, SUMMARY_PROMPT) > MAX_PROMPT_ECHO {
+        return Err("it repeats the summarizer's instructions".into());
+    }
+    Ok(())
+}
+
+/// What a replay of a session needs, from its events: the files it found, its answer,
+/// the files it wrote and the tool calls that worked.
+pub fn replay_case(events: &[Event]) -> ReplayCase {
+    let mut case = ReplayCase::default();
+    let mut calls: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for event in events {
+        match event {
+            Event::InputFile { path, content } => {
+                case.inputs.entry(path.clone()).or_insert_with(|| content.clone());
+            }
+            Event::OutputFile { path, content } => {
+                case.outputs.insert(path.clone(), content.clone());
+            }
+            Event::FinalAnswer { text } => case.answer = Some(text.clone()),
+            Event::ToolCall { call_id, name, arguments } => {
+                calls.insert(call_id.clone(), (name.clone(), arguments.clone()));
+            }
+            Event::ToolResult { call_id, ok: true, excerpt, .. } => {
+                if let Some((name, arguments)) = calls.get(call_id) {
+                    let reads_skill = name == "read" && arguments.contains("SKILL.md");
+                    let repeat = excerpt.starts_with("You already called");
+                    if !reads_skill && !repeat {
+                        case.procedure.push((name.clone(), arguments.clone()));
+                        case.last_result = excerpt.clone();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    case
+}
+
+/// Numbers in a text, as written.
+fn numbers(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .map(|w| w.trim_matches(|c| c == '.' || c == '-'))
+        .filter(|w| !w.is_empty() && w.chars().any(|c| c.is_ascii_digit()) && w.parse::<f64>().is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a session can be checked by a replay: it did some work and left something
+/// checkable (numbers in its answer, or files it wrote).
+pub fn verifiable(case: &ReplayCase) -> bool {
+    !case.procedure.is_empty() && (case.answer.as_deref().is_some_and(|a| !numbers(a).is_empty()) || !case.outputs.is_empty())
+}
+
+/// Scores one replay against the session it repeats: 1.0 when it answered, gave every
+/// number the session's answer gave, and left every file the session wrote with the same
+/// content; 0.0 otherwise, and always 0.0 for an arm that did no work (no tool call that
+/// worked), however right its answer looks.
+pub fn replay_passes(reference: &ReplayCase, events: &[Event], workspace: &Workspace) -> bool {
+    let replayed = replay_case(events);
+    if replayed.procedure.is_empty() {
+        return false;
+    }
+    let Some(answer) = &replayed.answer else { return false };
+    let expected = reference.answer.as_deref().map(numbers).unwrap_or_default();
+    let given = numbers(answer);
+    if !expected.iter().all(|n| given.iter().any(|g| g.parse::<f64>().ok() == n.parse::<f64>().ok())) {
+        return false;
+    }
+    let normalize = |text: &str| text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n").trim_end().to_string();
+    reference.outputs.iter().all(|(path, content)| workspace.read(path).is_ok_and(|found| normalize(&found) == normalize(content)))
+}
+
+/// One step of a mined procedure, with the session's own file names and words replaced
+/// by placeholders so that it fits other requests of the kind.
+fn generalize(name: &str, arguments: &str, case: &ReplayCase, request: &str) -> String {
+    let value: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
+    let request_words: BTreeSet<String> =
+        request.split(|c: char| !c.is_alphanumeric() && c != '.' && c != '_' && c != '-').map(str::to_lowercase).collect();
+    let is_file = |word: &str| case.inputs.contains_key(word) || case.outputs.contains_key(word) || !file_names(word).is_empty();
+    let placeholder = |word: &str| -> String {
+        if is_file(word) {
+            "FILE".into()
+        } else if !word.starts_with('-') && request_words.contains(&word.to_lowercase()) && word.chars().any(char::is_alphabetic) {
+            "WORD".into()
+        } else {
+            word.to_string()
+        }
     };
-    let description = &decision.description;
-    let description = description.replace(['\n', '\r'], " ");
-    let quoted = serde_json::to_string(description.trim()).unwrap_or_default();
-    format!("---\nname: {slug}\ndescription: {quoted}\n---\n{}\n", body.trim())
+    match name {
+        "exec" => {
+            let command = value.get("command").and_then(Value::as_str).unwrap_or_default();
+            let words: Vec<String> = shell_words::split(command).unwrap_or_default().iter().map(|w| placeholder(w)).collect();
+            format!("Run `{}` with exec.", words.join(" "))
+        }
+        "read" => "Read FILE with read.".into(),
+        "ls" => "List the files with ls.".into(),
+        "write" => "Write the result to FILE with write.".into(),
+        "edit" => "Change the one line that needs changing in FILE with edit (old text, new text).".into(),
+        other => format!("Use {other}."),
+    }
+}
+
+/// How the answer relates to the last result, in words, when the numbers say.
+fn answer_step(case: &ReplayCase) -> String {
+    let answer = case.answer.as_deref().unwrap_or_default();
+    // The runtime puts the exit code first; it is not what the command printed.
+    let printed = match case.last_result.split_once('\n') {
+        Some((first, rest)) if first.starts_with("exit code") => rest,
+        _ => case.last_result.as_str(),
+    };
+    let parse = |n: &String| n.parse::<f64>().ok();
+    let (Some(a), Some(r)) = (numbers(answer).first().and_then(parse), numbers(printed).first().and_then(parse)) else {
+        return if case.outputs.is_empty() { "Answer with what the result shows.".into() } else { "Then say which file you wrote.".into() };
+    };
+    if a == r {
+        "Answer with the number it prints.".into()
+    } else if a == r - 1.0 {
+        "Answer with the number it prints minus one.".into()
+    } else if a == r + 1.0 {
+        "Answer with the number it prints plus one.".into()
+    } else {
+        "Answer with the number the result shows.".into()
+    }
+}
+
+/// The procedure most of the sessions that worked followed, as numbered steps, with how
+/// many sessions followed it; `None` when none worked.
+pub fn mine_procedure(successes: &[&SummaryRecord]) -> Option<(Vec<String>, usize)> {
+    let mut counts: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for record in successes {
+        let case = &record.replay;
+        if case.procedure.is_empty() {
+            continue;
+        }
+        let mut steps: Vec<String> = Vec::new();
+        for (name, arguments) in &case.procedure {
+            let step = generalize(name, arguments, case, &record.request);
+            if steps.last() != Some(&step) {
+                steps.push(step);
+            }
+        }
+        steps.push(answer_step(case));
+        *counts.entry(steps).or_insert(0) += 1;
+    }
+    counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.len().cmp(&a.0.len())))
+}
+
+fn numbered(steps: &[String]) -> String {
+    steps.iter().enumerate().map(|(i, step)| format!("{}. {step}", i + 1)).collect::<Vec<_>>().join("\n")
+}
+
+/// The words most of a group's requests share, most common first.
+fn common_words(members: &[&SummaryRecord]) -> Vec<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for member in members {
+        for word in agent::skills::relevance::terms(&member.request) {
+            *counts.entry(word).or_insert(0) += 1;
+        }
+    }
+    let mut ranked: Vec<(String, usize)> = counts.into_iter().filter(|(w, n)| *n * 2 >= members.len() && !w.contains('.')).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().map(|(w, _)| w).take(5).collect()
+}
+
+/// A new skill from the procedure that worked: named and described by the words its
+/// requests share, never by any one user's request.
+fn mined_skill(slug: &str, words: &[String], steps: &[String], sessions: usize) -> String {
+    let about = match words {
+        [] => "this kind of task".to_string(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    };
+    let description = format!("Steps that worked for requests about {about}. Use when a request asks about {about}.");
+    format!(
+        "---\nname: {slug}\ndescription: {}\n---\n# {about}\n\nSteps that finished this kind of request in {sessions} sessions:\n\n{}\n",
+        serde_json::to_string(&description).unwrap_or_default(),
+        numbered(steps)
+    )
+}
+
+/// Heading of the section an improvement adds to a skill.
+const LEARNED_HEADING: &str = "## What worked for other users";
+
+/// An improvement: the current `SKILL.md` kept whole, with the new instructions added as
+/// a section at its end. Nothing is removed or rewritten, frontmatter included.
+fn appended(current: &str, instructions: &str) -> String {
+    format!("{}\n\n{LEARNED_HEADING}\n\n{}\n", current.trim_end(), instructions.trim())
+}
+
+/// The current `SKILL.md` with only its description replaced, every other frontmatter
+/// field and the body kept.
+fn with_description(current: &str, description: &str) -> Option<String> {
+    let rest = current.strip_prefix("---\n")?;
+    let (frontmatter, body) = rest.split_once("\n---")?;
+    let mut fields: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(frontmatter).ok()?;
+    fields.insert("description".into(), description.replace(['\n', '\r'], " ").trim().into());
+    let frontmatter = serde_yaml_ng::to_string(&fields).ok()?;
+    Some(format!("---\n{}---{body}", frontmatter))
+}
+
+/// What an improvement of `old` into `new` dropped: frontmatter fields that changed or
+/// vanished (the description may change when that is the action) and body lines that
+/// are gone. Empty when nothing was lost.
+pub fn dropped_content(old: &str, new: &str, description_may_change: bool) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (parse_skill_md("SKILL.md", None, old), parse_skill_md("SKILL.md", None, new)) else {
+        return vec!["the skill no longer parses".into()];
+    };
+    let mut lost = Vec::new();
+    let mut check = |field: &str, same: bool| {
+        if !same {
+            lost.push(format!("frontmatter field `{field}`"));
+        }
+    };
+    check("name", old.name == new.name);
+    check("description", description_may_change || old.description == new.description);
+    check("license", old.license == new.license);
+    check("compatibility", old.compatibility == new.compatibility);
+    check("metadata", old.metadata == new.metadata);
+    check("allowed-tools", old.allowed_tools == new.allowed_tools);
+    check("other fields", old.extra == new.extra);
+    let kept: BTreeSet<&str> = new.body.lines().map(str::trim).collect();
+    for line in old.body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !kept.contains(line) {
+            lost.push(format!("the line \"{}\"", line.chars().take(60).collect::<String>()));
+        }
+    }
+    lost
 }
 
 fn slugify(text: &str) -> String {
@@ -297,7 +564,7 @@ impl Evolver {
     }
 
     async fn run_steps(&self, run_id: &str, report: &mut RunReport) -> anyhow::Result<()> {
-        // 1. Summarize and score each new session, once.
+        // 1. Summarize and judge each new session, once.
         let mut step = Step::new("summarize");
         let traces = self.store.unsummarized_sessions(self.config.max_new_sessions).await?;
         let mut new_sessions = BTreeSet::new();
@@ -306,17 +573,15 @@ impl Evolver {
             for (kind, n) in counts {
                 *report.redactions.entry(kind).or_insert(0) += n;
             }
-            let reply = self
-                .ask(
-                    &mut step,
-                    &format!("You summarize an agent session for a skill library. {SUMMARY_SCHEMA_HINT}"),
-                    text,
-                    summary_schema(),
-                    200,
-                )
-                .await?;
-            let summary: SessionSummary = serde_json::from_value(reply).unwrap_or_default();
-            let (score, source) = score(trace, &summary.outcome);
+            let reply = self.ask(&mut step, SUMMARY_PROMPT, text.clone(), summary_schema(), 200).await?;
+            let mut summary: SessionSummary = serde_json::from_value(reply).unwrap_or_default();
+            // A summary about something else is dropped; the request itself stays the goal.
+            let summary_discarded = check_summary(&summary, &text).err();
+            if summary_discarded.is_some() {
+                report.summaries_discarded += 1;
+                summary = SessionSummary { goal: request.clone(), outcome: "unknown".into(), ..Default::default() };
+            }
+            let (verdict, source) = judge(trace, &summary.outcome);
             let skills_read = trace
                 .events
                 .iter()
@@ -345,8 +610,12 @@ impl Evolver {
                     request,
                     summary,
                     skills_read,
-                    score,
+                    score: verdict.score().unwrap_or(0.5),
                     score_source: source.to_string(),
+                    verdict,
+                    observed: trace.observed,
+                    summary_discarded,
+                    replay: replay_case(&trace.events),
                 })
                 .await?;
             new_sessions.insert(trace.session_id.clone());
@@ -356,7 +625,8 @@ impl Evolver {
         report.steps.push(step.end());
         self.store.update_run(run_id, "running", report).await?;
 
-        // 2. Group every recent summary; only patterns with new evidence are decided.
+        // 2. Group every recent summary; only patterns with new evidence are decided, and
+        // only sessions this server observed make a pattern.
         let mut step = Step::new("group");
         let now = Self::now();
         let summaries = self.store.summaries_since(now - (self.config.window_days * 86_400.0) as i64).await?;
@@ -364,7 +634,7 @@ impl Evolver {
         report.groups = groups.len();
         let patterns: Vec<&Group<'_>> = groups
             .iter()
-            .filter(|g| g.distinct_users() >= self.config.min_distinct_users)
+            .filter(|g| g.distinct_observed_users() >= self.config.min_distinct_users)
             .filter(|g| g.members.iter().any(|m| new_sessions.contains(&m.session_id)))
             .collect();
         report.patterns = patterns.len();
@@ -376,8 +646,20 @@ impl Evolver {
         let mut step = Step::new("decide");
         let mut candidates = Vec::new();
         for pattern in patterns {
-            if let Some(candidate) = self.decide(&mut step, run_id, pattern, now).await? {
-                candidates.push(candidate);
+            let name = match &pattern.key {
+                GroupKey::Skill(slug) => format!("skill {slug}"),
+                GroupKey::Topic(topic) => format!("topic {topic}"),
+            };
+            match self.decide(&mut step, run_id, pattern, now).await? {
+                Ok(candidate) => {
+                    report.decisions.push(DecisionReport {
+                        pattern: name,
+                        action: candidate.0.action.clone(),
+                        reason: format!("written by {}", candidate.0.writer),
+                    });
+                    candidates.push(candidate);
+                }
+                Err(reason) => report.decisions.push(DecisionReport { pattern: name, action: "skip".into(), reason }),
             }
             step.report.items += 1;
         }
@@ -417,15 +699,16 @@ impl Evolver {
         Ok(())
     }
 
-    /// Asks the engine what to do about one pattern. Returns the candidate with the
-    /// held-out goals for its replay and the identities it must not contain.
+    /// Decides what to do about one pattern: the candidate with the sessions its replay
+    /// repeats and the identities it must not contain, or why there is none.
+    #[allow(clippy::type_complexity)]
     async fn decide(
         &self,
         step: &mut Step,
         run_id: &str,
         pattern: &Group<'_>,
         now: i64,
-    ) -> anyhow::Result<Option<(CandidateRecord, Vec<String>, Vec<String>)>> {
+    ) -> anyhow::Result<Result<(CandidateRecord, Vec<SummaryRecord>, Vec<String>), String>> {
         let success = pattern.weighted_success(now, self.config.half_life_days);
         let current = match &pattern.key {
             GroupKey::Skill(slug) => self.store.shared_skill(slug).await?,
@@ -433,83 +716,132 @@ impl Evolver {
         };
         // A private or group skill is not the evolver's to change.
         if matches!(pattern.key, GroupKey::Skill(_)) && current.is_none() {
-            return Ok(None);
+            return Ok(Err("not a shared skill".into()));
         }
+        let Some(success) = success else {
+            return Ok(Err("no observed session has a verified outcome".into()));
+        };
         // Evidence that the skill works is a reason to leave it alone, without asking.
         if current.is_some() && success >= self.config.good_enough {
-            return Ok(None);
+            return Ok(Err(format!("it works: {success:.2} of verified sessions succeeded")));
         }
-        // The older half of the evidence writes the candidate; the newer half is held out
-        // for the replay, so a candidate is never judged on the sessions it was fitted to.
-        let mut members = pattern.members.clone();
+        // The older half of the observed evidence writes the candidate; the newer half is
+        // held out for the replay, so a candidate is never judged on the sessions it was
+        // fitted to. Only verified successes that did checkable work can be replayed.
+        let mut members: Vec<&SummaryRecord> = pattern.members.iter().copied().filter(|m| m.observed).collect();
         members.sort_by_key(|m| (m.updated_at, m.session_id.clone()));
         let split = members.len().div_ceil(2);
         let (writing, held_out) = members.split_at(split);
-        let mut evidence = String::new();
-        for m in writing {
-            evidence.push_str(&format!(
-                "- goal: {}; outcome: {} (score {:.1}); helped: {}; went wrong: {}\n",
-                m.summary.goal, m.summary.outcome, m.score, m.summary.helped, m.summary.went_wrong
-            ));
+        let replayable: Vec<SummaryRecord> = held_out
+            .iter()
+            .filter(|m| m.verdict == Verdict::Success && verifiable(&m.replay))
+            .take(self.config.replay_goals)
+            .map(|m| (*m).clone())
+            .collect();
+        if replayable.is_empty() {
+            return Ok(Err("no held-out session succeeded verifiably, so no replay could show an advantage".into()));
         }
-        let (system, prompt) = match &current {
-            Some(skill) => (
-                "You maintain a library of agent skills. Given a skill and evidence from sessions that used it, \
-                 choose: improve (new instructions), rewrite_description (when to use it), or skip when the evidence is weak. \
-                 Reply with JSON: action, name, description, instructions, rationale.",
-                format!("Skill {} (success {:.2}):\n{}\nEvidence:\n{evidence}", skill.slug, success, skill.skill_md),
-            ),
-            None => (
-                "You maintain a library of agent skills. Sessions by several users share this goal and read no skill. \
-                 Choose create (a new skill: name, description saying when to use it, step-by-step instructions) or skip. \
-                 Reply with JSON: action, name, description, instructions, rationale.",
-                format!("Success so far {success:.2}. Evidence:\n{evidence}"),
-            ),
-        };
-        let reply = self.ask(step, system, prompt, decision_schema(), 320).await?;
-        let Ok(decision) = serde_json::from_value::<Decision>(reply) else { return Ok(None) };
-        let action = decision.action.as_str();
-        let allowed = match &current {
-            Some(_) => matches!(action, "improve" | "rewrite_description"),
-            None => action == "create",
-        };
-        if !allowed {
-            return Ok(None);
-        }
-        let slug = match &current {
-            Some(skill) => skill.slug.clone(),
-            None => slugify(&decision.name),
-        };
-        // A new skill may not take the name of an existing one.
-        if current.is_none() && (slug.is_empty() || self.store.shared_skill(&slug).await?.is_some()) {
-            return Ok(None);
-        }
-        let skill_md = candidate_skill_md(action, &slug, &decision, current.as_ref().map(|s| s.skill_md.as_str()));
+        let successes: Vec<&SummaryRecord> = writing.iter().copied().filter(|m| m.verdict == Verdict::Success).collect();
         let identities: Vec<String> = pattern.members.iter().map(|m| m.user_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let candidate = CandidateRecord {
+        let evidence_sessions: Vec<String> = members.iter().map(|m| m.session_id.clone()).collect();
+        let distinct_users = pattern.distinct_observed_users();
+        let candidate = |slug: String, action: &str, skill_md: String, rationale: String, writer: &str| CandidateRecord {
             id: uuid::Uuid::new_v4().to_string(),
             run_id: run_id.to_string(),
             slug,
             action: action.to_string(),
             base_version: current.as_ref().map(|s| s.version.clone()),
             skill_md,
-            rationale: decision.rationale,
-            evidence_sessions: pattern.members.iter().map(|m| m.session_id.clone()).collect(),
-            distinct_users: pattern.distinct_users(),
+            rationale,
+            evidence_sessions: evidence_sessions.clone(),
+            distinct_users,
             status: "candidate".into(),
             verdict: Value::Null,
             published_version: None,
+            writer: writer.to_string(),
         };
-        let goals = held_out.iter().map(|m| m.request.clone()).filter(|g| !g.trim().is_empty()).take(self.config.replay_goals).collect();
-        Ok(Some((candidate, goals, identities)))
+
+        // First choice: the steps that worked, taken from the sessions themselves.
+        if let Some((steps, sessions)) = mine_procedure(&successes) {
+            let rationale = format!("{sessions} of {} verified successes followed these steps", successes.len());
+            return Ok(Ok(match &current {
+                Some(skill) => {
+                    let text = numbered(&steps);
+                    if skill.skill_md.contains(&text) {
+                        return Ok(Err("the skill already says what worked".into()));
+                    }
+                    (candidate(skill.slug.clone(), "improve", appended(&skill.skill_md, &text), rationale, "mined"), replayable, identities)
+                }
+                None => {
+                    let words = common_words(&members);
+                    let slug = slugify(&words.iter().take(3).cloned().collect::<Vec<_>>().join(" "));
+                    if slug.is_empty() || self.store.shared_skill(&slug).await?.is_some() {
+                        return Ok(Err(format!("the name `{slug}` is empty or taken")));
+                    }
+                    (
+                        candidate(slug.clone(), "create", mined_skill(&slug, &words, &steps, sessions), rationale, "mined"),
+                        replayable,
+                        identities,
+                    )
+                }
+            }));
+        }
+
+        // Else the engine writes one from the summaries of the writing half.
+        let mut evidence = String::new();
+        for m in writing {
+            evidence.push_str(&format!(
+                "- goal: {}; verdict: {:?}; helped: {}; went wrong: {}\n",
+                m.summary.goal, m.verdict, m.summary.helped, m.summary.went_wrong
+            ));
+        }
+        let (system, prompt) = match &current {
+            Some(skill) => {
+                (IMPROVE_PROMPT, format!("Skill {} (success {:.2}):\n{}\nEvidence:\n{evidence}", skill.slug, success, skill.skill_md))
+            }
+            None => (CREATE_PROMPT, format!("Success so far {success:.2}. Evidence:\n{evidence}")),
+        };
+        let reply = self.ask(step, system, prompt.clone(), decision_schema(), 320).await?;
+        let Ok(decision) = serde_json::from_value::<Decision>(reply) else { return Ok(Err("the engine's reply did not parse".into())) };
+        let action = decision.action.as_str();
+        let allowed = match &current {
+            Some(_) => matches!(action, "improve" | "rewrite_description"),
+            None => action == "create",
+        };
+        if !allowed {
+            return Ok(Err(format!("the engine chose `{action}`")));
+        }
+        // Text that is mostly the evolver's own instructions or evidence is no skill.
+        let written = format!("{} {}", decision.description, decision.instructions);
+        let echo = echo_share(&written, &format!("{system}\n{prompt}"));
+        if echo > MAX_PROMPT_ECHO {
+            return Ok(Err(format!("the engine's text repeats its prompt ({:.0} % of it)", echo * 100.0)));
+        }
+        let (slug, skill_md) = match (&current, action) {
+            (Some(skill), "rewrite_description") => match with_description(&skill.skill_md, &decision.description) {
+                Some(text) => (skill.slug.clone(), text),
+                None => return Ok(Err("the skill's frontmatter could not be rewritten".into())),
+            },
+            (Some(skill), _) => (skill.slug.clone(), appended(&skill.skill_md, &decision.instructions)),
+            (None, _) => {
+                let slug = slugify(&decision.name);
+                if slug.is_empty() || self.store.shared_skill(&slug).await?.is_some() {
+                    return Ok(Err(format!("the name `{slug}` is empty or taken")));
+                }
+                let description = serde_json::to_string(decision.description.replace(['\n', '\r'], " ").trim()).unwrap_or_default();
+                (slug.clone(), format!("---\nname: {slug}\ndescription: {description}\n---\n{}\n", decision.instructions.trim()))
+            }
+        };
+        Ok(Ok((candidate(slug, action, skill_md, decision.rationale, "model"), replayable, identities)))
     }
 
-    /// The gate: format, safety, then the A/B replay. Returns the verdict with numbers.
+    /// The gate: format, nothing dropped, safety, then the A/B replay. Returns the
+    /// verdict with numbers.
     async fn gate(
         &self,
         step: &mut Step,
         candidate: &CandidateRecord,
-        held_out: &[String],
+        held_out: &[SummaryRecord],
         identities: &[String],
     ) -> anyhow::Result<Value> {
         let manifest = match parse_skill_md(&format!("{}/SKILL.md", candidate.slug), Some(&candidate.slug), &candidate.skill_md) {
@@ -530,6 +862,16 @@ impl Evolver {
                 ),
             }));
         }
+        let baseline = match &candidate.base_version {
+            Some(version) => self.store.shared_skill_version(&candidate.slug, version).await?,
+            None => None,
+        };
+        if let Some(old) = &baseline {
+            let lost = dropped_content(old, &candidate.skill_md, candidate.action == "rewrite_description");
+            if !lost.is_empty() {
+                return Ok(json!({ "accepted": false, "failed": "drops_content", "format": "ok", "dropped": lost }));
+            }
+        }
         let identity_refs: Vec<&str> = identities.iter().map(String::as_str).collect();
         let findings = safety::scan(&candidate.skill_md, &identity_refs);
         if !findings.is_empty() {
@@ -537,27 +879,20 @@ impl Evolver {
         }
         if held_out.is_empty() {
             return Ok(
-                json!({ "accepted": false, "failed": "replay", "format": "ok", "safety": [], "replay": "no held-out goal to replay" }),
+                json!({ "accepted": false, "failed": "replay", "format": "ok", "safety": [], "replay": "no held-out session to replay" }),
             );
         }
-        let baseline = match &candidate.base_version {
-            Some(version) => self.store.shared_skill_version(&candidate.slug, version).await?,
-            None => None,
-        };
         let mut scores = (Vec::new(), Vec::new());
-        for (i, goal) in held_out.iter().enumerate() {
+        for (i, case) in held_out.iter().enumerate() {
             let seed = self.config.seed.wrapping_add(i as u64 * 1000);
-            scores.0.push(self.replay(step, &candidate.slug, baseline.as_deref(), goal, seed).await?);
-            scores.1.push(self.replay(step, &candidate.slug, Some(&candidate.skill_md), goal, seed).await?);
+            scores.0.push(self.replay(step, &candidate.slug, baseline.as_deref(), case, seed).await?);
+            scores.1.push(self.replay(step, &candidate.slug, Some(&candidate.skill_md), case, seed).await?);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (base, cand) = (mean(&scores.0), mean(&scores.1));
-        // An improvement must not do worse than the version it replaces. A new skill has
-        // nothing to replace, so it must do better than no skill: a tie says nothing.
-        let accepted = match candidate.base_version {
-            Some(_) => cand >= base - self.config.ab_threshold,
-            None => cand > base,
-        };
+        // A candidate must do verifiably better than what it replaces (or than no skill):
+        // a tie says nothing, and publishing without evidence is how junk spreads.
+        let accepted = cand > base + self.config.ab_threshold;
         Ok(json!({
             "accepted": accepted,
             "failed": if accepted { Value::Null } else { json!("replay") },
@@ -575,11 +910,16 @@ impl Evolver {
         }))
     }
 
-    /// Replays one goal in a scratch workspace with `skill_md` as the only skill (none
-    /// for the baseline of a new skill), commands denied, and scores the result.
-    async fn replay(&self, step: &mut Step, slug: &str, skill_md: Option<&str>, goal: &str, seed: u64) -> anyhow::Result<f64> {
+    /// Replays one held-out session's request in a scratch workspace laid out with the
+    /// files that session found, with `skill_md` as the only skill (none for the baseline
+    /// of a new skill), and checks the result against what the session verifiably did.
+    async fn replay(&self, step: &mut Step, slug: &str, skill_md: Option<&str>, case: &SummaryRecord, seed: u64) -> anyhow::Result<f64> {
         let scratch = tempfile::tempdir()?;
         let workspace = Workspace::open(scratch.path())?;
+        for (path, content) in &case.replay.inputs {
+            // A path the workspace refuses was never a workspace file; it is skipped.
+            let _ = workspace.write(path, content);
+        }
         let skills = match skill_md {
             Some(text) => {
                 let description = parse_skill_md("SKILL.md", None, text).map(|s| s.description).unwrap_or_default();
@@ -589,8 +929,8 @@ impl Evolver {
         };
         let config = AgentConfig {
             max_steps: self.config.replay_max_steps,
-            // Replayed goals come from users; nothing they ask may run on this host.
-            exec_policy: ExecPolicy::Deny,
+            exec_policy: self.config.replay_exec_policy.clone(),
+            exec_sandbox: self.config.replay_sandbox.clone(),
             seed: Some(seed),
             ..AgentConfig::default()
         };
@@ -599,12 +939,12 @@ impl Evolver {
         let mut ctx =
             TurnContext { engine: self.engine.as_ref(), workspace: &workspace, skills: &skills, sink: &sink, config: &config, cancel };
         let mut history = Vec::new();
-        run_turn(&mut ctx, &mut history, goal).await;
+        run_turn(&mut ctx, &mut history, &case.request).await;
         let events = sink.events();
         // Replay calls are counted apart from the others: the per-session budget of
         // engine calls excludes them.
         step.report.replay_calls += events.iter().filter(|e| matches!(e, Event::ModelCall { .. })).count();
-        Ok(replay_score(&events))
+        Ok(if replay_passes(&case.replay, &events, &workspace) { 1.0 } else { 0.0 })
     }
 
     async fn publish(&self, candidate: &CandidateRecord) -> anyhow::Result<String> {
@@ -613,6 +953,7 @@ impl Evolver {
                 "run_id": candidate.run_id,
                 "candidate_id": candidate.id,
                 "action": candidate.action,
+                "writer": candidate.writer,
                 "evidence_sessions": candidate.evidence_sessions,
                 "distinct_users": candidate.distinct_users,
                 "rationale": candidate.rationale,
@@ -650,8 +991,8 @@ impl Evolver {
             let scores_on = |version: &str| -> Vec<f64> {
                 summaries
                     .iter()
-                    .filter(|s| s.skills_read.iter().any(|(slug, v)| *slug == candidate.slug && v == version))
-                    .map(|s| s.score)
+                    .filter(|s| s.observed && s.skills_read.iter().any(|(slug, v)| *slug == candidate.slug && v == version))
+                    .filter_map(|s| s.known_score())
                     .collect()
             };
             let (on_new, on_old) = (scores_on(&new), scores_on(&old));

@@ -1,6 +1,7 @@
 //! What the evolver reads and writes, behind a trait: the server implements it on SQLite
 //! and the skill repository; tests implement it in memory.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,48 @@ pub struct SessionTrace {
     pub events: Vec<Event>,
     /// The user's ratings (`up`/`down`), oldest first.
     pub feedback: Vec<String>,
+    /// Whether this server ran the session (its agent or its proxy) and so saw what
+    /// happened; an imported session is only what its user claims.
+    pub observed: bool,
+}
+
+/// What became of a session, as far as anything verifiable says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Success,
+    Partial,
+    Failure,
+    /// Nothing verifiable says: no rating from the user, no failure signal. Not a success.
+    #[default]
+    Unknown,
+}
+
+impl Verdict {
+    /// The score this verdict stands for; none for `Unknown`, which counts for nothing.
+    pub fn score(self) -> Option<f64> {
+        match self {
+            Verdict::Success => Some(1.0),
+            Verdict::Partial => Some(0.5),
+            Verdict::Failure => Some(0.0),
+            Verdict::Unknown => None,
+        }
+    }
+}
+
+/// What a replay needs to ask a session's request again and check the result: the files
+/// the session found, and what it answered and wrote.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayCase {
+    /// Workspace files as the session first found them.
+    pub inputs: BTreeMap<String, String>,
+    pub answer: Option<String>,
+    /// Files the session wrote, as it left them.
+    pub outputs: BTreeMap<String, String>,
+    /// The tool calls that worked, in order, as `(tool, arguments)`; skill reads left out.
+    pub procedure: Vec<(String, String)>,
+    /// The text of the last tool result that worked.
+    pub last_result: String,
 }
 
 /// One session, summarized and scored once, by the run that first saw it.
@@ -34,10 +77,28 @@ pub struct SummaryRecord {
     pub summary: SessionSummary,
     /// Skills read in the session, as `(slug, version)`, from the trajectory itself.
     pub skills_read: Vec<(String, String)>,
-    /// 0.0 (failed) to 1.0 (succeeded).
+    /// 0.0 (failed) to 1.0 (succeeded); 0.5 where the verdict is unknown, which no
+    /// average counts (see [`SummaryRecord::known_score`]).
     pub score: f64,
-    /// `feedback`, `signals` or `judge`.
+    /// `feedback`, `signals`, `judge`, `unverified` or `claimed`.
     pub score_source: String,
+    #[serde(default)]
+    pub verdict: Verdict,
+    /// See [`SessionTrace::observed`].
+    #[serde(default)]
+    pub observed: bool,
+    /// Why the engine's summary was thrown away (it was not about this session).
+    #[serde(default)]
+    pub summary_discarded: Option<String>,
+    #[serde(default)]
+    pub replay: ReplayCase,
+}
+
+impl SummaryRecord {
+    /// The score when a verifiable signal gave one.
+    pub fn known_score(&self) -> Option<f64> {
+        self.verdict.score()
+    }
 }
 
 /// The structured summary the engine writes of a redacted trajectory.
@@ -79,6 +140,9 @@ pub struct CandidateRecord {
     /// Each gate's outcome and numbers.
     pub verdict: Value,
     pub published_version: Option<String>,
+    /// Who wrote the text: `mined` (the steps of sessions that worked) or `model`.
+    #[serde(default)]
+    pub writer: String,
 }
 
 /// A run's progress and totals, stored as it goes.
@@ -92,9 +156,24 @@ pub struct RunReport {
     pub accepted: usize,
     pub published: usize,
     pub rolled_back: usize,
+    /// Summaries thrown away because they were not about their session.
+    #[serde(default)]
+    pub summaries_discarded: usize,
+    /// Per pattern: what was decided and why.
+    #[serde(default)]
+    pub decisions: Vec<DecisionReport>,
     /// Per step: name, LLM calls, prompt and completion tokens, milliseconds.
     pub steps: Vec<StepReport>,
     pub error: Option<String>,
+}
+
+/// One pattern's decision, for the run report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecisionReport {
+    pub pattern: String,
+    /// `create`, `improve`, `rewrite_description` or `skip`.
+    pub action: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -181,16 +181,55 @@ pub fn trace(
     } else {
         events.push(Event::Stop { reason: StopReason::MaxSteps, detail: None });
     }
-    SessionTrace { session_id: id.into(), user_id: format!("id-{user}"), user_name: user.into(), updated_at, events, feedback: Vec::new() }
+    SessionTrace {
+        session_id: id.into(),
+        user_id: format!("id-{user}"),
+        user_name: user.into(),
+        updated_at,
+        events,
+        feedback: Vec::new(),
+        observed: true,
+    }
+}
+
+/// A session that worked on a task the way a user's agent does: it found `file`, ran
+/// `command`, saw `result` and answered `answer`; the user rated it `up` or `down`.
+#[allow(clippy::too_many_arguments)]
+pub fn task_trace(
+    id: &str,
+    user: &str,
+    updated_at: i64,
+    request: &str,
+    file: (&str, &str),
+    command: &str,
+    result: &str,
+    answer: &str,
+    rating: &str,
+) -> SessionTrace {
+    let events = vec![
+        Event::UserMessage { text: request.into() },
+        Event::ToolCall { call_id: "c1".into(), name: "exec".into(), arguments: json!({ "command": command }).to_string() },
+        Event::InputFile { path: file.0.into(), content: file.1.into() },
+        Event::ToolResult { call_id: "c1".into(), name: "exec".into(), ok: true, exit_code: Some(0), excerpt: result.into() },
+        Event::FinalAnswer { text: answer.into() },
+        Event::Stop { reason: StopReason::FinalAnswer, detail: None },
+    ];
+    SessionTrace {
+        session_id: id.into(),
+        user_id: format!("id-{user}"),
+        user_name: user.into(),
+        updated_at,
+        events,
+        feedback: vec![rating.into()],
+        observed: true,
+    }
 }
 
 /// An engine that follows rules instead of a model:
 /// - a summary request gets a summary whose outcome follows the transcript's stop;
 /// - a decision request gets the decision registered for the first registered key its
 ///   prompt contains (else `skip`);
-/// - an agent step (tools offered) reads the catalog's skill first; after a skill that
-///   contains `WORSE` it fails a tool before answering, and without any skill it fails a
-///   tool too. So replays score 1.0 on a plain skill, 0.5 on a `WORSE` one or none.
+/// - an agent step follows the skill in its prompt (see [`agent_step`]).
 pub struct RuleEngine {
     info: ModelInfo,
     pub decisions: Mutex<Vec<(String, Value)>>,
@@ -224,11 +263,17 @@ impl RuleEngine {
         let Prompt::Messages(messages) = &request.prompt else { return Choice::default() };
         let system = messages.first().map(|m| m.content.as_str()).unwrap_or_default();
         let user = messages.iter().filter(|m| m.role == Some(Role::User)).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-        if !request.tools.is_empty() {
-            return agent_step(system, messages);
+        let answer_only = request.json_schema.as_ref().is_some_and(|schema| schema["required"][0] == "answer");
+        if !request.tools.is_empty() || answer_only {
+            let choice = agent_step(system, messages);
+            if answer_only {
+                return Choice { text: json!({ "answer": choice.text }).to_string(), ..Default::default() };
+            }
+            return choice;
         }
         if system.contains("You summarize") {
             let goal = user.lines().find_map(|l| l.strip_prefix("user: ")).unwrap_or("unknown").to_string();
+            // Like a small model, it calls every session a success that ended in an answer.
             let outcome = if user.contains("stop: final_answer") { "success" } else { "failure" };
             let summary = json!({ "goal": goal, "outcome": outcome, "helped": "reading the skill", "went_wrong": "", "turning_point": "" });
             return Choice { text: summary.to_string(), ..Default::default() };
@@ -248,14 +293,39 @@ fn call(name: &str, arguments: Value) -> Choice {
     }
 }
 
+/// An agent step that does what the prompt's skill says, and nothing without one:
+/// - a step `Run \`COMMAND\` with exec.` is run, with `FILE` replaced by the first
+///   workspace file; its printed number is then the answer (minus one when the skill
+///   says "minus one");
+/// - a skill that says `Answer NUMBER at once` is answered at once, with no work;
+/// - a skill that contains `WORSE` makes it fail a tool first;
+/// - without a skill it answers that it cannot tell.
 fn agent_step(system: &str, messages: &[ChatMessage]) -> Choice {
     let results: Vec<&str> = messages.iter().filter(|m| m.role == Some(Role::Tool)).map(|m| m.content.as_str()).collect();
-    let location = system.split("<location>").nth(1).and_then(|rest| rest.split("</location>").next()).map(str::to_string);
-    match (results.len(), location) {
-        (0, Some(location)) => call("read", json!({ "path": location })),
-        (0, None) => call("read", json!({ "path": "missing.txt" })),
-        (1, Some(_)) if results[0].contains("WORSE") => call("read", json!({ "path": "missing.txt" })),
-        _ => Choice { text: "Done.".into(), ..Default::default() },
+    let command = system.lines().find_map(|line| line.split("Run `").nth(1)?.split("` with exec").next().map(str::to_string));
+    let first_file = system.split("Workspace files: ").nth(1).and_then(|rest| rest.split([',', '\n']).next()).map(str::trim);
+    let at_once = system.split("Answer ").skip(1).find_map(|rest| {
+        let number: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        (!number.is_empty() && rest[number.len()..].starts_with(" at once")).then_some(number)
+    });
+    if let Some(number) = at_once {
+        return Choice { text: format!("The answer is {number}."), ..Default::default() };
+    }
+    if system.contains("WORSE") && results.is_empty() {
+        return call("read", json!({ "path": "missing.txt" }));
+    }
+    let Some(command) = command else { return Choice { text: "I could not tell.".into(), ..Default::default() } };
+    match results.last() {
+        Some(result) if !result.starts_with("error") => {
+            let printed: Option<i64> = result.lines().nth(1).and_then(|line| line.split_whitespace().next()).and_then(|n| n.parse().ok());
+            let answer = match printed {
+                Some(n) if system.contains("minus one") => (n - 1).to_string(),
+                Some(n) => n.to_string(),
+                None => "I could not tell.".into(),
+            };
+            Choice { text: answer, ..Default::default() }
+        }
+        _ => call("exec", json!({ "command": command.replace("FILE", first_file.unwrap_or("missing.txt")) })),
     }
 }
 

@@ -174,7 +174,7 @@ async fn evolve(once: bool, config: ServeConfig) -> anyhow::Result<()> {
     let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
     load_starter_skills(skills.store.as_ref(), starter_skills()).await?;
     let engine = build_engine(&config).await?;
-    let service = EvolverService::scheduled(&store, &skills, &config.evolver);
+    let service = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox(&config));
     if !once {
         service.schedule(engine, skills).await;
         return Ok(());
@@ -236,8 +236,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(skills.clone().follow_changes());
 
     let engine = build_engine(&config).await?;
-    let evolver = EvolverService::scheduled(&store, &skills, &config.evolver);
-    tokio::spawn(evolver.clone().schedule(engine.clone(), skills.clone()));
+    let exec_sandbox = exec_sandbox(&config);
+    let evolver = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox.clone());
+    let quotas = Arc::new(crate::quota::Quotas::new(crate::quota::UsageLimits {
+        requests_per_minute: config.user_requests_per_minute,
+        tokens_per_day: config.user_tokens_per_day,
+        concurrent_generations: config.user_concurrent,
+    }));
+    // Timed runs yield to users' generations like those started through the API.
+    let yielding: Arc<dyn agent::engine::Engine> = Arc::new(crate::quota::YieldingEngine::new(engine.clone(), quotas.clone()));
+    tokio::spawn(evolver.clone().schedule(yielding, skills.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {
         engine,
@@ -251,7 +259,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.data_dir.join("workspaces"),
             agent::agent_loop::AgentConfig {
                 context_window: engine_window.unwrap_or(8192),
-                exec_sandbox: exec_sandbox(&config),
+                exec_sandbox,
                 workspace_quota_bytes: config.workspace_quota_mb.saturating_mul(1024 * 1024),
                 max_steps: config.turn_max_steps.max(1),
                 max_wall_time: Duration::from_secs(config.turn_max_seconds.max(1)),
@@ -262,11 +270,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         )),
         skills,
         evolver,
-        quotas: Arc::new(crate::quota::Quotas::new(crate::quota::UsageLimits {
-            requests_per_minute: config.user_requests_per_minute,
-            tokens_per_day: config.user_tokens_per_day,
-            concurrent_generations: config.user_concurrent,
-        })),
+        quotas,
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 

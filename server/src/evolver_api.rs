@@ -42,10 +42,13 @@ impl EvolverService {
         store: &crate::store::SqliteStore,
         skills: &crate::skills_api::SkillRepo,
         args: &crate::config::EvolverArgs,
+        sandbox: agent::exec::Sandbox,
     ) -> Arc<Self> {
+        // Replays run users' requests again: under the same sandbox as users' turns.
+        let config = EvolverConfig { replay_sandbox: sandbox, ..args.config() };
         Arc::new(Self {
             store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
-            config: args.config(),
+            config,
             every_minutes: args.evolve_every_minutes,
             after_sessions: args.evolve_after_sessions,
         })
@@ -128,7 +131,9 @@ pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<
     if state.evolver.store.runs(1).await?.first().is_some_and(|r| r["status"] == "running") {
         return Err(ApiError::Conflict("an evolver run is already going".into()));
     }
-    let evolver = state.evolver.evolver(state.engine.clone());
+    // The run yields to users' generations: it waits between its calls while any runs.
+    let engine = Arc::new(crate::quota::YieldingEngine::new(state.engine.clone(), state.quotas.clone()));
+    let evolver = state.evolver.evolver(engine);
     let skills = state.skills.clone();
     tokio::spawn(async move { run_and_announce(evolver, &skills, "api").await });
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
@@ -178,26 +183,35 @@ mod tests {
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (_, admin) = crate::auth::create_user_with_token(store.as_ref(), "admin", true).await.unwrap();
         let (_, user) = crate::auth::create_user_with_token(store.as_ref(), "user", false).await.unwrap();
-        // Two users asked for the same thing without a skill: a pattern for a new skill.
-        for name in ["admin", "user"] {
+        // Two users counted data rows without a skill, verifiably (each rated the answer
+        // up): a pattern for a new skill, mined from what they did.
+        for (name, file, lines) in [("admin", "orders.csv", 5usize), ("user", "people.csv", 8)] {
             let owner = store.user_by_name(name).await.unwrap().unwrap();
-            let session = store.create_session(&owner.id, "notes", "m").await.unwrap();
+            let session = store.create_session(&owner.id, "rows", "m").await.unwrap();
+            let content: String = (0..lines).map(|i| format!("r{i},x\n")).collect();
             for event in [
-                Event::UserMessage { text: "convert markdown notes to html".into() },
-                Event::FinalAnswer { text: "Done.".into() },
+                Event::UserMessage { text: format!("How many data rows does {file} have?") },
+                Event::ToolCall {
+                    call_id: "c1".into(),
+                    name: "exec".into(),
+                    arguments: json!({ "command": format!("wc -l {file}") }).to_string(),
+                },
+                Event::InputFile { path: file.into(), content },
+                Event::ToolResult {
+                    call_id: "c1".into(),
+                    name: "exec".into(),
+                    ok: true,
+                    exit_code: Some(0),
+                    excerpt: format!("exit code 0\n{lines} {file}\n"),
+                },
+                Event::FinalAnswer { text: (lines - 1).to_string() },
                 Event::Stop { reason: StopReason::FinalAnswer, detail: None },
             ] {
                 store.append_event(&owner.id, &session.id, event.kind(), &serde_json::to_value(&event).unwrap()).await.unwrap();
             }
+            store.add_feedback(&owner.id, &session.id, None, "up", None).await.unwrap();
         }
         let engine = Arc::new(RuleEngine::default());
-        engine.decide(
-            "markdown",
-            "create",
-            "markdown to html",
-            "Convert markdown notes to HTML. Use when asked to publish notes.",
-            "1. Read the notes.\n2. Write the HTML file beside them.",
-        );
         let skills = crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs"));
         let config = EvolverConfig { review: true, ..Default::default() };
         let state = AppState {
@@ -235,15 +249,24 @@ mod tests {
         assert_eq!(candidate["status"], "pending_review", "{detail}");
         assert_eq!(candidate["verdict"]["replay"]["candidate_mean"], 1.0);
         let id = candidate["id"].as_str().unwrap();
-        assert_eq!(request(&router, &admin, "GET", "/api/skills/markdown-to-html").await.0, StatusCode::NOT_FOUND, "held, not published");
+        let slug = candidate["slug"].as_str().unwrap().to_string();
+        assert_eq!(request(&router, &admin, "GET", &format!("/api/skills/{slug}")).await.0, StatusCode::NOT_FOUND, "held, not published");
 
         assert_eq!(request(&router, &user, "POST", &format!("/api/evolver/candidates/{id}/approve")).await.0, StatusCode::FORBIDDEN);
         let (code, approved) = request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/approve")).await;
         assert_eq!(code, StatusCode::OK, "{approved}");
         assert_eq!(approved["status"], "approved_and_published");
-        let (_, skill) = request(&router, &user, "GET", "/api/skills/markdown-to-html").await;
+        let (_, skill) = request(&router, &user, "GET", &format!("/api/skills/{slug}")).await;
         assert_eq!(skill["latest"]["author_kind"], "evolver");
-        assert_eq!(skill["latest"]["provenance"]["evolver"]["distinct_users"], 2);
+        let provenance = &skill["latest"]["provenance"]["evolver"];
+        assert_eq!(provenance["distinct_users"], 2);
+        // Another user sees how many sessions there were, not which, nor the rationale.
+        assert_eq!(provenance["evidence_session_count"], 2, "{provenance}");
+        assert!(provenance.get("evidence_sessions").is_none() && provenance.get("rationale").is_none(), "{provenance}");
+        let (_, versions) = request(&router, &user, "GET", &format!("/api/skills/{slug}/versions")).await;
+        assert!(!versions.to_string().contains("evidence_sessions"), "{versions}");
+        let (_, seen_by_admin) = request(&router, &admin, "GET", &format!("/api/skills/{slug}")).await;
+        assert_eq!(seen_by_admin["latest"]["provenance"]["evolver"]["evidence_sessions"].as_array().map(Vec::len), Some(2));
         assert_eq!(request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/reject")).await.0, StatusCode::CONFLICT);
         assert_eq!(request(&router, &admin, "POST", "/api/evolver/candidates/nope/approve").await.0, StatusCode::NOT_FOUND);
         assert_eq!(request(&router, &admin, "GET", "/api/evolver/runs/nope").await.0, StatusCode::NOT_FOUND);

@@ -119,8 +119,8 @@ impl EvolverStore for SqliteEvolverStore {
     }
 
     async fn unsummarized_sessions(&self, limit: usize) -> anyhow::Result<Vec<SessionTrace>> {
-        let sessions: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT s.id, s.user_id, u.name, CAST(strftime('%s', s.updated_at) AS INTEGER) FROM sessions s JOIN users u ON u.id = s.user_id \
+        let sessions: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT s.id, s.user_id, u.name, CAST(strftime('%s', s.updated_at) AS INTEGER), s.source FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.status != 'running' \
              AND NOT EXISTS (SELECT 1 FROM session_summaries m WHERE m.session_id = s.id) \
              AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id) \
@@ -130,7 +130,7 @@ impl EvolverStore for SqliteEvolverStore {
         .fetch_all(&self.pool)
         .await?;
         let mut traces = Vec::new();
-        for (session_id, user_id, user_name, updated_at) in sessions {
+        for (session_id, user_id, user_name, updated_at, source) in sessions {
             let payloads: Vec<(String,)> = sqlx::query_as("SELECT payload FROM events WHERE session_id = ? ORDER BY seq")
                 .bind(&session_id)
                 .fetch_all(&self.pool)
@@ -147,6 +147,9 @@ impl EvolverStore for SqliteEvolverStore {
                 updated_at,
                 events,
                 feedback: feedback.into_iter().map(|(r,)| r).collect(),
+                // Sessions run here by the agent or through the proxy were observed; any
+                // other source is an import, whose events only claim what happened.
+                observed: matches!(source.as_str(), "agent" | "proxy"),
             });
         }
         Ok(traces)

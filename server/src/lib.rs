@@ -107,10 +107,7 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/sessions/{id}/feedback", post(sessions_api::feedback))
         .route("/api/trajectories", get(sessions_api::trajectories_since))
         .route("/api/workspace/files", get(workspace_api::list_files))
-        .route(
-            "/api/workspace/files/{*path}",
-            get(workspace_api::get_file).put(workspace_api::put_file).delete(workspace_api::delete_file),
-        )
+        .route("/api/workspace/files/{*path}", get(workspace_api::get_file).put(workspace_api::put_file).delete(workspace_api::delete_file))
         .route("/api/trajectories/import", post(sessions_api::import_trajectory))
         .route("/api/skills", get(skills_api::list_skills).post(skills_api::publish))
         .route("/api/skills/{slug}", get(skills_api::get_skill).delete(skills_api::delete_skill))

@@ -43,6 +43,9 @@ struct UserUsage {
 pub struct Quotas {
     limits: UsageLimits,
     users: Mutex<HashMap<String, UserUsage>>,
+    /// Interactive generations (chat completions, agent turns) running now, of all
+    /// users: background work waits for this to be zero (see [`YieldingEngine`]).
+    interactive: tokio::sync::watch::Sender<usize>,
 }
 
 impl Default for Quotas {
@@ -62,7 +65,7 @@ fn too_many(message: String, retry_after: Duration) -> ApiError {
 
 impl Quotas {
     pub fn new(limits: UsageLimits) -> Self {
-        Self { limits, users: Mutex::new(HashMap::new()) }
+        Self { limits, users: Mutex::new(HashMap::new()), interactive: tokio::sync::watch::channel(0).0 }
     }
 
     pub fn limits(&self) -> UsageLimits {
@@ -124,7 +127,20 @@ impl Quotas {
             usage.running += 1;
             Ok(())
         })?;
+        self.interactive.send_modify(|running| *running += 1);
         Ok(GenerationPermit { quotas: self.clone(), user_id: user_id.to_string() })
+    }
+
+    /// Interactive generations running now.
+    pub fn interactive(&self) -> usize {
+        *self.interactive.borrow()
+    }
+
+    /// Returns once no interactive generation runs.
+    pub async fn wait_until_idle(&self) {
+        let mut running = self.interactive.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = running.wait_for(|n| *n == 0).await;
     }
 
     /// Counts tokens a generation used.
@@ -156,6 +172,7 @@ impl GenerationPermit {
 impl Drop for GenerationPermit {
     fn drop(&mut self) {
         self.quotas.with_user(&self.user_id, |usage| usage.running = usage.running.saturating_sub(1));
+        self.quotas.interactive.send_modify(|running| *running = running.saturating_sub(1));
     }
 }
 
@@ -202,6 +219,42 @@ impl Engine for MeteredEngine {
     }
 }
 
+/// An engine for background work (the evolver): each call first waits until no user's
+/// generation runs, so that on a machine with few cores an evolver run never slows a
+/// user's chat or turn; it goes on in the pauses between them.
+pub struct YieldingEngine {
+    inner: Arc<dyn Engine>,
+    quotas: Arc<Quotas>,
+}
+
+impl YieldingEngine {
+    pub fn new(inner: Arc<dyn Engine>, quotas: Arc<Quotas>) -> Self {
+        Self { inner, quotas }
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for YieldingEngine {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        self.quotas.wait_until_idle().await;
+        self.inner.generate(request).await
+    }
+
+    async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+        self.quotas.wait_until_idle().await;
+        self.inner.generate_stream(request).await
+    }
+
+    async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.quotas.wait_until_idle().await;
+        self.inner.score(prefix, continuation).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +287,21 @@ mod tests {
         let wait = retry_after(quotas.begin_generation("a").unwrap_err());
         assert!(wait <= 86_400);
         assert!(quotas.begin_generation("b").is_ok(), "another user's allowance is their own");
+    }
+
+    #[tokio::test]
+    async fn background_work_waits_for_interactive_generations() {
+        let quotas = Arc::new(Quotas::default());
+        let turn = quotas.begin_generation("a").unwrap();
+        assert_eq!(quotas.interactive(), 1);
+        let waiting = tokio::spawn({
+            let quotas = quotas.clone();
+            async move { quotas.wait_until_idle().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the evolver waits while a user's turn runs");
+        drop(turn);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("it goes on once the turn ends").unwrap();
+        assert_eq!(quotas.interactive(), 0);
     }
 }

@@ -256,17 +256,15 @@ async fn run_session_turn(
 ) -> Result<TurnOutcome, ApiError> {
     let history_json = state.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
-    let workspace = Workspace::open(&state.agent.workspaces.join(user_id))
-        .map_err(anyhow::Error::from)?
-        .with_quota(config.workspace_quota_bytes);
+    let workspace =
+        Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?.with_quota(config.workspace_quota_bytes);
     let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = state.skills.viewer(user_id).await?;
     let skills = state.skills.agent_skills(&viewer).await?;
     state.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
     let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
-    let mut ctx =
-        TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
+    let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;
     let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
     state.store.update_session(user_id, session_id, SessionStatus::Idle, Some(&history_json)).await?;

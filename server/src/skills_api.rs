@@ -220,10 +220,34 @@ pub async fn list_skills(State(state): State<AppState>, user: AuthUser, Query(qu
     Ok(Json(json!({ "skills": skills })))
 }
 
+/// Provenance as `user` may see it. An evolver publication names the sessions it learnt
+/// from and the engine's rationale; those are other users' data, so only admins see them,
+/// and everyone else sees how many sessions there were.
+pub fn shown_provenance(mut value: Value, user: &AuthUser) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Object(evolver)) = map.get_mut("provenance").and_then(|p| p.get_mut("evolver")) {
+                    let count = evolver.remove("evidence_sessions").and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+                    evolver.insert("evidence_session_count".into(), json!(count));
+                    evolver.remove("rationale");
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if !user.0.is_admin {
+        walk(&mut value);
+    }
+    value
+}
+
 pub async fn get_skill(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let skill = state.skills.store.skill(&viewer, &slug).await?.ok_or_else(not_found)?;
-    Ok(Json(serde_json::to_value(skill).map_err(anyhow::Error::from)?))
+    Ok(Json(shown_provenance(serde_json::to_value(skill).map_err(anyhow::Error::from)?, &user)))
 }
 
 pub async fn delete_skill(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<StatusCode, ApiError> {
@@ -236,7 +260,7 @@ pub async fn delete_skill(State(state): State<AppState>, user: AuthUser, Path(sl
 pub async fn list_versions(State(state): State<AppState>, user: AuthUser, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let versions = state.skills.store.versions(&viewer, &slug).await?.ok_or_else(not_found)?;
-    Ok(Json(json!({ "slug": slug, "versions": versions })))
+    Ok(Json(shown_provenance(json!({ "slug": slug, "versions": versions }), &user)))
 }
 
 pub async fn get_version(
@@ -246,7 +270,7 @@ pub async fn get_version(
 ) -> Result<Json<Value>, ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let version = state.skills.store.version(&viewer, &slug, &version).await?.ok_or_else(not_found)?;
-    Ok(Json(serde_json::to_value(version).map_err(anyhow::Error::from)?))
+    Ok(Json(shown_provenance(serde_json::to_value(version).map_err(anyhow::Error::from)?, &user)))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
 //! The evolver on the real model: `skillhive evolve --once` over imported sessions of two
-//! users completes, records its run, and every candidate it proposed carries the gate's
-//! verdict with its numbers; the run is visible through the admin API.
+//! users completes, records its run (in which imported sessions, being only claims, make
+//! no pattern), and every candidate carries the gate's verdict with its numbers; the run is
+//! visible through the admin API.
 
 use std::process::Command;
 
@@ -47,7 +48,10 @@ async fn evolve_once_on_the_real_model_records_its_run_and_verdicts() {
     let report = &printed["report"];
     assert_eq!(report["new_sessions"], 4, "{report}");
     assert_eq!(report["error"], Value::Null);
-    // One summary per session, at most one decision per pattern (two here).
+    // Imported sessions are what their users claim: they make no pattern, so nothing is
+    // decided or published from them, whatever the model says about them.
+    assert_eq!((report["patterns"].as_u64(), report["published"].as_u64()), (Some(0), Some(0)), "{report}");
+    // One summary per session, at most one decision per pattern.
     let calls: u64 = report["steps"].as_array().unwrap().iter().map(|s| s["llm_calls"].as_u64().unwrap()).sum();
     assert!((4..=6).contains(&calls), "{report}");
 

@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 
 pub mod check;
+pub mod client;
+pub mod experiment;
+pub mod stats;
 pub mod tasks;
 
 pub use check::{Check, Verdict};
