@@ -64,9 +64,15 @@ fn agent_step(attitude: Attitude, body: &Value) -> Value {
         (None, None) if !answer_only => reply(None, Some(("exec", json!({ "command": format!("wc -l {file}") }).to_string()))),
         (Some(n), Some(_)) if system.contains("minus one") => answer((n - 1).to_string()),
         (Some(n), Some(_)) => answer(n.to_string()),
-        (Some(n), None) => answer(if body["seed"].as_u64().unwrap_or(0) / 2 % 2 == 0 { n - 1 } else { n }.to_string()),
+        (Some(n), None) => answer(if coin(body["seed"].as_u64().unwrap_or(0)) { n - 1 } else { n }.to_string()),
         (None, _) => answer("I could not tell.".into()),
     }
+}
+
+/// A fair coin thrown by a seed: the same seed always lands the same way, neighbouring
+/// seeds independently.
+fn coin(seed: u64) -> bool {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).is_multiple_of(2)
 }
 
 async fn backend(attitude: Attitude) -> SocketAddr {

@@ -213,7 +213,7 @@ pub fn run(
         }
     }
     progress("Evolving: summarizing, grouping, deciding, gating");
-    let evolver_run = admin.evolve(settings.evolve_timeout, &|run: &Value| {
+    let evolver_run = admin.evolve(settings.evolve_timeout, |run: &Value| {
         let steps: Vec<String> = run["report"]["steps"]
             .as_array()
             .cloned()
