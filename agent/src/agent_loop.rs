@@ -366,7 +366,20 @@ async fn turn_steps(
                 Some((earlier_ok, earlier)) => {
                     turn.repeats += 1;
                     if turn.repeats >= 2 {
-                        return (StopReason::RepeatedCalls, Err(Some(format!("`{}` was called again with the same arguments", call.name))));
+                        // Every recorded call has its result, this one included.
+                        let reason = format!("`{}` was called again with the same arguments", call.name);
+                        record(
+                            ctx,
+                            Event::ToolResult {
+                                call_id: call.id.clone(),
+                                name: call.name.clone(),
+                                ok: false,
+                                exit_code: None,
+                                excerpt: format!("error: not run: {reason}"),
+                            },
+                        )
+                        .await;
+                        return (StopReason::RepeatedCalls, Err(Some(reason)));
                     }
                     // Running it again would give the same result: say so. After a result
                     // that worked, the next step may only answer; after an error, the model

@@ -249,6 +249,8 @@ async fn a_repeated_call_is_answered_from_memory_then_stopped() {
     assert_eq!(outcome.stop, StopReason::RepeatedCalls);
     assert!(requests.len() <= 3, "{} steps", requests.len());
     assert!(matches!(events.last(), Some(Event::Stop { reason: StopReason::RepeatedCalls, .. })));
+    let calls = events.iter().filter(|e| e.kind() == "tool_call").count();
+    assert_eq!(calls, events.iter().filter(|e| e.kind() == "tool_result").count(), "every call has its result");
 }
 
 #[tokio::test]

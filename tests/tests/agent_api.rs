@@ -34,7 +34,10 @@ async fn a_turn_on_the_real_model_is_recorded_in_order_and_survives_sigkill() {
     let events = &trajectory["events"];
     let kinds = kinds(events);
     assert_eq!(kinds[0], "user_message");
-    assert_eq!(kinds[1], "model_call", "{kinds:?}");
+    // The skills whose instructions went into the prompt are recorded as read, then the
+    // first model call.
+    let first_call = kinds.iter().position(|k| *k == "model_call").expect("a model call");
+    assert!(kinds[1..first_call].iter().all(|k| *k == "skill_read"), "{kinds:?}");
     assert_eq!(kinds.last().unwrap(), "stop");
     assert_eq!(events.as_array().unwrap().last().unwrap()["payload"]["reason"], stop);
     let seqs: Vec<i64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
@@ -251,8 +254,10 @@ async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
         .unwrap();
     let mut stream = response.bytes_stream();
     let mut received = String::new();
-    // The small model may read it again and again; the first read is enough.
-    while !received.contains("\"kind\":\"skill_read\"") {
+    // The request names the skill, so its instructions go into the prompt (a read at the
+    // turn's start); the model may then read it again and again: the first tool result
+    // is enough.
+    while !received.contains("\"kind\":\"tool_result\"") {
         let Some(chunk) = stream.next().await else { break };
         received.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
@@ -260,9 +265,20 @@ async fn the_real_model_reads_a_published_skill_and_the_read_is_recorded() {
     drop(stream);
     let (_, trajectory) = call(reqwest::Method::GET, &server, &server.token, &format!("/api/sessions/{session}/trajectory"), None).await;
     let events = trajectory["events"].as_array().unwrap();
-    let read = events.iter().find(|e| e["kind"] == "skill_read").unwrap_or_else(|| panic!("no skill read: {trajectory}"));
-    assert_eq!((read["payload"]["slug"].as_str(), read["payload"]["version"].as_str()), (Some("csv-inspect"), Some("1.0.1")));
-    let result = events.iter().find(|e| e["kind"] == "tool_result").expect("the read's result");
-    assert_eq!(result["payload"]["ok"], true);
-    assert!(result["payload"]["excerpt"].as_str().unwrap().contains("Count the rows with wc -l first."), "{result}");
+    let reads: Vec<&Value> = events.iter().filter(|e| e["kind"] == "skill_read").collect();
+    assert!(!reads.is_empty(), "no skill read: {trajectory}");
+    for read in reads {
+        assert_eq!((read["payload"]["slug"].as_str(), read["payload"]["version"].as_str()), (Some("csv-inspect"), Some("1.0.1")));
+    }
+    // Where the model called `read` on the skill, it got the published text.
+    for (i, event) in events.iter().enumerate() {
+        let arguments = event["payload"]["arguments"].as_str().unwrap_or_default();
+        if event["kind"] == "tool_call" && event["payload"]["name"] == "read" && arguments.contains("skills/csv-inspect/SKILL.md") {
+            let id = &event["payload"]["call_id"];
+            let result =
+                events[i..].iter().find(|e| e["kind"] == "tool_result" && &e["payload"]["call_id"] == id).expect("the read's result");
+            assert_eq!(result["payload"]["ok"], true);
+            assert!(result["payload"]["excerpt"].as_str().unwrap().contains("Count the rows with wc -l first."), "{result}");
+        }
+    }
 }
