@@ -228,6 +228,8 @@ struct TurnState {
     cut_offs: usize,
     /// The next step may only answer: the model already has what it needs.
     answer_only: bool,
+    /// A tool the next step may not call: the model repeated a call of it that failed.
+    avoid: Option<String>,
     captured: BTreeSet<String>,
     captured_bytes: u64,
     written: BTreeSet<String>,
@@ -301,7 +303,10 @@ async fn turn_steps(
             // another call would repeat one it already made.
             request.json_schema = Some(answer_schema());
         } else {
-            request.tools = tool_specs();
+            // After a failed call repeated, that tool is left out for one step: a small
+            // model told to "do something else" otherwise repeats the call once more.
+            let avoid = turn.avoid.take();
+            request.tools = tool_specs().into_iter().filter(|tool| Some(&tool.name) != avoid.as_ref()).collect();
         }
         request.seed = ctx.config.seed.map(|seed| seed.wrapping_add(turn.steps as u64));
         turn.steps += 1;
@@ -391,6 +396,7 @@ async fn turn_steps(
                             call.name
                         ))
                     } else {
+                        turn.avoid = Some(call.name.clone());
                         ToolOutput::error(format!(
                             "you already called {} with these arguments and it failed: {earlier}\nDo something else.",
                             call.name

@@ -28,7 +28,7 @@ pub enum WorkspaceError {
     NotFound(String),
     #[error("`{0}` is a directory, not a file")]
     IsDirectory(String),
-    #[error("`{0}` is not a directory")]
+    #[error("`{0}` is a file, not a directory; read it with read")]
     NotDirectory(String),
     #[error("the text to replace was not found in `{0}`")]
     EditNoMatch(String),

@@ -244,6 +244,14 @@ async fn a_repeated_call_is_answered_from_memory_then_stopped() {
         matches!(results[1], Event::ToolResult { ok: true, excerpt, .. } if excerpt.contains("You already called read") && excerpt.contains("bob"))
     );
 
+    // A failed call repeated: the next step may not call that tool at all.
+    let missing = || call("ls", json!({"path": "nowhere"}));
+    let (_, _, requests) = check_turn(&[], "List nowhere", vec![missing(), missing(), answer("It does not exist.")]).await;
+    let offered: Vec<&str> = requests[2].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(offered, ["read", "write", "edit", "exec"]);
+    let offered: Vec<&str> = requests[1].tools.iter().map(|t| t.name.as_str()).collect();
+    assert!(offered.contains(&"ls"), "only after the repeat");
+
     // Eight identical commands in a row no longer run until `max_steps`.
     let (outcome, events, requests) = check_turn(&[("people.csv", "a\n")], "Count", (0..8).map(|_| wc()).collect()).await;
     assert_eq!(outcome.stop, StopReason::RepeatedCalls);

@@ -24,7 +24,8 @@ struct Args {
     /// The model's name, for the report.
     #[arg(long, default_value = "unknown")]
     model: String,
-    /// The small size: one held-out and one training task per family, one seed.
+    /// The small size: one held-out and one training task per family, one seed, and at
+    /// most 5 steps and 90 seconds a turn (about 25 minutes on the embedded default).
     #[arg(long)]
     quick: bool,
     /// Seeds of the held-out runs (comma-separated).
@@ -37,10 +38,12 @@ struct Args {
     train_per_family: Option<usize>,
     #[arg(long)]
     heldout_per_family: Option<usize>,
-    #[arg(long, default_value_t = 6)]
-    max_steps: usize,
-    #[arg(long, default_value_t = 120)]
-    max_seconds: u64,
+    /// Steps a turn may take (default 6, 5 with --quick).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Seconds a turn may take (default 120, 90 with --quick).
+    #[arg(long)]
+    max_seconds: Option<u64>,
     /// Where report.md and report.json go.
     #[arg(long)]
     out: PathBuf,
@@ -51,11 +54,11 @@ fn main() -> anyhow::Result<()> {
     let tasks = learning::load_suite(&learning::suite_dir())?;
     let settings = Settings {
         seeds: args.seeds.unwrap_or_else(|| if args.quick { vec![1] } else { vec![1, 2, 3] }),
-        train_per_family: args.train_per_family.unwrap_or(if args.quick { 2 } else { 5 }),
+        train_per_family: args.train_per_family.unwrap_or(if args.quick { 1 } else { 5 }),
         heldout_per_family: args.heldout_per_family.unwrap_or(if args.quick { 1 } else { 3 }),
         families: args.families,
-        max_steps: args.max_steps,
-        max_seconds: args.max_seconds,
+        max_steps: args.max_steps.unwrap_or(if args.quick { 5 } else { 6 }),
+        max_seconds: args.max_seconds.unwrap_or(if args.quick { 90 } else { 120 }),
         evolve_timeout: Duration::from_secs(3600),
     };
     let admin = Client::new(&args.server, &args.admin_token)?;
