@@ -449,6 +449,33 @@ mod tests {
     use crate::test_support::request;
 
     #[tokio::test]
+    async fn a_request_sets_its_turn_limits_and_seed_and_the_reply_says_what_the_turn_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        // The model lists the workspace forever (a new path each time); the request's own
+        // step limit ends the turn.
+        let script: Vec<Choice> = (0..10).map(|i| tool("ls", json!({ "path": format!("d{i}") }))).collect();
+        let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
+        let router = app(state, HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let path = format!("/api/sessions/{}/messages", session["id"].as_str().unwrap());
+        let (status, reply) = request(&router, &token, "POST", &path, Some(json!({"content": "go", "max_steps": 2, "seed": 9}))).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!((reply["stop_reason"].as_str(), reply["steps"].as_u64()), (Some("max_steps"), Some(2)), "{reply}");
+        assert!(reply["usage"]["total_tokens"].as_u64().unwrap() > 0, "{reply}");
+        assert!(reply["elapsed_ms"].is_u64(), "{reply}");
+        // Limits above the server's are refused with a clear message, not lowered silently.
+        for (body, param) in
+            [(json!({"content": "go", "max_steps": 99}), "max_steps"), (json!({"content": "go", "max_seconds": 0}), "max_seconds")]
+        {
+            let (status, error) = request(&router, &token, "POST", &path, Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+            assert_eq!(error["error"]["param"], param, "{error}");
+        }
+    }
+
+    #[tokio::test]
     async fn streamed_turns_send_text_deltas_then_the_recorded_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
