@@ -523,7 +523,9 @@ async fn capture_inputs(ctx: &TurnContext<'_>, call: &ToolCall, turn: &mut TurnS
 
 /// One model step; streamed when the sink wants the text as it comes.
 async fn generate(ctx: &TurnContext<'_>, request: GenerationRequest) -> Result<Generation, EngineError> {
-    if !ctx.sink.wants_deltas() {
+    // A step under a JSON schema (the answer-only step) is not streamed: its text is JSON
+    // around the answer, and the answer reaches watchers as the recorded final answer.
+    if !ctx.sink.wants_deltas() || request.json_schema.is_some() {
         return ctx.engine.generate(request).await;
     }
     let mut events = ctx.engine.generate_stream(request).await?;

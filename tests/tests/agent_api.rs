@@ -92,13 +92,18 @@ async fn a_streamed_turn_sends_each_event_as_recorded_then_done() {
     let mut kind = "";
     for line in raw.lines() {
         if let Some(name) = line.strip_prefix("event: ") {
-            kind = if name == "done" { "done" } else { "event" };
+            kind = match name {
+                "done" => "done",
+                // Text as it is generated: not a recorded event.
+                "delta" => "delta",
+                _ => "event",
+            };
         } else if let Some(data) = line.strip_prefix("data: ") {
             let value: Value = serde_json::from_str(data).unwrap();
-            if kind == "done" {
-                done = Some(value)
-            } else {
-                streamed.push(value)
+            match kind {
+                "done" => done = Some(value),
+                "event" => streamed.push(value),
+                _ => {}
             }
         }
     }
