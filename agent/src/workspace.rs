@@ -71,9 +71,9 @@ impl Workspace {
         self
     }
 
-    /// Bytes of regular files in the workspace (symlinks are not followed).
-    pub fn usage(&self) -> u64 {
-        let mut total = 0u64;
+    /// Calls `visit` with each regular file below the root (symlinks are not followed)
+    /// and its size. False when the walk stopped at [`MAX_COUNTED_ENTRIES`] entries.
+    fn walk_files(&self, mut visit: impl FnMut(&std::fs::DirEntry, u64)) -> bool {
         let mut visited = 0usize;
         let mut pending = vec![self.root.clone()];
         while let Some(dir) = pending.pop() {
@@ -81,16 +81,27 @@ impl Workspace {
             for entry in entries.flatten() {
                 visited += 1;
                 if visited > MAX_COUNTED_ENTRIES {
-                    return u64::MAX;
+                    return false;
                 }
                 match entry.file_type() {
                     Ok(t) if t.is_dir() => pending.push(entry.path()),
-                    Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                    Ok(t) if t.is_file() => visit(&entry, entry.metadata().map(|m| m.len()).unwrap_or(0)),
                     _ => {}
                 }
             }
         }
-        total
+        true
+    }
+
+    /// Bytes of regular files in the workspace (symlinks are not followed); a workspace
+    /// with too many entries to count counts as full.
+    pub fn usage(&self) -> u64 {
+        let mut total = 0u64;
+        if self.walk_files(|_, bytes| total += bytes) {
+            total
+        } else {
+            u64::MAX
+        }
     }
 
     /// Refuses when the workspace already holds more than its quota.
@@ -225,26 +236,11 @@ impl Workspace {
     /// [`MAX_COUNTED_ENTRIES`] entries are visited.
     pub fn files(&self) -> Vec<(String, u64)> {
         let mut files = Vec::new();
-        let mut visited = 0usize;
-        let mut pending = vec![self.root.clone()];
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                visited += 1;
-                if visited > MAX_COUNTED_ENTRIES {
-                    break;
-                }
-                match entry.file_type() {
-                    Ok(t) if t.is_dir() => pending.push(entry.path()),
-                    Ok(t) if t.is_file() => {
-                        if let Ok(relative) = entry.path().strip_prefix(&self.root) {
-                            files.push((relative.to_string_lossy().into_owned(), entry.metadata().map(|m| m.len()).unwrap_or(0)));
-                        }
-                    }
-                    _ => {}
-                }
+        self.walk_files(|entry, bytes| {
+            if let Ok(relative) = entry.path().strip_prefix(&self.root) {
+                files.push((relative.to_string_lossy().into_owned(), bytes));
             }
-        }
+        });
         files.sort();
         files
     }

@@ -449,6 +449,43 @@ mod tests {
     use crate::test_support::request;
 
     #[tokio::test]
+    async fn a_user_uploads_lists_downloads_and_deletes_workspace_files_and_sees_only_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, alice) = crate::auth::create_user_with_token(store.as_ref(), "alice", false).await.unwrap();
+        let (_, bob) = crate::auth::create_user_with_token(store.as_ref(), "bob", false).await.unwrap();
+        let router = app(scripted_state(&store, dir.path(), vec![], dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
+        let send = |token: &str, method: &str, path: &str, body: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request).await.unwrap();
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        assert_eq!(send(&alice, "PUT", "/api/workspace/files/data/people.csv", "name\nann\n").await.0, StatusCode::OK);
+        assert_eq!(send(&alice, "GET", "/api/workspace/files/data/people.csv", "").await, (StatusCode::OK, "name\nann\n".into()));
+        let (_, listing) = send(&alice, "GET", "/api/workspace/files", "").await;
+        assert_eq!(serde_json::from_str::<Value>(&listing).unwrap(), json!({"files": [{"path": "data/people.csv", "bytes": 9}]}));
+        // Another user has their own workspace: alice's file is not there.
+        assert_eq!(send(&bob, "GET", "/api/workspace/files/data/people.csv", "").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(send(&bob, "GET", "/api/workspace/files", "").await.1, r#"{"files":[]}"#);
+        // Paths are checked as the tools check them.
+        let (status, body) = send(&alice, "PUT", "/api/workspace/files/..%2F..%2Fescape.txt", "x").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("leaves the workspace"), "{body}");
+        assert_eq!(send(&alice, "DELETE", "/api/workspace/files/data/people.csv", "").await.0, StatusCode::NO_CONTENT);
+        assert_eq!(send(&alice, "DELETE", "/api/workspace/files/data/people.csv", "").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn a_request_sets_its_turn_limits_and_seed_and_the_reply_says_what_the_turn_cost() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
