@@ -181,13 +181,18 @@ pub fn trace(
     } else {
         events.push(Event::Stop { reason: StopReason::MaxSteps, detail: None });
     }
+    observed_session(id, user, updated_at, events, Vec::new())
+}
+
+/// A session this server observed, of user `user` (whose id is `id-<user>`).
+fn observed_session(id: &str, user: &str, updated_at: i64, events: Vec<Event>, feedback: Vec<String>) -> SessionTrace {
     SessionTrace {
         session_id: id.into(),
         user_id: format!("id-{user}"),
         user_name: user.into(),
         updated_at,
         events,
-        feedback: Vec::new(),
+        feedback,
         observed: true,
     }
 }
@@ -214,15 +219,7 @@ pub fn task_trace(
         Event::FinalAnswer { text: answer.into() },
         Event::Stop { reason: StopReason::FinalAnswer, detail: None },
     ];
-    SessionTrace {
-        session_id: id.into(),
-        user_id: format!("id-{user}"),
-        user_name: user.into(),
-        updated_at,
-        events,
-        feedback: vec![rating.into()],
-        observed: true,
-    }
+    observed_session(id, user, updated_at, events, vec![rating.into()])
 }
 
 /// An engine that follows rules instead of a model:
