@@ -20,7 +20,7 @@ use crate::engine::{
 use crate::exec::{self, ExecLimits, ExecPolicy, Sandbox};
 use crate::skills::catalog::{self, CatalogEntry};
 use crate::skills::format::parse_skill_md;
-use crate::skills::relevance;
+use crate::skills::{placeholders, relevance};
 use crate::trajectory::{Event, EventSink, StopReason};
 use crate::workspace::Workspace;
 
@@ -169,7 +169,7 @@ pub fn relevant_skills(skills: &dyn SkillSource, request: &str, limit: usize) ->
 }
 
 /// A skill's instructions as the prompt shows them: the body without its frontmatter,
-/// cut to `max_chars`.
+/// cut to `max_chars`, with its placeholders filled in for the request.
 fn skill_instructions(slug: &str, skill_md: &str, max_chars: usize) -> String {
     let body = parse_skill_md("SKILL.md", None, skill_md).map(|skill| skill.body).unwrap_or_else(|_| skill_md.to_string());
     let mut text: String = body.trim().chars().take(max_chars).collect();
@@ -197,8 +197,11 @@ fn system_prompt_with(
         "You are an agent working in the user's workspace. Act with the tools: exec runs one command, read shows a file. \
          When a tool result gives what the user asked for, answer with it at once. When a skill below fits the task, follow it.\n",
     );
-    for (slug, text) in inlined {
-        prompt.push_str(&skill_instructions(slug, text, config.inline_skill_chars));
+    if !inlined.is_empty() {
+        let files: Vec<String> = workspace.files().into_iter().map(|(path, _)| path).collect();
+        for (slug, text) in inlined {
+            prompt.push_str(&skill_instructions(slug, &placeholders::fill(text, request, &files), config.inline_skill_chars));
+        }
     }
     let entries = skills.catalog();
     if !entries.is_empty() {
@@ -215,6 +218,10 @@ fn system_prompt_with(
     prompt
 }
 
+/// The first line of the result given for a call repeated after it worked: the earlier
+/// result follows. Replays leave such results out of the procedure a session followed.
+pub const REPEATED_RESULT: &str = "(the result of the same call before)";
+
 /// What one turn has done so far, beyond the conversation itself.
 #[derive(Default)]
 struct TurnState {
@@ -224,6 +231,8 @@ struct TurnState {
     results: HashMap<(String, String), (bool, String)>,
     /// Calls repeated after the model was told their result.
     repeats: usize,
+    /// Tool calls made so far.
+    calls: usize,
     /// Steps cut off at the token limit in a row.
     cut_offs: usize,
     /// The next step may only answer: the model already has what it needs.
@@ -297,6 +306,13 @@ async fn turn_steps(
 
         let mut messages = vec![ChatMessage::system(system_prompt_with(ctx.workspace, ctx.skills, ctx.config, user_text, &inlined))];
         messages.extend(history.iter().cloned());
+        // The last step a turn may take, after it has worked with tools, is an answer: a user
+        // is better served by what the model found than by a turn that ends with nothing.
+        // Nothing is added to the prompt to say so (the grammar does): a small model copies
+        // such a notice into its answer.
+        if turn.steps + 1 == ctx.config.max_steps && turn.calls > 0 {
+            turn.answer_only = true;
+        }
         let mut request = GenerationRequest::chat(messages, ctx.config.max_tokens_per_step);
         if turn.answer_only {
             // A grammar that admits only an answer: the model has the result it needs and
@@ -337,6 +353,13 @@ async fn turn_steps(
         )
         .await;
 
+        if turn.answer_only && !choice.tool_calls.is_empty() {
+            // Only a backend that ignores the answer-only grammar can get here: the step
+            // offered no tools. The model is still looping, so the turn stops.
+            let reason = "tools were called again where only an answer was allowed".to_string();
+            record(ctx, Event::StepRejected { reason: reason.clone(), text: choice.text.clone() }).await;
+            return (StopReason::RepeatedCalls, Err(Some(reason)));
+        }
         if choice.tool_calls.is_empty() {
             let answer = if turn.answer_only { forced_answer(&choice.text) } else { Some(choice.text.clone()) };
             let cut_off = choice.finish_reason == Some(FinishReason::Length);
@@ -366,35 +389,25 @@ async fn turn_steps(
         history.push(ChatMessage { role: Some(Role::Assistant), tool_calls: choice.tool_calls.clone(), ..Default::default() });
         for call in &choice.tool_calls {
             record(ctx, Event::ToolCall { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() }).await;
+            turn.calls += 1;
             let key = (call.name.clone(), canonical_arguments(&call.arguments));
             let output = match turn.results.get(&key) {
                 Some((earlier_ok, earlier)) => {
                     turn.repeats += 1;
                     if turn.repeats >= 2 {
-                        // Every recorded call has its result, this one included.
-                        let reason = format!("`{}` was called again with the same arguments", call.name);
-                        record(
-                            ctx,
-                            Event::ToolResult {
-                                call_id: call.id.clone(),
-                                name: call.name.clone(),
-                                ok: false,
-                                exit_code: None,
-                                excerpt: format!("error: not run: {reason}"),
-                            },
-                        )
-                        .await;
-                        return (StopReason::RepeatedCalls, Err(Some(reason)));
-                    }
-                    // Running it again would give the same result: say so. After a result
-                    // that worked, the next step may only answer; after an error, the model
-                    // must try something else.
-                    if *earlier_ok {
+                        // The model is looping: the call is not run, and the next step may
+                        // only answer, with what the earlier results gave.
                         turn.answer_only = true;
-                        ToolOutput::ok(format!(
-                            "You already called {} with these arguments. Its result was:\n{earlier}\nAnswer the user with it now.",
+                        ToolOutput::error(format!(
+                            "not run: you already called {} with these arguments. Stop calling tools and answer the user with what you have.",
                             call.name
                         ))
+                    } else if *earlier_ok {
+                        // Running it again would give the same result: say so. After a
+                        // result that worked, the next step may only answer; after an error,
+                        // the model must try something else.
+                        turn.answer_only = true;
+                        ToolOutput::ok(format!("{REPEATED_RESULT}\n{earlier}"))
                     } else {
                         turn.avoid = Some(call.name.clone());
                         ToolOutput::error(format!(

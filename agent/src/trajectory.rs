@@ -16,8 +16,8 @@ pub enum StopReason {
     TokenBudget,
     Error,
     Cancelled,
-    /// The model called the same tool with the same arguments again after being told
-    /// the result; running it once more would change nothing.
+    /// The model kept calling tools after it was told to answer: its repeated calls were
+    /// not run, and a step that only admits an answer got tool calls anyway.
     RepeatedCalls,
     /// The model's replies were cut off by the per-step token limit twice in a row.
     CutOff,

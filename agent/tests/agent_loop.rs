@@ -163,9 +163,27 @@ async fn a_turn_stops_at_max_steps_and_at_the_token_budget() {
     let (_cancel, cancel_rx) = watch::channel(false);
     let mut ctx =
         TurnContext { engine: &engine, workspace: &f.workspace, skills: &f.skills, sink: &f.sink, config: &f.config, cancel: cancel_rx };
+    // The third step may only answer; a backend that calls tools anyway is stopped there.
     let outcome = run_turn(&mut ctx, &mut Vec::new(), "loop").await;
-    assert_eq!(outcome.stop, StopReason::MaxSteps);
+    assert_eq!(outcome.stop, StopReason::RepeatedCalls);
     assert_eq!(engine.requests.lock().unwrap().len(), 3);
+    assert!(engine.requests.lock().unwrap()[2].tools.is_empty());
+
+    // One step, cut off: no answer and no step left.
+    let (outcome, _, _) = check_turn_with(1, "Write a note", vec![cut_off(r#"{"tool": "write""#)]).await;
+    assert_eq!(outcome.stop, StopReason::MaxSteps);
+
+    // After tool work, the last step allowed is an answer: the user gets what was found.
+    let (outcome, _, requests) = check_turn_with(
+        3,
+        "List d0 and d1",
+        vec![call("ls", json!({"path": "d0"})), call("ls", json!({"path": "d1"})), answer(r#"{"answer": "Neither exists."}"#)],
+    )
+    .await;
+    assert_eq!(outcome.stop, StopReason::FinalAnswer);
+    assert_eq!(outcome.answer.as_deref(), Some("Neither exists."));
+    assert!(requests[1].json_schema.is_none() && !requests[1].tools.is_empty());
+    assert!(requests[2].tools.is_empty() && requests[2].json_schema.is_some(), "the last step only answers");
 
     let mut budget = fixture();
     budget.config.token_budget = 200; // each scripted step costs 110 tokens
@@ -190,7 +208,26 @@ async fn check_turn(
     request: &str,
     script: Vec<Choice>,
 ) -> (agent::agent_loop::TurnOutcome, Vec<Event>, Vec<GenerationRequest>) {
-    let f = fixture();
+    check_turn_in(fixture(), files, request, script).await
+}
+
+/// [`check_turn`] in an empty workspace with at most `max_steps` steps.
+async fn check_turn_with(
+    max_steps: usize,
+    request: &str,
+    script: Vec<Choice>,
+) -> (agent::agent_loop::TurnOutcome, Vec<Event>, Vec<GenerationRequest>) {
+    let mut f = fixture();
+    f.config.max_steps = max_steps;
+    check_turn_in(f, &[], request, script).await
+}
+
+async fn check_turn_in(
+    f: Fixture,
+    files: &[(&str, &str)],
+    request: &str,
+    script: Vec<Choice>,
+) -> (agent::agent_loop::TurnOutcome, Vec<Event>, Vec<GenerationRequest>) {
     for (path, content) in files {
         f.workspace.write(path, content).unwrap();
     }
@@ -228,7 +265,7 @@ async fn a_tool_call_cut_off_at_the_token_limit_is_not_a_final_answer() {
 }
 
 #[tokio::test]
-async fn a_repeated_call_is_answered_from_memory_then_stopped() {
+async fn a_repeated_call_is_answered_from_memory_and_a_loop_ends_in_an_answer() {
     let wc = || call("exec", json!({"command": "wc -l people.csv"}));
     let read = || call("read", json!({"path": "people.csv"}));
     // The second identical read is not run again: the model is given the earlier result
@@ -241,7 +278,7 @@ async fn a_repeated_call_is_answered_from_memory_then_stopped() {
     assert!(requests[2].json_schema.as_ref().is_some_and(|s| s["required"][0] == "answer"));
     let results: Vec<&Event> = events.iter().filter(|e| e.kind() == "tool_result").collect();
     assert!(
-        matches!(results[1], Event::ToolResult { ok: true, excerpt, .. } if excerpt.contains("You already called read") && excerpt.contains("bob"))
+        matches!(results[1], Event::ToolResult { ok: true, excerpt, .. } if excerpt.starts_with(agent::agent_loop::REPEATED_RESULT) && excerpt.contains("bob"))
     );
 
     // A failed call repeated: the next step may not call that tool at all.
@@ -252,7 +289,16 @@ async fn a_repeated_call_is_answered_from_memory_then_stopped() {
     let offered: Vec<&str> = requests[1].tools.iter().map(|t| t.name.as_str()).collect();
     assert!(offered.contains(&"ls"), "only after the repeat");
 
-    // Eight identical commands in a row no longer run until `max_steps`.
+    // A second repeat is not run either, and the next step may only answer.
+    let (outcome, events, requests) =
+        check_turn(&[("people.csv", "name\nann\n")], "Count", vec![missing(), missing(), wc(), wc(), answer(r#"{"answer": "1"}"#)]).await;
+    assert_eq!(outcome.answer.as_deref(), Some("1"));
+    assert!(requests[4].tools.is_empty() && requests[4].json_schema.is_some());
+    let results: Vec<&Event> = events.iter().filter(|e| e.kind() == "tool_result").collect();
+    assert!(matches!(results[3], Event::ToolResult { ok: false, excerpt, .. } if excerpt.starts_with("error: not run")));
+
+    // Eight identical commands in a row no longer run until `max_steps`: a backend that
+    // keeps calling where only an answer is allowed is stopped.
     let (outcome, events, requests) = check_turn(&[("people.csv", "a\n")], "Count", (0..8).map(|_| wc()).collect()).await;
     assert_eq!(outcome.stop, StopReason::RepeatedCalls);
     assert!(requests.len() <= 3, "{} steps", requests.len());
@@ -292,6 +338,20 @@ async fn only_relevant_skills_have_their_instructions_inlined() {
     let Prompt::Messages(messages) = &requests[0].prompt else { panic!() };
     assert!(!messages[0].content.contains("Follow its steps"));
     assert!(messages[0].content.contains("<name>notes</name>"), "the catalog is still shown");
+}
+
+#[tokio::test]
+async fn an_inlined_skill_names_the_requests_file_and_word() {
+    let mut f = fixture();
+    f.skills.skills.push((
+        CatalogEntry { slug: "log-levels".into(), version: "1.0.0".into(), description: "Count log lines by level.".into() },
+        "---\nname: log-levels\ndescription: Count log lines by level.\n---\n1. Run `grep -c WORD FILE` with exec.\n".into(),
+    ));
+    let request = "Count the ERROR lines in logs/app.log.";
+    let (_, events, requests) = check_turn_in(f, &[("logs/app.log", "ERROR x\n")], request, vec![answer("1")]).await;
+    assert!(events.iter().any(|e| matches!(e, Event::SkillRead { slug, .. } if slug == "log-levels")));
+    let Prompt::Messages(messages) = &requests[0].prompt else { panic!() };
+    assert!(messages[0].content.contains("Run `grep -c ERROR logs/app.log` with exec."), "{}", messages[0].content);
 }
 
 #[tokio::test]

@@ -272,8 +272,10 @@ pub fn echo_share(text: &str, source: &str) -> f64 {
 }
 
 /// Checks a summary against its session: a summary that names a file the session never
-/// mentions, or that repeats the summarizer's own instructions, is about something else.
-pub fn check_summary(summary: &SessionSummary, transcript: &str) -> Result<(), String> {
+/// mentions, that repeats the summarizer's own instructions, or whose goal shares no word
+/// with the user's request (a small summarizer otherwise takes a runtime notice such as
+/// "you already called read with these arguments" for the goal) is about something else.
+pub fn check_summary(summary: &SessionSummary, transcript: &str, request: &str) -> Result<(), String> {
     let text = format!("{} {} {} {}", summary.goal, summary.helped, summary.went_wrong, summary.turning_point);
     let seen = file_names(transcript);
     if let Some(name) = file_names(&text).into_iter().find(|name| !seen.contains(name)) {
@@ -281,6 +283,11 @@ pub fn check_summary(summary: &SessionSummary, transcript: &str) -> Result<(), S
     }
     if echo_share(&text, SUMMARY_PROMPT) > MAX_PROMPT_ECHO {
         return Err("it repeats the summarizer's instructions".into());
+    }
+    let asked = agent::skills::relevance::terms(request);
+    let goal = agent::skills::relevance::terms(&summary.goal);
+    if !asked.is_empty() && goal.is_disjoint(&asked) {
+        return Err(format!("its goal \"{}\" shares no word with the request", summary.goal));
     }
     Ok(())
 }
@@ -305,7 +312,7 @@ pub fn replay_case(events: &[Event]) -> ReplayCase {
             Event::ToolResult { call_id, ok: true, excerpt, .. } => {
                 if let Some((name, arguments)) = calls.get(call_id) {
                     let reads_skill = name == "read" && arguments.contains("SKILL.md");
-                    let repeat = excerpt.starts_with("You already called");
+                    let repeat = excerpt.starts_with(agent::agent_loop::REPEATED_RESULT);
                     if !reads_skill && !repeat {
                         case.procedure.push((name.clone(), arguments.clone()));
                         case.last_result = excerpt.clone();
@@ -576,7 +583,7 @@ impl Evolver {
             let reply = self.ask(&mut step, SUMMARY_PROMPT, text.clone(), summary_schema(), 200).await?;
             let mut summary: SessionSummary = serde_json::from_value(reply).unwrap_or_default();
             // A summary about something else is dropped; the request itself stays the goal.
-            let summary_discarded = check_summary(&summary, &text).err();
+            let summary_discarded = check_summary(&summary, &text, &request).err();
             if summary_discarded.is_some() {
                 report.summaries_discarded += 1;
                 summary = SessionSummary { goal: request.clone(), outcome: "unknown".into(), ..Default::default() };

@@ -126,6 +126,7 @@ fn the_judge_cannot_call_a_failed_or_unrated_session_a_success() {
 
 #[test]
 fn a_summary_that_is_not_about_its_session_is_discarded() {
+    let request = "How many lines has people.csv?";
     let transcript =
         "user: How many lines has people.csv?\ncall exec {\"command\":\"wc -l people.csv\"}\nresult ok: 4 people.csv\nanswer: 3";
     // The example the summarizer's prompt once carried, copied whatever the session.
@@ -136,15 +137,19 @@ fn a_summary_that_is_not_about_its_session_is_discarded() {
         went_wrong: "nothing".into(),
         turning_point: "the command printed the count".into(),
     };
-    assert!(check_summary(&example, transcript).unwrap_err().contains("data.csv"));
+    assert!(check_summary(&example, transcript, request).unwrap_err().contains("data.csv"));
     let echo = SessionSummary {
         goal: "You summarize an agent session for a skill library".into(),
         outcome: "success".into(),
         ..Default::default()
     };
-    assert!(check_summary(&echo, transcript).unwrap_err().contains("instructions"));
+    assert!(check_summary(&echo, transcript, request).unwrap_err().contains("instructions"));
     let honest = SessionSummary { goal: "count the lines of people.csv".into(), outcome: "success".into(), ..Default::default() };
-    assert!(check_summary(&honest, transcript).is_ok());
+    assert!(check_summary(&honest, transcript, request).is_ok());
+    // A runtime notice taken for the goal.
+    let notice =
+        SessionSummary { goal: "already called exec with these arguments".into(), outcome: "failure".into(), ..Default::default() };
+    assert!(check_summary(&notice, transcript, request).unwrap_err().contains("shares no word"));
 }
 
 #[tokio::test]

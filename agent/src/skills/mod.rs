@@ -4,4 +4,5 @@
 pub mod bundle;
 pub mod catalog;
 pub mod format;
+pub mod placeholders;
 pub mod relevance;
