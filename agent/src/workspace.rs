@@ -279,7 +279,7 @@ impl Workspace {
         let real = self.existing_file(path)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(&real)
             .map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;
         let metadata = file.metadata().map_err(|e| WorkspaceError::Io(path.to_string(), e.to_string()))?;

@@ -9,7 +9,7 @@ pub mod safety;
 pub mod store;
 pub mod testing;
 
-pub use pipeline::{Evolver, EvolverConfig, RunError};
+pub use pipeline::{Evolver, EvolverConfig, ReviewError, RunError};
 pub use store::{
     CandidateRecord, DecisionReport, EvolverStore, ReplayCase, RunReport, SessionSummary, SessionTrace, SkillText, StepReport,
     SummaryRecord, Verdict,

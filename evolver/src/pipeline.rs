@@ -83,6 +83,19 @@ impl Default for EvolverConfig {
     }
 }
 
+/// Why an admin's review of a held candidate did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no such candidate")]
+    NotFound,
+    /// Approved, rejected or refused already: a review decides once.
+    #[error("the candidate is {0}, not pending review")]
+    NotPending(String),
+    /// The store or the repository failed; the detail is for the log, not the reviewer.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
 /// Why a run did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -972,9 +985,8 @@ impl Evolver {
     }
 
     /// Publishes a candidate an admin approved.
-    pub async fn approve(&self, candidate_id: &str) -> anyhow::Result<CandidateRecord> {
-        let mut candidate = self.store.candidate(candidate_id).await?.ok_or_else(|| anyhow::anyhow!("no such candidate"))?;
-        anyhow::ensure!(candidate.status == "pending_review", "the candidate is {}, not pending review", candidate.status);
+    pub async fn approve(&self, candidate_id: &str) -> Result<CandidateRecord, ReviewError> {
+        let mut candidate = self.pending_candidate(candidate_id).await?;
         let version = self.publish(&candidate).await?;
         candidate.published_version = Some(version);
         candidate.status = "approved_and_published".into();
@@ -982,11 +994,18 @@ impl Evolver {
         Ok(candidate)
     }
 
-    pub async fn reject(&self, candidate_id: &str) -> anyhow::Result<CandidateRecord> {
-        let mut candidate = self.store.candidate(candidate_id).await?.ok_or_else(|| anyhow::anyhow!("no such candidate"))?;
-        anyhow::ensure!(candidate.status == "pending_review", "the candidate is {}, not pending review", candidate.status);
+    pub async fn reject(&self, candidate_id: &str) -> Result<CandidateRecord, ReviewError> {
+        let mut candidate = self.pending_candidate(candidate_id).await?;
         candidate.status = "rejected_by_admin".into();
         self.store.save_candidate(&candidate).await?;
+        Ok(candidate)
+    }
+
+    async fn pending_candidate(&self, candidate_id: &str) -> Result<CandidateRecord, ReviewError> {
+        let candidate = self.store.candidate(candidate_id).await?.ok_or(ReviewError::NotFound)?;
+        if candidate.status != "pending_review" {
+            return Err(ReviewError::NotPending(candidate.status));
+        }
         Ok(candidate)
     }
 

@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         skills,
         evolver,
         quotas: Default::default(),
+        shutdown: Default::default(),
     };
     let http = HttpLimits { body_bytes: 256 * 1024 * 1024, ..HttpLimits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

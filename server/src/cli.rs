@@ -176,7 +176,13 @@ async fn evolve(once: bool, config: ServeConfig) -> anyhow::Result<()> {
     let engine = build_engine(&config).await?;
     let service = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox(&config));
     if !once {
-        service.schedule(engine, skills).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
+        service.schedule(engine, skills, shutdown).await;
         return Ok(());
     }
     let (run_id, report) = service.evolver(engine).run_once("cli").await?;
@@ -232,8 +238,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if loaded > 0 {
         tracing::info!(loaded, "starter skills published to the shared repository");
     }
+    // Cancelled on the shutdown signal: feeds end and background tasks stop.
+    let shutdown = tokio_util::sync::CancellationToken::new();
     // Publications by other processes (the CLI, an evolver) reach sync clients too.
-    tokio::spawn(skills.clone().follow_changes());
+    tokio::spawn(skills.clone().follow_changes(shutdown.clone()));
 
     let engine = build_engine(&config).await?;
     let exec_sandbox = exec_sandbox(&config);
@@ -245,7 +253,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }));
     // Timed runs yield to users' generations like those started through the API.
     let yielding: Arc<dyn agent::engine::Engine> = Arc::new(crate::quota::YieldingEngine::new(engine.clone(), quotas.clone()));
-    tokio::spawn(evolver.clone().schedule(yielding, skills.clone()));
+    tokio::spawn(evolver.clone().schedule(yielding, skills.clone(), shutdown.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {
         engine,
@@ -271,6 +279,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         skills,
         evolver,
         quotas,
+        shutdown: shutdown.clone(),
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 
@@ -286,7 +295,15 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         max_connections: config.max_connections.max(1),
         ..Default::default()
     };
-    crate::http_server::serve(listener, app(state, http), connections, shutdown_signal()).await;
+    let agent = state.agent.clone();
+    let signal = async move {
+        shutdown_signal().await;
+        shutdown.cancel();
+        // Running turns stop at their next step and are recorded as cancelled, rather
+        // than found interrupted at the next start.
+        agent.cancel_all();
+    };
+    crate::http_server::serve(listener, app(state, http), connections, signal).await;
     tracing::info!("shut down");
     Ok(())
 }

@@ -41,6 +41,15 @@ impl ApiError {
         ApiError::BadRequest { message: message.into(), code, param }
     }
 
+    /// Logs what the client is not told: an internal error's cause, a backend's detail.
+    pub fn log(&self) {
+        match self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
+            _ => {}
+        }
+    }
+
     fn status_and_kind(&self) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
         match self {
             ApiError::BadRequest { code, param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", code, *param),
@@ -86,11 +95,7 @@ pub fn error_body(message: &str, kind: &str, code: &str, param: Option<&str>) ->
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code, param) = self.status_and_kind();
-        match &self {
-            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
-            ApiError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
-            _ => {}
-        }
+        self.log();
         let mut response = (status, axum::Json(error_body(&self.to_string(), kind, code, param))).into_response();
         if let ApiError::TooManyRequests { retry_after_secs, .. } = &self {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_secs));

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use agent::engine::Engine;
-use evolver::{Evolver, EvolverConfig, RunError};
+use evolver::{Evolver, EvolverConfig, ReviewError, RunError};
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -59,13 +59,21 @@ impl EvolverService {
     }
 
     /// Runs the evolver whenever the timer expires or enough sessions wait, forever.
-    pub async fn schedule(self: Arc<Self>, engine: Arc<dyn Engine>, skills: Arc<crate::skills_api::SkillRepo>) {
+    pub async fn schedule(
+        self: Arc<Self>,
+        engine: Arc<dyn Engine>,
+        skills: Arc<crate::skills_api::SkillRepo>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         if self.every_minutes == 0 && self.after_sessions <= 0 {
             return;
         }
         let mut last = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                () = shutdown.cancelled() => return,
+            }
             let timer = self.every_minutes > 0 && last.elapsed() >= Duration::from_secs(self.every_minutes * 60);
             let pending = self.store.pending_sessions().await.unwrap_or(0);
             let count = self.after_sessions > 0 && pending >= self.after_sessions;
@@ -141,20 +149,16 @@ pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<
 
 async fn review(state: &AppState, user: &AuthUser, id: &str, approve: bool) -> Result<Json<Value>, ApiError> {
     require_admin(user)?;
-    if state.evolver.store_candidate(id).await?.is_none() {
-        return Err(ApiError::NotFound("no such candidate".into(), "candidate_not_found"));
-    }
     let evolver = state.evolver.evolver(state.engine.clone());
     let result = if approve { evolver.approve(id).await } else { evolver.reject(id).await };
-    let candidate = result.map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let candidate = result.map_err(|error| match error {
+        ReviewError::NotFound => ApiError::NotFound("no such candidate".into(), "candidate_not_found"),
+        error @ ReviewError::NotPending(_) => ApiError::Conflict(error.to_string()),
+        // Logged by `ApiError`, never sent.
+        ReviewError::Internal(error) => ApiError::Internal(error),
+    })?;
     state.skills.refresh().await.map_err(ApiError::Internal)?;
     Ok(Json(serde_json::to_value(candidate).map_err(anyhow::Error::from)?))
-}
-
-impl EvolverService {
-    async fn store_candidate(&self, id: &str) -> anyhow::Result<Option<evolver::CandidateRecord>> {
-        evolver::EvolverStore::candidate(self.store.as_ref(), id).await
-    }
 }
 
 pub async fn approve(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -222,6 +226,7 @@ mod tests {
             evolver: EvolverService::new(&store, &skills, config),
             skills,
             quotas: Default::default(),
+            shutdown: Default::default(),
         };
         let router = app(state, HttpLimits::default());
 
@@ -267,8 +272,16 @@ mod tests {
         assert!(!versions.to_string().contains("evidence_sessions"), "{versions}");
         let (_, seen_by_admin) = request(&router, &admin, "GET", &format!("/api/skills/{slug}")).await;
         assert_eq!(seen_by_admin["latest"]["provenance"]["evolver"]["evidence_sessions"].as_array().map(Vec::len), Some(2));
-        assert_eq!(request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/reject")).await.0, StatusCode::CONFLICT);
+        let (code, conflict) = request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/reject")).await;
+        assert_eq!(code, StatusCode::CONFLICT);
+        assert_eq!(conflict["error"]["message"], "the candidate is approved_and_published, not pending review");
         assert_eq!(request(&router, &admin, "POST", "/api/evolver/candidates/nope/approve").await.0, StatusCode::NOT_FOUND);
         assert_eq!(request(&router, &admin, "GET", "/api/evolver/runs/nope").await.0, StatusCode::NOT_FOUND);
+
+        // A store failure is a 500 whose cause is logged, not a 409 that tells the database's error.
+        sqlx::query("ALTER TABLE evolver_candidates RENAME TO gone").execute(&store.pool()).await.unwrap();
+        let (code, failure) = request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/approve")).await;
+        assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failure["error"]["message"], "internal server error");
     }
 }

@@ -45,25 +45,23 @@ impl SqliteEvolverStore {
     }
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
-        let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<RunRow> = sqlx::query_as(
             "SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, trigger, status, report, started_at, finished_at)| {
-                serde_json::json!({
-                    "id": id, "trigger": trigger, "status": status, "started_at": started_at, "finished_at": finished_at,
-                    "report": serde_json::from_str::<Value>(&report).unwrap_or(Value::Null),
-                })
-            })
-            .collect())
+        Ok(rows.into_iter().map(run_json).collect())
     }
 
+    /// One run with its candidates, by id.
     pub async fn run(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        let Some(mut run) = self.runs(10_000).await?.into_iter().find(|r| r["id"] == id) else { return Ok(None) };
+        let row: Option<RunRow> =
+            sqlx::query_as("SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(mut run) = row.map(run_json) else { return Ok(None) };
         let candidates: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE run_id = ? ORDER BY created_at, id")
             .bind(id)
             .fetch_all(&self.pool)
@@ -71,6 +69,16 @@ impl SqliteEvolverStore {
         run["candidates"] = Value::Array(candidates.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect());
         Ok(Some(run))
     }
+}
+
+/// An `evolver_runs` row: id, trigger, status, report, started_at, finished_at.
+type RunRow = (String, String, String, String, i64, Option<i64>);
+
+fn run_json((id, trigger, status, report, started_at, finished_at): RunRow) -> Value {
+    serde_json::json!({
+        "id": id, "trigger": trigger, "status": status, "started_at": started_at, "finished_at": finished_at,
+        "report": serde_json::from_str::<Value>(&report).unwrap_or(Value::Null),
+    })
 }
 
 #[async_trait]

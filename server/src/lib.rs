@@ -77,6 +77,9 @@ pub struct AppState {
     pub evolver: Arc<evolver_api::EvolverService>,
     /// Per-user rate limits and quotas.
     pub quotas: Arc<quota::Quotas>,
+    /// Cancelled when the server begins to shut down: open feeds end and background tasks
+    /// stop, so that a graceful shutdown waits for no client.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Limits on HTTP requests themselves.

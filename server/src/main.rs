@@ -14,7 +14,9 @@ fn main() -> std::process::ExitCode {
 fn return_freed_tensors_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it runs before any other thread
-    // exists, so no allocation races with it.
+    // exists, so no allocation races with it. (glibc's allocator has no safe interface;
+    // rustix does not cover it.)
+    #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }

@@ -712,6 +712,7 @@ mod app_tests {
                 Default::default(),
             ),
             quotas: Default::default(),
+            shutdown: Default::default(),
         };
         (state, engine, store, dir)
     }

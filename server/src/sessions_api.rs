@@ -3,6 +3,7 @@
 //! indistinguishable from a missing one (404).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -42,6 +44,13 @@ pub struct AgentRuntime {
 impl AgentRuntime {
     pub fn new(workspaces: PathBuf, config: AgentConfig) -> Self {
         Self { workspaces, config, running: Mutex::new(HashMap::new()) }
+    }
+
+    /// Asks every running turn to stop at its next step.
+    pub fn cancel_all(&self) {
+        for cancel in self.running().values() {
+            let _ = cancel.send(true);
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
@@ -220,9 +229,20 @@ pub async fn post_message(
     let started = std::time::Instant::now();
     let turn = tokio::spawn(async move {
         let state = task_state;
-        let result = run_session_turn(&state, &user_id, &session_id, &body.content, &config, cancel_rx, forward).await;
+        // A turn that fails or panics must not leave its session registered as running
+        // (every later message would be refused) nor marked running in the store.
+        let run = run_session_turn(&state, &user_id, &session_id, &body.content, &config, cancel_rx, forward);
+        let result = match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Internal(anyhow::anyhow!("the turn in session {session_id} panicked"))),
+        };
         state.agent.running().remove(&session_id);
         drop(permit);
+        if result.is_err() {
+            if let Err(error) = state.store.update_session(&user_id, &session_id, SessionStatus::Interrupted, None).await {
+                tracing::error!(%session_id, error = ?error, "could not mark the session interrupted");
+            }
+        }
         result
     });
     if !streaming {
@@ -237,8 +257,15 @@ pub async fn post_message(
         }
         let done = match turn.await {
             Ok(Ok(outcome)) => turn_reply(&session_id, &outcome, started.elapsed()),
-            Ok(Err(error)) => json!({ "session_id": session_id, "error": error.to_string() }),
-            Err(error) => json!({ "session_id": session_id, "error": format!("the turn task failed: {error}") }),
+            // Internal details go to the log, as for every other error.
+            Ok(Err(error)) => {
+                error.log();
+                json!({ "session_id": session_id, "error": error.to_string() })
+            }
+            Err(error) => {
+                tracing::error!(%session_id, %error, "the turn task failed");
+                json!({ "session_id": session_id, "error": "the turn failed" })
+            }
         };
         yield Ok(SseEvent::default().event("done").data(done.to_string()));
     };
@@ -382,11 +409,20 @@ mod tests {
         fn info(&self) -> &ModelInfo {
             &self.info
         }
-        async fn generate(&self, _: GenerationRequest) -> Result<Generation, EngineError> {
+        async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+            // A grammar that admits only an answer gets one, as from a real engine.
+            if request.json_schema.is_some() {
+                let choice = Choice { text: r#"{"answer": "what I found"}"#.into(), ..Default::default() };
+                return Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } });
+            }
             // A script that holds only a `hang` choice models a model that never answers.
             let next = self.script.lock().unwrap().pop_front();
             if next.as_ref().is_some_and(|c| c.text == "hang") {
                 return std::future::pending().await;
+            }
+            // And a `panic` choice, a bug somewhere below the turn.
+            if next.as_ref().is_some_and(|c| c.text == "panic") {
+                panic!("scripted panic");
             }
             let choice = next.unwrap_or(Choice { text: "done".into(), ..Default::default() });
             Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } })
@@ -436,6 +472,7 @@ mod tests {
             evolver: crate::evolver_api::EvolverService::new(store, &skills, Default::default()),
             skills,
             quotas: Default::default(),
+            shutdown: Default::default(),
         }
     }
 
@@ -491,7 +528,7 @@ mod tests {
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         // The model lists the workspace forever (a new path each time); the request's own
-        // step limit ends the turn.
+        // step limit ends the turn, whose last step may only answer.
         let script: Vec<Choice> = (0..10).map(|i| tool("ls", json!({ "path": format!("d{i}") }))).collect();
         let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
@@ -499,7 +536,8 @@ mod tests {
         let path = format!("/api/sessions/{}/messages", session["id"].as_str().unwrap());
         let (status, reply) = request(&router, &token, "POST", &path, Some(json!({"content": "go", "max_steps": 2, "seed": 9}))).await;
         assert_eq!(status, StatusCode::OK, "{reply}");
-        assert_eq!((reply["stop_reason"].as_str(), reply["steps"].as_u64()), (Some("max_steps"), Some(2)), "{reply}");
+        assert_eq!((reply["stop_reason"].as_str(), reply["steps"].as_u64()), (Some("final_answer"), Some(2)), "{reply}");
+        assert_eq!(reply["answer"], "what I found");
         assert!(reply["usage"]["total_tokens"].as_u64().unwrap() > 0, "{reply}");
         assert!(reply["elapsed_ms"].is_u64(), "{reply}");
         // Limits above the server's are refused with a clear message, not lowered silently.
@@ -573,6 +611,32 @@ mod tests {
                 "done"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_panics_leaves_its_session_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let script = vec![Choice { text: "panic".into(), ..Default::default() }];
+        let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
+        let router = app(state, HttpLimits::default());
+        let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
+        let id = session["id"].as_str().unwrap().to_string();
+        let messages = format!("/api/sessions/{id}/messages");
+
+        let (status, reply) = request(&router, &token, "POST", &messages, Some(json!({"content": "go"}))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(reply["error"]["message"], "internal server error", "no internal detail is sent");
+        let (_, listed) = request(&router, &token, "GET", &format!("/api/sessions/{id}"), None).await;
+        assert_eq!(listed["status"], "interrupted");
+
+        // Before, the session stayed registered as running and answered 409 for good.
+        let (status, reply) = request(&router, &token, "POST", &messages, Some(json!({"content": "again"}))).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["stop_reason"], "final_answer");
+        let (_, listed) = request(&router, &token, "GET", &format!("/api/sessions/{id}"), None).await;
+        assert_eq!(listed["status"], "idle");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use agent::skills::bundle::{self, FileEntry, Files};
-use agent::skills::format::FormatError;
+use agent::skills::format::{FormatError, SkillManifest};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -394,8 +394,8 @@ impl SqliteSkillStore {
         request: &PublishRequest,
         actor: &Actor,
         kind: &str,
+        manifest: SkillManifest,
     ) -> Result<VersionInfo, RepoError> {
-        let manifest = bundle::validate_bundle(&request.slug, &request.files).map_err(RepoError::Invalid)?;
         let existing: Vec<(String, String)> =
             sqlx::query_as("SELECT version, fingerprint FROM skill_versions WHERE skill_id = ? ORDER BY seq DESC")
                 .bind(skill_id)
@@ -440,9 +440,6 @@ impl SqliteSkillStore {
                 latest.unwrap_or_default(),
                 request.slug
             )));
-        }
-        for bytes in request.files.values() {
-            self.write_blob(&bundle::sha256_hex(bytes), bytes)?;
         }
         let now = now_ms();
         let (author_kind, author_id) = actor.author();
@@ -505,6 +502,74 @@ impl SqliteSkillStore {
         })
     }
 
+    /// Every skill `viewer` sees with its latest version and version count, in one query
+    /// (a listing used to cost two more queries per skill).
+    /// Checks a bundle and stores its files' blobs, before any transaction begins: the
+    /// synced writes then never hold the database's write lock, and a blob whose version
+    /// is refused later is harmless (blobs are content-addressed and shared).
+    async fn prepare_bundle(&self, request: &PublishRequest) -> Result<SkillManifest, RepoError> {
+        let manifest = bundle::validate_bundle(&request.slug, &request.files).map_err(RepoError::Invalid)?;
+        let store = self.clone();
+        let files = request.files.clone();
+        tokio::task::spawn_blocking(move || files.values().try_for_each(|bytes| store.write_blob(&bundle::sha256_hex(bytes), bytes)))
+            .await
+            .map_err(anyhow::Error::from)??;
+        Ok(manifest)
+    }
+
+    async fn visible_skills(&self, viewer: &Viewer) -> anyhow::Result<Vec<SkillInfo>> {
+        type Row =
+            (i64, String, String, i64, i64, String, String, String, String, Option<String>, String, Option<String>, String, i64, i64);
+        let scopes = viewer.scopes();
+        let sql = format!(
+            "SELECT s.id, s.slug, s.scope, s.created_at, s.updated_at, \
+                    v.version, v.description, v.fingerprint, v.author_kind, v.author_id, v.changelog, v.parent_version, v.provenance, \
+                    v.created_at, (SELECT COUNT(*) FROM skill_versions c WHERE c.skill_id = s.id) \
+             FROM skills s JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.latest_version \
+             WHERE s.deleted_at IS NULL AND s.scope IN ({}) ORDER BY s.slug",
+            placeholders(scopes.len())
+        );
+        let mut query = sqlx::query_as::<_, Row>(&sql);
+        for scope in &scopes {
+            query = query.bind(scope);
+        }
+        let mut best: BTreeMap<String, (String, SkillInfo)> = BTreeMap::new();
+        for row in query.fetch_all(&self.pool).await? {
+            let (
+                _,
+                slug,
+                scope,
+                created_at,
+                updated_at,
+                version,
+                description,
+                fingerprint,
+                author_kind,
+                author_id,
+                changelog,
+                parent,
+                provenance,
+                at,
+                count,
+            ) = row;
+            // One skill per slug: the most specific scope.
+            if best.get(&slug).is_some_and(|(b, _)| Scope::from_key(b).rank() <= Scope::from_key(&scope).rank()) {
+                continue;
+            }
+            let version_row = (version, description, fingerprint, author_kind, author_id, changelog, parent, provenance, at);
+            let info = SkillInfo {
+                latest: Self::version_info(Some(viewer), &slug, &scope, version_row),
+                scope: Scope::from_key(&scope).label(),
+                slug: slug.clone(),
+                version_count: count,
+                created_at,
+                updated_at,
+            };
+            best.insert(slug, (scope, info));
+        }
+        Ok(best.into_values().map(|(_, info)| info).collect())
+    }
+
     async fn visible_rows(&self, viewer: &Viewer) -> anyhow::Result<Vec<SkillRow>> {
         let scopes = viewer.scopes();
         let sql = format!(
@@ -555,6 +620,7 @@ impl SkillStore for SqliteSkillStore {
         if !actor.may_write(&request.scope) {
             return Err(RepoError::Forbidden(format!("you may not publish to scope `{}`", request.scope.label())));
         }
+        let manifest = self.prepare_bundle(&request).await?;
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         sqlx::query("INSERT OR IGNORE INTO skills (slug, scope, created_at, updated_at) VALUES (?, ?, ?, ?)")
@@ -569,7 +635,7 @@ impl SkillStore for SqliteSkillStore {
             .bind(request.scope.key())
             .fetch_one(&mut *tx)
             .await?;
-        let info = self.insert_version(&mut tx, skill_id, &request, actor, "publish").await?;
+        let info = self.insert_version(&mut tx, skill_id, &request, actor, "publish", manifest).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -589,8 +655,9 @@ impl SkillStore for SqliteSkillStore {
             files,
             provenance: serde_json::json!({ "rollback": { "restored": version, "replaced": latest } }),
         };
+        let manifest = self.prepare_bundle(&request).await?;
         let mut tx = self.pool.begin().await?;
-        let info = self.insert_version(&mut tx, skill_id, &request, actor, "rollback").await?;
+        let info = self.insert_version(&mut tx, skill_id, &request, actor, "rollback", manifest).await?;
         tx.commit().await?;
         Ok(info)
     }
@@ -623,11 +690,10 @@ impl SkillStore for SqliteSkillStore {
     async fn list_skills(&self, viewer: &Viewer, query: Option<&str>, scope: Option<&str>) -> anyhow::Result<Vec<SkillInfo>> {
         let needle = query.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
         let mut out = Vec::new();
-        for row in self.visible_rows(viewer).await? {
-            if scope.is_some_and(|s| Scope::from_key(&row.2).label() != s) {
+        for info in self.visible_skills(viewer).await? {
+            if scope.is_some_and(|s| info.scope != s) {
                 continue;
             }
-            let Some(info) = self.skill_info(viewer, row).await? else { continue };
             if let Some(needle) = &needle {
                 let haystack = format!("{} {}", info.slug, info.latest.description).to_lowercase();
                 if !needle.split_whitespace().all(|word| haystack.contains(word)) {

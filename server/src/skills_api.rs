@@ -23,6 +23,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use agent::agent_loop::StaticSkills;
 use agent::skills::bundle::{Files, Requirements};
@@ -112,12 +113,15 @@ impl SkillRepo {
     }
 
     /// Follows the change log forever (for `serve`).
-    pub async fn follow_changes(self: Arc<Self>) {
+    pub async fn follow_changes(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "cannot read the skill change log");
             }
-            tokio::time::sleep(CHANGE_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(CHANGE_POLL) => {}
+                () = shutdown.cancelled() => return,
+            }
         }
     }
 
@@ -537,6 +541,9 @@ pub async fn events(State(state): State<AppState>, user: AuthUser, headers: Head
             let received = tokio::select! {
                 received = live.recv() => Some(received),
                 _ = recheck.tick() => None,
+                // The feed ends with the server: a subscriber reconnects to the next one
+                // with Last-Event-ID and misses nothing.
+                () = state.shutdown.cancelled() => break,
             };
             match state.store.user_by_token(&token_hash).await {
                 Ok(Some(_)) => {}

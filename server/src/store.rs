@@ -704,4 +704,27 @@ mod tests {
         assert_eq!(store.user_by_token("hash-a").await.unwrap(), Some(alice));
         assert_eq!(store.user_by_token("hash-b").await.unwrap(), None);
     }
+
+    #[tokio::test]
+    async fn events_and_ratings_belong_to_the_sessions_owner_even_against_hand_written_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let alice = store.create_user("alice", false).await.unwrap();
+        let mallory = store.create_user("mallory", false).await.unwrap();
+        let session = store.create_session(&alice.id, "t", "m").await.unwrap();
+        let payload = serde_json::json!({"type": "user_message", "text": "hi"});
+        store.append_event(&alice.id, &session.id, "user_message", &payload).await.unwrap();
+        let refused = store.append_event(&mallory.id, &session.id, "user_message", &payload).await.unwrap_err();
+        assert!(format!("{refused:#}").contains("owner of its session"), "{refused:#}");
+        assert!(store.add_feedback(&mallory.id, &session.id, None, "down", None).await.is_err());
+        let moved = sqlx::query("UPDATE events SET user_id = ? WHERE session_id = ?")
+            .bind(&mallory.id)
+            .bind(&session.id)
+            .execute(&store.pool())
+            .await;
+        assert!(moved.is_err(), "an update cannot hand an event to another user");
+        assert_eq!(store.session_events(&alice.id, &session.id).await.unwrap().len(), 1);
+        assert!(store.events_since(&mallory.id, 0, 100).await.unwrap().is_empty());
+        store.add_feedback(&alice.id, &session.id, None, "up", None).await.unwrap();
+    }
 }

@@ -407,14 +407,9 @@ fn swap_in(staging: &Path, target: &Path) -> anyhow::Result<()> {
         std::fs::rename(staging, target)?;
         return Ok(());
     }
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from = CString::new(staging.as_os_str().as_bytes())?;
-    let to = CString::new(target.as_os_str().as_bytes())?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let result = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE) };
-    if result != 0 {
-        bail!("cannot swap {} into place: {}", target.display(), std::io::Error::last_os_error());
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    if let Err(error) = renameat_with(CWD, staging, CWD, target, RenameFlags::EXCHANGE) {
+        bail!("cannot swap {} into place: {}", target.display(), std::io::Error::from(error));
     }
     // `staging` now holds the previous version; rename it out of the way first, so that a
     // crash during the removal leaves a leftover the next pass cleans, not a half folder.

@@ -384,3 +384,22 @@ async fn an_open_change_feed_ends_when_its_token_is_deleted() {
     assert!(ended.is_ok(), "the feed of a deleted token stayed open");
     assert!(!seen.contains("after-revoke"), "a change reached a deleted token: {seen}");
 }
+
+#[tokio::test]
+async fn an_open_change_feed_does_not_hold_up_shutdown() {
+    use futures::StreamExt;
+    let data = tempfile::tempdir().unwrap();
+    let token = add_user(data.path(), "tester");
+    let server = start_without_model(data, token.clone(), &[]);
+    let response = client().get(format!("{}/api/sync/events", server.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut feed = response.bytes_stream();
+
+    // The grace period for requests in flight is 10 s; a feed never finishes on its own,
+    // so before the feeds listened for shutdown, every stop took the whole grace period.
+    let started = Instant::now();
+    assert!(tokio::task::spawn_blocking(move || server.terminate()).await.unwrap(), "the server did not exit cleanly");
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?} with a feed open", started.elapsed());
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = feed.next().await {} }).await;
+    assert!(ended.is_ok(), "the feed stayed open after the server stopped");
+}

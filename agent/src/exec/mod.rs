@@ -210,27 +210,27 @@ pub async fn run(
             (direct, false)
         }
     };
+    use rustix::process::{Resource, Rlimit};
     let rlimits = [
         // CPU seconds past the wall-clock timeout cannot be used anyway; the limit stops
         // a busy loop that outlives a killed parent.
-        (libc::RLIMIT_CPU, limits.timeout.as_secs() + 1),
-        (libc::RLIMIT_FSIZE, limits.max_file_bytes),
-        (libc::RLIMIT_AS, limits.max_memory_bytes),
-        (libc::RLIMIT_NOFILE, 256),
-        (libc::RLIMIT_CORE, 0),
+        (Resource::Cpu, limits.timeout.as_secs() + 1),
+        (Resource::Fsize, limits.max_file_bytes),
+        (Resource::As, limits.max_memory_bytes),
+        (Resource::Nofile, 256),
+        (Resource::Core, 0),
     ];
     let cap = pids::Group::new(limits.max_processes);
     let procs = cap.as_ref().map(pids::Group::procs);
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
     // open, write and close, which are async-signal-safe; it allocates nothing and touches
-    // no memory the parent's threads could hold.
+    // no memory the parent's threads could hold. (std offers no safe way to run code
+    // between fork and exec, and these limits must bind the command itself.)
+    #[allow(unsafe_code)]
     unsafe {
         process.pre_exec(move || {
             for (resource, value) in rlimits {
-                let limit = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
-                if libc::setrlimit(resource, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::setrlimit(resource, Rlimit { current: Some(value), maximum: Some(value) })?;
             }
             if let Some(procs) = &procs {
                 pids::join_from_child(procs)?;
@@ -292,10 +292,9 @@ pub async fn run(
 
 fn kill_group(group: Option<u32>) {
     if let Some(pid) = group {
-        // SAFETY: killpg only sends a signal; the group id is our child's pid, which we
-        // made a group leader with `process_group(0)`.
-        unsafe {
-            libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+        // The group id is our child's pid, which `process_group(0)` made a group leader.
+        if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
     }
 }

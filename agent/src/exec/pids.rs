@@ -83,22 +83,14 @@ impl Group {
 /// Moves the calling process into the group whose `cgroup.procs` is `procs`. Meant for a
 /// forked child before exec: it only makes the async-signal-safe calls open, write, close.
 pub fn join_from_child(procs: &std::ffi::CStr) -> std::io::Result<()> {
-    {
-        // SAFETY: `procs` is a valid NUL-terminated path that outlives the calls; the buffer
-        // passed to write is a static byte string of the given length.
-        unsafe {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if written != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
+    use rustix::fs::{Mode, OFlags};
+    // rustix makes the raw system calls, allocating nothing: safe in a forked child.
+    let fd = rustix::fs::open(procs, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    if rustix::io::write(&fd, b"0")? != 1 {
+        // An OS error code, not a message: a forked child must not allocate.
+        return Err(rustix::io::Errno::IO.into());
     }
+    Ok(())
 }
 
 impl Drop for Group {
