@@ -70,9 +70,18 @@ pub struct AgentConfig {
     /// Bytes a user's workspace may hold.
     pub workspace_quota_bytes: u64,
     /// Seeds each step's sampling (the seed plus the step number), so a replay of the same
-    /// goal with the same model makes the same choices; `None` leaves sampling unseeded.
+    /// goal with the same model makes the same choices. A seeded turn samples (at
+    /// `temperature`, or [`SEEDED_TEMPERATURE`]); an unseeded one decodes greedily unless
+    /// `temperature` says otherwise.
     pub seed: Option<u64>,
+    /// Sampling temperature of every step; `None`: greedy, or [`SEEDED_TEMPERATURE`] when
+    /// the turn is seeded (a seed would change nothing in greedy decoding).
+    pub temperature: Option<f64>,
 }
+
+/// The temperature of a seeded turn that names none: different seeds then give different,
+/// each reproducible, turns, as different people's sessions differ.
+pub const SEEDED_TEMPERATURE: f64 = 0.7;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -90,6 +99,7 @@ impl Default for AgentConfig {
             exec_sandbox: Sandbox::default(),
             workspace_quota_bytes: crate::workspace::DEFAULT_QUOTA_BYTES,
             seed: None,
+            temperature: None,
         }
     }
 }
@@ -325,6 +335,7 @@ async fn turn_steps(
             request.tools = tool_specs().into_iter().filter(|tool| Some(&tool.name) != avoid.as_ref()).collect();
         }
         request.seed = ctx.config.seed.map(|seed| seed.wrapping_add(turn.steps as u64));
+        request.temperature = ctx.config.temperature.or(ctx.config.seed.map(|_| SEEDED_TEMPERATURE));
         turn.steps += 1;
         let call_started = Instant::now();
         let generation = tokio::select! {

@@ -308,6 +308,17 @@ async fn a_repeated_call_is_answered_from_memory_and_a_loop_ends_in_an_answer() 
 }
 
 #[tokio::test]
+async fn a_seeded_turn_samples_reproducibly_and_an_unseeded_one_greedily() {
+    let (_, _, requests) = check_turn(&[], "Hi", vec![answer("hello")]).await;
+    assert_eq!((requests[0].seed, requests[0].temperature), (None, None), "greedy");
+    let mut f = fixture();
+    f.config.seed = Some(40);
+    let (_, _, requests) = check_turn_in(f, &[], "List d", vec![call("ls", json!({"path": "."})), answer("nothing")]).await;
+    assert_eq!((requests[0].seed, requests[0].temperature), (Some(40), Some(agent::agent_loop::SEEDED_TEMPERATURE)));
+    assert_eq!(requests[1].seed, Some(41), "each step its own seed");
+}
+
+#[tokio::test]
 async fn files_a_turn_touches_are_recorded_for_replays() {
     let (_, events, _) = check_turn(
         &[("data/a.csv", "x,y\n1,2\n"), ("data/b.txt", "hello\n"), ("big.txt", &"z".repeat(20_000))],

@@ -143,6 +143,9 @@ pub struct NewMessage {
     /// model makes the same choices.
     #[serde(default)]
     seed: Option<u64>,
+    /// Sampling temperature, 0 to 2 (a seeded turn samples at 0.7 unless this says).
+    #[serde(default)]
+    temperature: Option<f64>,
 }
 
 impl NewMessage {
@@ -173,6 +176,12 @@ impl NewMessage {
         }
         if self.seed.is_some() {
             config.seed = self.seed;
+        }
+        if let Some(temperature) = self.temperature {
+            if !(0.0..=2.0).contains(&temperature) {
+                return Err(ApiError::bad_request("temperature must be between 0 and 2", "invalid_value", Some("temperature")));
+            }
+            config.temperature = Some(temperature);
         }
         Ok(config)
     }
@@ -541,9 +550,11 @@ mod tests {
         assert!(reply["usage"]["total_tokens"].as_u64().unwrap() > 0, "{reply}");
         assert!(reply["elapsed_ms"].is_u64(), "{reply}");
         // Limits above the server's are refused with a clear message, not lowered silently.
-        for (body, param) in
-            [(json!({"content": "go", "max_steps": 99}), "max_steps"), (json!({"content": "go", "max_seconds": 0}), "max_seconds")]
-        {
+        for (body, param) in [
+            (json!({"content": "go", "max_steps": 99}), "max_steps"),
+            (json!({"content": "go", "max_seconds": 0}), "max_seconds"),
+            (json!({"content": "go", "temperature": 3.5}), "temperature"),
+        ] {
             let (status, error) = request(&router, &token, "POST", &path, Some(body)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
             assert_eq!(error["error"]["param"], param, "{error}");
