@@ -14,10 +14,11 @@ use agent::agent_loop::{run_turn, AgentConfig, StaticSkills, TurnContext};
 use agent::engine::{Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, ToolCall, Usage};
 use agent::trajectory::Event;
 use agent::workspace::Workspace;
-use server::sessions_api::{AgentRuntime, StoreSink};
-use server::skills_api::SkillRepo;
-use server::store::{SqliteStore, Store};
-use server::{app, AppState, GenerationLimits, HttpLimits};
+use server::http::{app, AppState, GenerationLimits, HttpLimits};
+use server::services::skills::SkillRepo;
+use server::services::turns::{AgentRuntime, StoreSink};
+use server::sqlite::SqliteStore;
+use server::storage::Store;
 
 /// Always calls `ls`, instantly, and notes when each call arrived.
 struct InstantEngine {
@@ -65,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     // 1. Overhead per step: the time between consecutive model calls is everything the
     // server does around one step.
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("steps.db")).await?);
-    let (user, _) = server::auth::create_user_with_token(store.as_ref(), "bench", false).await?;
+    let (user, _) = server::http::auth::create_user_with_token(store.as_ref(), "bench", false).await?;
     let session = store.create_session(&user.id, "bench", "instant").await?;
     let engine = InstantEngine::new();
     let workspace = Workspace::open(&dir.path().join("ws"))?;
@@ -105,9 +106,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let sqlite = SqliteStore::open(&dir.path().join("api.db")).await?;
     let skills = SkillRepo::sqlite(&sqlite, dir.path().join("blobs"));
-    let evolver = server::evolver_api::EvolverService::new(&sqlite, &skills, Default::default());
+    let evolver = server::services::evolver::EvolverService::new(&sqlite, &skills, Default::default());
     let api_store: Arc<dyn Store> = Arc::new(sqlite);
-    let (_, token) = server::auth::create_user_with_token(api_store.as_ref(), "bench", false).await?;
+    let (_, token) = server::http::auth::create_user_with_token(api_store.as_ref(), "bench", false).await?;
     let state = AppState {
         engine: Arc::new(InstantEngine::new()),
         store: api_store,
@@ -134,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The anchor: the same rows, one transaction, straight through sqlx.
     let raw_store = SqliteStore::open(&dir.path().join("raw.db")).await?;
-    let (raw_user, _) = server::auth::create_user_with_token(&raw_store, "bench", false).await?;
+    let (raw_user, _) = server::http::auth::create_user_with_token(&raw_store, "bench", false).await?;
     let raw_session = raw_store.create_session(&raw_user.id, "raw", "instant").await?;
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("raw.db").display())).await?;
     let rows: Vec<Event> = (0..ingest_events).map(|i| Event::UserMessage { text: format!("message {i}") }).collect();

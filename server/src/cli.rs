@@ -15,12 +15,14 @@ use agent::engine::Engine;
 use agent::model::{self, PullOutcome, DEFAULT_MODEL};
 
 use crate::config::{Backend, DType, ServeConfig, Weights};
-use crate::evolver_api::EvolverService;
-use crate::skill_store::{load_starter_skills, starter_skills, SkillStore, SqliteSkillStore};
-use crate::skills_api::SkillRepo;
-use crate::store::{SqliteStore, Store};
+use crate::http::{app, AppState, GenerationLimits, HttpLimits};
+use crate::services::evolver::EvolverService;
+use crate::services::skills::SkillRepo;
+use crate::sqlite::skills::SqliteSkillStore;
+use crate::sqlite::SqliteStore;
+use crate::storage::skills::{load_starter_skills, starter_skills, SkillStore};
+use crate::storage::Store;
 use crate::sync_client::{SyncClient, SyncOptions};
-use crate::{app, AppState, GenerationLimits, HttpLimits};
 use agent::repack::{self, WeightFormat};
 
 #[derive(Debug, Parser)]
@@ -152,7 +154,7 @@ pub async fn main() -> ExitCode {
 async fn add_user(name: &str, admin: bool, data_dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
-    let (user, token) = crate::auth::create_user_with_token(&store, name, admin).await?;
+    let (user, token) = crate::http::auth::create_user_with_token(&store, name, admin).await?;
     eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
@@ -205,7 +207,7 @@ async fn import(file: &std::path::Path, user: &str, data_dir: &std::path::Path) 
     let imported = agent::import::parse(&text).with_context(|| format!("{} cannot be imported", file.display()))?;
     let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
     let owner = store.user_by_name(user).await?.with_context(|| format!("no user named `{user}`; create it with `skillhive user add`"))?;
-    use crate::store::Store;
+    use crate::storage::Store;
     match store.import_session(&owner.id, &imported).await? {
         Some(session) => println!("imported {} events as session {}", imported.events.len(), session.id),
         None => anyhow::bail!("the {} session `{}` was already imported", imported.source, imported.external_id),
@@ -246,13 +248,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let engine = build_engine(&config).await?;
     let exec_sandbox = exec_sandbox(&config);
     let evolver = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox.clone());
-    let quotas = Arc::new(crate::quota::Quotas::new(crate::quota::UsageLimits {
+    let quotas = Arc::new(crate::services::quota::Quotas::new(crate::services::quota::UsageLimits {
         requests_per_minute: config.user_requests_per_minute,
         tokens_per_day: config.user_tokens_per_day,
         concurrent_generations: config.user_concurrent,
     }));
     // Timed runs yield to users' generations like those started through the API.
-    let yielding: Arc<dyn agent::engine::Engine> = Arc::new(crate::quota::YieldingEngine::new(engine.clone(), quotas.clone()));
+    let yielding: Arc<dyn agent::engine::Engine> = Arc::new(crate::services::quota::YieldingEngine::new(engine.clone(), quotas.clone()));
     tokio::spawn(evolver.clone().schedule(yielding, skills.clone(), shutdown.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {
@@ -263,7 +265,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_tokens_cap: config.max_tokens,
             default_max_tokens: config.default_max_tokens.min(config.max_tokens),
         },
-        agent: Arc::new(crate::sessions_api::AgentRuntime::new(
+        agent: Arc::new(crate::services::turns::AgentRuntime::new(
             config.data_dir.join("workspaces"),
             agent::agent_loop::AgentConfig {
                 context_window: engine_window.unwrap_or(8192),
@@ -290,7 +292,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%address, model = %state.engine.info().id, "serving");
 
-    let connections = crate::http_server::ConnectionLimits {
+    let connections = crate::http::server::ConnectionLimits {
         header_timeout: Duration::from_secs(config.header_timeout.max(1)),
         max_connections: config.max_connections.max(1),
         ..Default::default()
@@ -303,7 +305,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // than found interrupted at the next start.
         agent.cancel_all();
     };
-    crate::http_server::serve(listener, app(state, http), connections, signal).await;
+    crate::http::server::serve(listener, app(state, http), connections, signal).await;
     tracing::info!("shut down");
     Ok(())
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use agent::skills::bundle::{self, Files};
 
-use crate::skill_store::read_skill_dir;
+use crate::storage::skills::read_skill_dir;
 
 /// The client's state folder inside the synced folder; hidden, so fingerprints skip it.
 const STATE_DIR: &str = ".skillhive";
@@ -59,7 +59,7 @@ pub struct LockedSkill {
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
-    skills: BTreeMap<String, crate::skill_store::ManifestEntry>,
+    skills: BTreeMap<String, crate::storage::skills::ManifestEntry>,
 }
 
 /// What one pass did, for the report.

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use agent::workspace::{Workspace, WorkspaceError};
 
-use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::AppState;
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiError;
+use crate::http::AppState;
 
 fn workspace(state: &AppState, user: &AuthUser) -> Result<Workspace, ApiError> {
     Ok(Workspace::open(&state.agent.workspaces.join(&user.0.id))

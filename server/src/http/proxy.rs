@@ -39,9 +39,9 @@ use agent::engine::{ChatMessage, Role, ToolCall};
 use agent::skills::catalog;
 use agent::trajectory::Event;
 
-use crate::error::ApiError;
-use crate::store::{ConversationState, Store};
-use crate::AppState;
+use crate::http::error::ApiError;
+use crate::http::AppState;
+use crate::storage::{ConversationState, Store};
 
 /// Longest client session id accepted.
 const MAX_SESSION_ID_CHARS: usize = 128;
@@ -314,7 +314,7 @@ impl ProxyRecorder {
         if tool_calls.is_empty() {
             self.record(Event::FinalAnswer { text: text.to_string() }).await?;
         }
-        self.store.update_session(&self.user_id, &self.session_id, crate::store::SessionStatus::Idle, None).await?;
+        self.store.update_session(&self.user_id, &self.session_id, crate::storage::SessionStatus::Idle, None).await?;
         Ok(())
     }
 }

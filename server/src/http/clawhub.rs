@@ -15,18 +15,18 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::skill_store::{SkillInfo, VersionInfo, Viewer};
-use crate::skills_api::version_or_latest;
-use crate::AppState;
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiError;
+use crate::http::skills::version_or_latest;
+use crate::http::AppState;
+use crate::storage::skills::{SkillInfo, VersionInfo, Viewer};
 
 fn not_found() -> ApiError {
     ApiError::NotFound("skill not found".into(), "skill_not_found")
 }
 
 async fn viewer_of(state: &AppState, user: &AuthUser) -> Result<Viewer, ApiError> {
-    state.skills.viewer(&user.0.id).await
+    Ok(state.skills.viewer(&user.0.id).await?)
 }
 
 /// Discovery: the API lives at this server's own origin (as a TLS-terminating proxy in

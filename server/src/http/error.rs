@@ -36,6 +36,12 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::services::quota::OverLimit> for ApiError {
+    fn from(over: crate::services::quota::OverLimit) -> Self {
+        ApiError::TooManyRequests { message: over.message, retry_after_secs: over.retry_after_secs }
+    }
+}
+
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, code: &'static str, param: Option<&'static str>) -> Self {
         ApiError::BadRequest { message: message.into(), code, param }

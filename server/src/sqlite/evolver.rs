@@ -10,7 +10,7 @@ use sqlx::SqlitePool;
 use agent::trajectory::Event;
 use evolver::{CandidateRecord, EvolverStore, RunReport, SessionTrace, SkillText, SummaryRecord};
 
-use crate::skill_store::{Actor, PublishRequest, Scope, SkillStore, Viewer};
+use crate::storage::skills::{Actor, PublishRequest, Scope, SkillStore, Viewer};
 
 pub struct SqliteEvolverStore {
     pool: SqlitePool,

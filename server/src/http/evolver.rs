@@ -1,103 +1,20 @@
-//! The evolver inside the server: its scheduler (a timer and a count of waiting
-//! sessions) and its admin API: status, runs, a run's details, starting a run, and
-//! approving or rejecting candidates held for review.
+//! The evolver's admin API: status, runs, a run's details, starting a run, and approving
+//! or rejecting candidates held for review.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use agent::engine::Engine;
-use evolver::{Evolver, EvolverConfig, ReviewError, RunError};
+use evolver::ReviewError;
 
-use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::evolver_store::SqliteEvolverStore;
-use crate::AppState;
+use crate::services::evolver::run_and_announce;
 
-/// The evolver's store and configuration, shared by the scheduler and the API.
-pub struct EvolverService {
-    pub store: Arc<SqliteEvolverStore>,
-    pub config: EvolverConfig,
-    /// Minutes between timed runs (0: none) and waiting sessions that start a run (0: none).
-    pub every_minutes: u64,
-    pub after_sessions: i64,
-}
-
-impl EvolverService {
-    pub fn new(store: &crate::store::SqliteStore, skills: &crate::skills_api::SkillRepo, config: EvolverConfig) -> Arc<Self> {
-        Arc::new(Self {
-            store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
-            config,
-            every_minutes: 0,
-            after_sessions: 0,
-        })
-    }
-
-    /// The service with the schedule and configuration given on the command line.
-    pub fn scheduled(
-        store: &crate::store::SqliteStore,
-        skills: &crate::skills_api::SkillRepo,
-        args: &crate::config::EvolverArgs,
-        sandbox: agent::exec::Sandbox,
-    ) -> Arc<Self> {
-        // Replays run users' requests again: under the same sandbox as users' turns.
-        let config = EvolverConfig { replay_sandbox: sandbox, ..args.config() };
-        Arc::new(Self {
-            store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
-            config,
-            every_minutes: args.evolve_every_minutes,
-            after_sessions: args.evolve_after_sessions,
-        })
-    }
-
-    pub fn evolver(&self, engine: Arc<dyn Engine>) -> Evolver {
-        Evolver { engine, store: self.store.clone(), config: self.config.clone() }
-    }
-
-    /// Runs the evolver whenever the timer expires or enough sessions wait, forever.
-    pub async fn schedule(
-        self: Arc<Self>,
-        engine: Arc<dyn Engine>,
-        skills: Arc<crate::skills_api::SkillRepo>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
-        if self.every_minutes == 0 && self.after_sessions <= 0 {
-            return;
-        }
-        let mut last = Instant::now();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(30)) => {}
-                () = shutdown.cancelled() => return,
-            }
-            let timer = self.every_minutes > 0 && last.elapsed() >= Duration::from_secs(self.every_minutes * 60);
-            let pending = self.store.pending_sessions().await.unwrap_or(0);
-            let count = self.after_sessions > 0 && pending >= self.after_sessions;
-            if !(timer || count) {
-                continue;
-            }
-            let trigger = if count { "sessions" } else { "timer" };
-            run_and_announce(self.evolver(engine.clone()), &skills, trigger).await;
-            last = Instant::now();
-        }
-    }
-}
-
-/// One run, logged; its publications then reach the manifest and the feed at once.
-async fn run_and_announce(evolver: Evolver, skills: &crate::skills_api::SkillRepo, trigger: &str) {
-    match evolver.run_once(trigger).await {
-        Ok((run_id, report)) => tracing::info!(%run_id, published = report.published, "evolver run finished"),
-        Err(RunError::Busy) => tracing::debug!("an evolver run is already going"),
-        Err(e) => tracing::warn!(error = %e, "evolver run failed"),
-    }
-    if let Err(e) = skills.refresh().await {
-        tracing::warn!(error = %e, "cannot read the skill change log");
-    }
-}
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiError;
+use crate::http::AppState;
 
 fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     if user.0.is_admin {
@@ -140,7 +57,7 @@ pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<
         return Err(ApiError::Conflict("an evolver run is already going".into()));
     }
     // The run yields to users' generations: it waits between its calls while any runs.
-    let engine = Arc::new(crate::quota::YieldingEngine::new(state.engine.clone(), state.quotas.clone()));
+    let engine = Arc::new(crate::services::quota::YieldingEngine::new(state.engine.clone(), state.quotas.clone()));
     let evolver = state.evolver.evolver(engine);
     let skills = state.skills.clone();
     tokio::spawn(async move { run_and_announce(evolver, &skills, "api").await });
@@ -172,10 +89,14 @@ pub async fn reject(State(state): State<AppState>, user: AuthUser, Path(id): Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SqliteStore, Store};
-    use crate::{app, GenerationLimits, HttpLimits};
+    use crate::http::{app, GenerationLimits, HttpLimits};
+    use crate::services::evolver::EvolverService;
+    use crate::sqlite::SqliteStore;
+    use crate::storage::Store;
     use agent::trajectory::{Event, StopReason};
     use evolver::testing::RuleEngine;
+    use evolver::EvolverConfig;
+    use std::time::Duration;
 
     async fn request(router: &axum::Router, token: &str, method: &str, path: &str) -> (StatusCode, Value) {
         crate::test_support::request(router, token, method, path, None).await
@@ -185,8 +106,8 @@ mod tests {
     async fn admins_start_runs_and_approve_held_candidates() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, admin) = crate::auth::create_user_with_token(store.as_ref(), "admin", true).await.unwrap();
-        let (_, user) = crate::auth::create_user_with_token(store.as_ref(), "user", false).await.unwrap();
+        let (_, admin) = crate::http::auth::create_user_with_token(store.as_ref(), "admin", true).await.unwrap();
+        let (_, user) = crate::http::auth::create_user_with_token(store.as_ref(), "user", false).await.unwrap();
         // Two users counted data rows without a skill, verifiably (each rated the answer
         // up): a pattern for a new skill, mined from what they did.
         for (name, file, lines) in [("admin", "orders.csv", 5usize), ("user", "people.csv", 8)] {
@@ -216,13 +137,13 @@ mod tests {
             store.add_feedback(&owner.id, &session.id, None, "up", None).await.unwrap();
         }
         let engine = Arc::new(RuleEngine::default());
-        let skills = crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs"));
+        let skills = crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs"));
         let config = EvolverConfig { review: true, ..Default::default() };
         let state = AppState {
             engine: engine.clone(),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("ws"), Default::default())),
+            agent: Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("ws"), Default::default())),
             evolver: EvolverService::new(&store, &skills, config),
             skills,
             quotas: Default::default(),

@@ -2,10 +2,7 @@
 //! caller as `AuthUser` and every query filters by them, so another user's session is
 //! indistinguishable from a missing one (404).
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use std::convert::Infallible;
 
@@ -24,78 +21,13 @@ use tokio::sync::{mpsc, watch};
 
 use agent::agent_loop::{run_turn, AgentConfig, TurnContext, TurnOutcome};
 use agent::engine::ChatMessage;
-use agent::trajectory::{Event, EventSink};
 use agent::workspace::Workspace;
 
-use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::store::{Session, SessionStatus, Store};
-use crate::AppState;
-
-/// What the agent API needs beyond the engine and the store.
-pub struct AgentRuntime {
-    /// Each user's workspace is a directory below this one, named by the user's id.
-    pub workspaces: PathBuf,
-    pub config: AgentConfig,
-    /// Cancel switches of the turns running now, by session id.
-    running: Mutex<HashMap<String, watch::Sender<bool>>>,
-}
-
-impl AgentRuntime {
-    pub fn new(workspaces: PathBuf, config: AgentConfig) -> Self {
-        Self { workspaces, config, running: Mutex::new(HashMap::new()) }
-    }
-
-    /// Asks every running turn to stop at its next step.
-    pub fn cancel_all(&self) {
-        for cancel in self.running().values() {
-            let _ = cancel.send(true);
-        }
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Writes each event to the database as it happens, so an event the API reported is
-/// durable.
-/// When the client streams, each stored event is also forwarded to it, after the write.
-pub struct StoreSink {
-    store: Arc<dyn Store>,
-    user_id: String,
-    session_id: String,
-    forward: Option<mpsc::UnboundedSender<Value>>,
-}
-
-impl StoreSink {
-    pub fn new(store: Arc<dyn Store>, user_id: &str, session_id: &str) -> Self {
-        Self { store, user_id: user_id.to_string(), session_id: session_id.to_string(), forward: None }
-    }
-}
-
-#[async_trait::async_trait]
-impl EventSink for StoreSink {
-    async fn record(&self, event: Event) -> anyhow::Result<()> {
-        let payload = serde_json::to_value(&event)?;
-        let seq = self.store.append_event(&self.user_id, &self.session_id, event.kind(), &payload).await?;
-        if let Some(forward) = &self.forward {
-            // A client that went away does not stop the turn; its events are stored anyway.
-            let _ = forward.send(json!({ "seq": seq, "kind": event.kind(), "payload": payload }));
-        }
-        Ok(())
-    }
-
-    fn wants_deltas(&self) -> bool {
-        self.forward.is_some()
-    }
-
-    fn delta(&self, text: &str) {
-        if let Some(forward) = &self.forward {
-            let _ = forward.send(json!({ "kind": "delta", "text": text }));
-        }
-    }
-}
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiError;
+use crate::http::AppState;
+use crate::services::turns::StoreSink;
+use crate::storage::{Session, SessionStatus};
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text(), "invalid_request", None))
@@ -294,12 +226,12 @@ async fn run_session_turn(
     let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
     let workspace =
         Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?.with_quota(config.workspace_quota_bytes);
-    let sink = StoreSink { store: state.store.clone(), user_id: user_id.to_string(), session_id: session_id.to_string(), forward };
+    let sink = StoreSink::forwarding(state.store.clone(), user_id, session_id, forward);
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = state.skills.viewer(user_id).await?;
     let skills = state.skills.agent_skills(&viewer).await?;
     state.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
-    let engine = crate::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
+    let engine = crate::services::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
     let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;
     let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
@@ -394,7 +326,9 @@ pub async fn import_trajectory(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use crate::storage::Store;
     use std::time::Duration;
 
     use axum::body::Body;
@@ -405,8 +339,8 @@ mod tests {
     use agent::exec::{ExecLimits, ExecPolicy};
 
     use super::*;
-    use crate::store::SqliteStore;
-    use crate::{app, GenerationLimits, HttpLimits};
+    use crate::http::{app, GenerationLimits, HttpLimits};
+    use crate::sqlite::SqliteStore;
 
     struct ScriptedEngine {
         info: ModelInfo,
@@ -469,7 +403,7 @@ mod tests {
         workspaces: std::path::PathBuf,
         config: AgentConfig,
     ) -> AppState {
-        let skills = crate::skills_api::SkillRepo::sqlite(store, dir.join("blobs"));
+        let skills = crate::services::skills::SkillRepo::sqlite(store, dir.join("blobs"));
         AppState {
             engine: Arc::new(ScriptedEngine {
                 info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
@@ -477,8 +411,8 @@ mod tests {
             }),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(AgentRuntime::new(workspaces, config)),
-            evolver: crate::evolver_api::EvolverService::new(store, &skills, Default::default()),
+            agent: Arc::new(crate::services::turns::AgentRuntime::new(workspaces, config)),
+            evolver: crate::services::evolver::EvolverService::new(store, &skills, Default::default()),
             skills,
             quotas: Default::default(),
             shutdown: Default::default(),
@@ -498,8 +432,8 @@ mod tests {
     async fn a_user_uploads_lists_downloads_and_deletes_workspace_files_and_sees_only_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, alice) = crate::auth::create_user_with_token(store.as_ref(), "alice", false).await.unwrap();
-        let (_, bob) = crate::auth::create_user_with_token(store.as_ref(), "bob", false).await.unwrap();
+        let (_, alice) = crate::http::auth::create_user_with_token(store.as_ref(), "alice", false).await.unwrap();
+        let (_, bob) = crate::http::auth::create_user_with_token(store.as_ref(), "bob", false).await.unwrap();
         let router = app(scripted_state(&store, dir.path(), vec![], dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
         let send = |token: &str, method: &str, path: &str, body: &str| {
             let request = Request::builder()
@@ -535,7 +469,7 @@ mod tests {
     async fn a_request_sets_its_turn_limits_and_seed_and_the_reply_says_what_the_turn_cost() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         // The model lists the workspace forever (a new path each time); the request's own
         // step limit ends the turn, whose last step may only answer.
         let script: Vec<Choice> = (0..10).map(|i| tool("ls", json!({ "path": format!("d{i}") }))).collect();
@@ -565,7 +499,7 @@ mod tests {
     async fn streamed_turns_send_text_deltas_then_the_recorded_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let state = scripted_state(
             &store,
             dir.path(),
@@ -628,7 +562,7 @@ mod tests {
     async fn a_turn_that_panics_leaves_its_session_usable() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let script = vec![Choice { text: "panic".into(), ..Default::default() }];
         let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
@@ -654,7 +588,7 @@ mod tests {
     async fn a_running_turn_is_cancelled_through_the_api() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let state = scripted_state(
             &store,
             dir.path(),
@@ -700,7 +634,7 @@ mod tests {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "attacker", false).await.unwrap();
+        let (user, token) = crate::http::auth::create_user_with_token(store.as_ref(), "attacker", false).await.unwrap();
         for (sandbox, policy) in
             [(Sandbox::default(), ExecPolicy::default()), (Sandbox::default(), ExecPolicy::Full), (Sandbox::Missing, ExecPolicy::Full)]
         {
@@ -723,7 +657,7 @@ mod tests {
                 request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
             assert_eq!(status, StatusCode::OK, "{sandbox:?} {policy:?}: {reply}");
             let events = store.session_events(&user.id, &id).await.unwrap();
-            let results: Vec<&crate::store::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
+            let results: Vec<&crate::storage::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
             assert_eq!(results.len(), attacks.len(), "{sandbox:?} {policy:?}");
             let outputs: String = results.iter().map(|e| e.payload["excerpt"].as_str().unwrap_or_default().to_string()).collect();
             assert_eq!(arena.escapes(&outputs), Vec::<String>::new(), "{sandbox:?} {policy:?}");
@@ -751,7 +685,7 @@ mod tests {
         ];
         let full = vec![tool("exec", json!({"command": "sleep 20"})), tool("exec", json!({"command": "yes"}))];
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (user, token) = crate::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
+        let (user, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let make = |script: Vec<Choice>, policy: ExecPolicy| {
             let config = AgentConfig {
                 exec_policy: policy,
@@ -768,7 +702,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{reply}");
         assert_eq!(reply["stop_reason"], "final_answer");
 
-        let results = |events: &[crate::store::StoredEvent]| -> Vec<(bool, String)> {
+        let results = |events: &[crate::storage::StoredEvent]| -> Vec<(bool, String)> {
             events
                 .iter()
                 .filter(|e| e.kind == "tool_result")
@@ -792,7 +726,7 @@ mod tests {
         let (status, _) = request(&router, &token, "POST", &format!("/api/sessions/{id}/messages"), Some(json!({"content": "go"}))).await;
         assert_eq!(status, StatusCode::OK);
         let events = store.session_events(&user.id, &id).await.unwrap();
-        let killed: Vec<&crate::store::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
+        let killed: Vec<&crate::storage::StoredEvent> = events.iter().filter(|e| e.kind == "tool_result").collect();
         assert_eq!(killed.len(), 2);
         assert!(killed[0].payload["excerpt"].as_str().unwrap().contains("time limit"));
         assert!(killed[1].payload["excerpt"].as_str().unwrap().contains("size limit"));

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agent::engine::{Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, StreamEvent};
 use futures::StreamExt;
 
-use crate::error::ApiError;
-
 /// The limits every user has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageLimits {
@@ -59,8 +57,16 @@ fn today() -> (u64, Duration) {
     (now / 86_400, Duration::from_secs(86_400 - now % 86_400))
 }
 
-fn too_many(message: String, retry_after: Duration) -> ApiError {
-    ApiError::TooManyRequests { message, retry_after_secs: retry_after.as_secs().max(1) }
+/// A user past one of their limits; they may try again after `retry_after_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OverLimit {
+    pub message: String,
+    pub retry_after_secs: u64,
+}
+
+fn too_many(message: String, retry_after: Duration) -> OverLimit {
+    OverLimit { message, retry_after_secs: retry_after.as_secs().max(1) }
 }
 
 impl Quotas {
@@ -85,7 +91,7 @@ impl Quotas {
     }
 
     /// Takes one request from the user's bucket, or says when the next one is there.
-    pub fn admit_request(&self, user_id: &str) -> Result<(), ApiError> {
+    pub fn admit_request(&self, user_id: &str) -> Result<(), OverLimit> {
         let per_minute = self.limits.requests_per_minute;
         if per_minute == 0 {
             return Ok(());
@@ -107,7 +113,7 @@ impl Quotas {
 
     /// Starts a generation for the user: refused while the day's tokens are spent or
     /// too many of the user's generations run. The permit ends it when dropped.
-    pub fn begin_generation(self: &Arc<Self>, user_id: &str) -> Result<GenerationPermit, ApiError> {
+    pub fn begin_generation(self: &Arc<Self>, user_id: &str) -> Result<GenerationPermit, OverLimit> {
         let limits = self.limits;
         self.with_user(user_id, |usage| {
             let (day, until_midnight) = today();
@@ -259,11 +265,8 @@ impl Engine for YieldingEngine {
 mod tests {
     use super::*;
 
-    fn retry_after(error: ApiError) -> u64 {
-        match error {
-            ApiError::TooManyRequests { retry_after_secs, .. } => retry_after_secs,
-            other => panic!("expected 429, got {other:?}"),
-        }
+    fn retry_after(error: OverLimit) -> u64 {
+        error.retry_after_secs
     }
 
     #[test]

@@ -24,11 +24,11 @@ use agent::engine::{
 };
 use axum::http::HeaderMap;
 
-use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::proxy::{inject_catalog, CatalogMode, ProxyRecorder};
-use crate::store::CompletionRecord;
-use crate::AppState;
+use crate::http::auth::AuthUser;
+use crate::http::error::ApiError;
+use crate::http::proxy::{inject_catalog, CatalogMode, ProxyRecorder};
+use crate::http::AppState;
+use crate::storage::CompletionRecord;
 
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await?;
@@ -468,7 +468,7 @@ async fn stream_completion(
     model: String,
     started: Instant,
     recorder: ProxyRecorder,
-    permit: crate::quota::GenerationPermit,
+    permit: crate::services::quota::GenerationPermit,
 ) -> Result<Response, ApiError> {
     let include_usage = parsed.include_usage;
     let n = parsed.generation.n;
@@ -537,7 +537,7 @@ async fn stream_completion(
                     tracing::error!(%error, "stream failed");
                     outcome = format!("error: {error}");
                     failed = true;
-                    crate::error::error_body("the stream failed on the server", "server_error", "internal_error", None)
+                    crate::http::error::error_body("the stream failed on the server", "server_error", "internal_error", None)
                 }
             };
             yield Ok(Event::default().data(data.to_string()));
@@ -608,8 +608,9 @@ mod app_tests {
         Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, StreamEvent, ToolCall, Usage,
     };
 
-    use crate::store::{SqliteStore, Store};
-    use crate::{app, AppState, GenerationLimits, HttpLimits};
+    use crate::http::{app, AppState, GenerationLimits, HttpLimits};
+    use crate::sqlite::SqliteStore;
+    use crate::storage::Store;
 
     /// Answers every request with a fixed script and remembers what it was asked.
     struct ScriptedEngine {
@@ -687,8 +688,8 @@ mod app_tests {
         config: agent::agent_loop::AgentConfig,
     ) -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
         let (mut state, engine, store, dir) = scripted_state().await;
-        state.agent = Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), config));
-        let (_, token) = crate::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
+        state.agent = Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("workspaces"), config));
+        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
         (app(state, HttpLimits::default()), engine, store, dir, token)
     }
 
@@ -704,11 +705,11 @@ mod app_tests {
             engine: engine.clone(),
             store: store.clone(),
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
-            agent: Arc::new(crate::sessions_api::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
-            skills: crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::evolver_api::EvolverService::new(
+            agent: Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
+            skills: crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+            evolver: crate::services::evolver::EvolverService::new(
                 &store,
-                &crate::skills_api::SkillRepo::sqlite(&store, dir.path().join("blobs")),
+                &crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs")),
                 Default::default(),
             ),
             quotas: Default::default(),
@@ -886,7 +887,7 @@ mod app_tests {
         assert_ne!(a.as_deref(), Some(session.as_str()));
 
         // Another user's exchanges never land in these sessions.
-        let (_, other) = crate::auth::create_user_with_token(store.as_ref(), "other", false).await.unwrap();
+        let (_, other) = crate::http::auth::create_user_with_token(store.as_ref(), "other", false).await.unwrap();
         let (_, theirs) = send(&router, &other, Some("ext-1"), plain).await;
         assert_ne!(theirs.as_deref(), Some(session.as_str()));
         assert_eq!(get_json(&router, &token, "/api/sessions").await["sessions"].as_array().unwrap().len(), 2);
@@ -1203,14 +1204,14 @@ mod app_tests {
 
     /// Publishes the starter skills and `extra` more as shared skills.
     async fn publish_skills(store: &SqliteStore, dir: &std::path::Path, extra: Vec<(String, String)>) {
-        let repo = crate::skills_api::SkillRepo::sqlite(store, dir.join("blobs"));
-        let mut skills = crate::skill_store::starter_skills();
+        let repo = crate::services::skills::SkillRepo::sqlite(store, dir.join("blobs"));
+        let mut skills = crate::storage::skills::starter_skills();
         for (slug, description) in extra {
             let mut files = agent::skills::bundle::Files::new();
             files.insert("SKILL.md".into(), format!("---\nname: {slug}\ndescription: {description}\n---\nSteps.\n").into_bytes());
             skills.push((slug, files));
         }
-        crate::skill_store::load_starter_skills(repo.store.as_ref(), skills).await.unwrap();
+        crate::storage::skills::load_starter_skills(repo.store.as_ref(), skills).await.unwrap();
     }
 
     #[tokio::test]

@@ -8,9 +8,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-use crate::store::{Store, User};
-use crate::AppState;
+use crate::http::error::ApiError;
+use crate::http::AppState;
+use crate::storage::{Store, User};
 
 /// Prefix of every token, so that a leaked one is recognizable in logs and scanners.
 pub const TOKEN_PREFIX: &str = "sh-";

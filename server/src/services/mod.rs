@@ -1,0 +1,6 @@
+//! Services: what sits between HTTP and storage.
+
+pub mod evolver;
+pub mod quota;
+pub mod skills;
+pub mod turns;

@@ -1,0 +1,86 @@
+//! Agent turns on the server: each user's workspace root and agent configuration, the
+//! turns running now (so that any request can cancel one), and the sink that makes every
+//! event of a turn durable before it is reported.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use agent::agent_loop::AgentConfig;
+use agent::trajectory::{Event, EventSink};
+
+use crate::storage::Store;
+
+/// What the agent API needs beyond the engine and the store.
+pub struct AgentRuntime {
+    /// Each user's workspace is a directory below this one, named by the user's id.
+    pub workspaces: PathBuf,
+    pub config: AgentConfig,
+    /// Cancel switches of the turns running now, by session id.
+    running: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl AgentRuntime {
+    pub fn new(workspaces: PathBuf, config: AgentConfig) -> Self {
+        Self { workspaces, config, running: Mutex::new(HashMap::new()) }
+    }
+
+    /// Asks every running turn to stop at its next step.
+    pub fn cancel_all(&self) {
+        for cancel in self.running().values() {
+            let _ = cancel.send(true);
+        }
+    }
+
+    /// The cancel switches of the running turns, by session id.
+    pub fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes each event to the database as it happens, so an event the API reported is
+/// durable.
+/// When the client streams, each stored event is also forwarded to it, after the write.
+pub struct StoreSink {
+    store: Arc<dyn Store>,
+    user_id: String,
+    session_id: String,
+    forward: Option<mpsc::UnboundedSender<Value>>,
+}
+
+impl StoreSink {
+    pub fn new(store: Arc<dyn Store>, user_id: &str, session_id: &str) -> Self {
+        Self { store, user_id: user_id.to_string(), session_id: session_id.to_string(), forward: None }
+    }
+
+    /// A sink that also forwards each stored event (and each text delta) to `forward`.
+    pub fn forwarding(store: Arc<dyn Store>, user_id: &str, session_id: &str, forward: Option<mpsc::UnboundedSender<Value>>) -> Self {
+        Self { forward, ..Self::new(store, user_id, session_id) }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for StoreSink {
+    async fn record(&self, event: Event) -> anyhow::Result<()> {
+        let payload = serde_json::to_value(&event)?;
+        let seq = self.store.append_event(&self.user_id, &self.session_id, event.kind(), &payload).await?;
+        if let Some(forward) = &self.forward {
+            // A client that went away does not stop the turn; its events are stored anyway.
+            let _ = forward.send(json!({ "seq": seq, "kind": event.kind(), "payload": payload }));
+        }
+        Ok(())
+    }
+
+    fn wants_deltas(&self) -> bool {
+        self.forward.is_some()
+    }
+
+    fn delta(&self, text: &str) {
+        if let Some(forward) = &self.forward {
+            let _ = forward.send(json!({ "kind": "delta", "text": text }));
+        }
+    }
+}
