@@ -226,6 +226,19 @@ async fn pull() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    run_server(config, listener, shutdown_signal()).await
+}
+
+/// The whole server on `listener` until `shutdown` resolves: the database in the data
+/// directory, the starter skills, the engine, the evolver's schedule, the HTTP API; then
+/// a graceful shutdown that ends feeds, background tasks and running turns. The `serve`
+/// command runs it on its address and the process's signals; tests run it in-process.
+pub async fn run_server(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown_requested: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("skillhive.db");
     let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
@@ -285,7 +298,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Printed on stdout, flushed, so that scripts and tests can read the bound port.
     println!("skillhive listening on http://{address}");
@@ -299,7 +311,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let agent = state.agent.clone();
     let signal = async move {
-        shutdown_signal().await;
+        shutdown_requested.await;
         shutdown.cancel();
         // Running turns stop at their next step and are recorded as cancelled, rather
         // than found interrupted at the next start.
@@ -434,5 +446,58 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_server_runs_in_process_and_stops_when_asked_with_a_feed_open() {
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_str().unwrap();
+        // An inference backend where nothing answers: every endpoint that stores data works.
+        let args = [
+            "skillhive",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--backend",
+            "openai",
+            "--openai-base-url",
+            "http://127.0.0.1:9/v1",
+            "--openai-model",
+            "none",
+        ];
+        let Cli { command: Command::Serve(config) } = Cli::try_parse_from(args).unwrap() else { panic!("not serve") };
+        let store = SqliteStore::open(&data.path().join("skillhive.db")).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(&store, "u", false).await.unwrap();
+        drop(store);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run_server(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let mut healthy = false;
+        for _ in 0..200 {
+            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(healthy, "the server never answered /healthz");
+        let feed = client.get(format!("{url}/api/sync/events")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(feed.status(), 200);
+
+        let started = std::time::Instant::now();
+        stop.send(()).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(matches!(finished, Ok(Ok(Ok(())))), "{finished:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "stopping took {:?}", started.elapsed());
     }
 }

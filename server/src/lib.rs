@@ -6,8 +6,9 @@
 //! - `sqlite`: the SQLite backend, owning its SQL and migrations;
 //! - `cli`, `config`: the binary's commands and settings; `sync_client`: the client side.
 //!
-//! `http::app(state)` builds the router apart from `main`, so tests drive it in-process
-//! and the binary only binds a socket and serves it.
+//! `http::app(state)` builds the router apart from `main`, so tests drive it in-process;
+//! `cli::run_server(config, listener, shutdown)` is the whole server, which the `serve`
+//! command runs on its address and its signals, and tests run in-process.
 
 pub mod cli;
 pub mod config;
