@@ -6,6 +6,7 @@ pub mod auth;
 pub mod clawhub;
 pub mod error;
 pub mod evolver;
+pub mod json;
 pub mod openai;
 pub mod proxy;
 pub mod server;

@@ -6,7 +6,6 @@ use std::panic::AssertUnwindSafe;
 
 use std::convert::Infallible;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::ACCEPT;
 use axum::http::HeaderMap;
@@ -25,13 +24,10 @@ use agent::workspace::Workspace;
 
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
+use crate::http::json::JsonBody;
 use crate::http::AppState;
 use crate::services::turns::StoreSink;
 use crate::storage::{Session, SessionStatus};
-
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text(), "invalid_request", None))
-}
 
 async fn own_session(state: &AppState, user: &AuthUser, id: &str) -> Result<Session, ApiError> {
     state.store.get_session(&user.0.id, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session `{id}`"), "session_not_found"))
@@ -46,9 +42,8 @@ pub struct NewSession {
 pub async fn create_session(
     State(state): State<AppState>,
     user: AuthUser,
-    body: Result<Json<NewSession>, JsonRejection>,
+    JsonBody(body): JsonBody<NewSession>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
-    let body = json_body(body)?;
     let title = body.title.unwrap_or_else(|| "New session".into());
     let session = state.store.create_session(&user.0.id, &title, &state.engine.info().id).await?;
     Ok((StatusCode::CREATED, Json(session)))
@@ -144,9 +139,8 @@ pub async fn post_message(
     user: AuthUser,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<NewMessage>, JsonRejection>,
+    JsonBody(body): JsonBody<NewMessage>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(body)?;
     if body.content.trim().is_empty() {
         return Err(ApiError::bad_request("content must not be empty", "invalid_value", Some("content")));
     }
@@ -273,9 +267,8 @@ pub async fn feedback(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    body: Result<Json<NewFeedback>, JsonRejection>,
+    JsonBody(body): JsonBody<NewFeedback>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = json_body(body)?;
     if body.rating != "up" && body.rating != "down" {
         return Err(ApiError::bad_request("rating must be `up` or `down`", "invalid_value", Some("rating")));
     }

@@ -22,6 +22,7 @@ use agent::skills::bundle::Files;
 
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
+use crate::http::json::JsonBody;
 use crate::http::AppState;
 use crate::storage::skills::{Actor, Change, PublishRequest, RepoError, Scope, Viewer};
 
@@ -242,9 +243,11 @@ pub struct PublishBody {
     files: Vec<BundleFile>,
 }
 
-pub async fn publish(State(state): State<AppState>, user: AuthUser, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: PublishBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), "invalid_json", None))?;
+pub async fn publish(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<PublishBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let viewer = viewer_of(&state, &user).await?;
     let scope = Scope::parse_for(body.scope.as_deref().unwrap_or("private"), &viewer)
         .map_err(|m| ApiError::bad_request(m, "invalid_scope", Some("scope")))?;
