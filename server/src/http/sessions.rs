@@ -18,15 +18,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use agent::agent_loop::{run_turn, AgentConfig, TurnContext, TurnOutcome};
-use agent::engine::ChatMessage;
-use agent::workspace::Workspace;
+use agent::agent_loop::{AgentConfig, TurnOutcome};
 
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
 use crate::http::json::JsonBody;
 use crate::http::AppState;
-use crate::services::turns::StoreSink;
+use crate::services::turns::{run_session_turn, SessionTurn, TurnParts};
 use crate::storage::{Session, SessionStatus};
 
 async fn own_session(state: &AppState, user: &AuthUser, id: &str) -> Result<Session, ApiError> {
@@ -166,9 +164,12 @@ pub async fn post_message(
         let state = task_state;
         // A turn that fails or panics must not leave its session registered as running
         // (every later message would be refused) nor marked running in the store.
-        let run = run_session_turn(&state, &user_id, &session_id, &body.content, &config, cancel_rx, forward);
-        let result = match AssertUnwindSafe(run).catch_unwind().await {
-            Ok(result) => result,
+        let parts =
+            TurnParts { engine: &state.engine, store: &state.store, agent: &state.agent, skills: &state.skills, quotas: &state.quotas };
+        let turn =
+            SessionTurn { user_id: &user_id, session_id: &session_id, content: &body.content, config: &config, cancel: cancel_rx, forward };
+        let result = match AssertUnwindSafe(run_session_turn(parts, turn)).catch_unwind().await {
+            Ok(result) => result.map_err(ApiError::from),
             Err(_) => Err(ApiError::Internal(anyhow::anyhow!("the turn in session {session_id} panicked"))),
         };
         state.agent.running().remove(&session_id);
@@ -205,32 +206,6 @@ pub async fn post_message(
         yield Ok(SseEvent::default().event("done").data(done.to_string()));
     };
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
-}
-
-async fn run_session_turn(
-    state: &AppState,
-    user_id: &str,
-    session_id: &str,
-    content: &str,
-    config: &AgentConfig,
-    cancel: watch::Receiver<bool>,
-    forward: Option<mpsc::UnboundedSender<Value>>,
-) -> Result<TurnOutcome, ApiError> {
-    let history_json = state.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
-    let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json).map_err(anyhow::Error::from)?;
-    let workspace =
-        Workspace::open(&state.agent.workspaces.join(user_id)).map_err(anyhow::Error::from)?.with_quota(config.workspace_quota_bytes);
-    let sink = StoreSink::forwarding(state.store.clone(), user_id, session_id, forward);
-    // The skills are read once per turn, so a publication reaches the next turn.
-    let viewer = state.skills.viewer(user_id).await?;
-    let skills = state.skills.agent_skills(&viewer).await?;
-    state.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
-    let engine = crate::services::quota::MeteredEngine::new(state.engine.clone(), state.quotas.clone(), user_id);
-    let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
-    let outcome = run_turn(&mut ctx, &mut history, content).await;
-    let history_json = serde_json::to_string(&history).map_err(anyhow::Error::from)?;
-    state.store.update_session(user_id, session_id, SessionStatus::Idle, Some(&history_json)).await?;
-    Ok(outcome)
 }
 
 pub async fn cancel_turn(

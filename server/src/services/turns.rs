@@ -9,10 +9,14 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use agent::agent_loop::AgentConfig;
+use agent::agent_loop::{run_turn, AgentConfig, TurnContext, TurnOutcome};
+use agent::engine::{ChatMessage, Engine};
 use agent::trajectory::{Event, EventSink};
+use agent::workspace::Workspace;
 
-use crate::storage::Store;
+use crate::services::quota::{MeteredEngine, Quotas};
+use crate::services::skills::SkillRepo;
+use crate::storage::{SessionStatus, Store};
 
 /// What the agent API needs beyond the engine and the store.
 pub struct AgentRuntime {
@@ -83,4 +87,45 @@ impl EventSink for StoreSink {
             let _ = forward.send(json!({ "kind": "delta", "text": text }));
         }
     }
+}
+
+/// The parts of the server a turn runs on.
+pub struct TurnParts<'a> {
+    pub engine: &'a Arc<dyn Engine>,
+    pub store: &'a Arc<dyn Store>,
+    pub agent: &'a AgentRuntime,
+    pub skills: &'a SkillRepo,
+    pub quotas: &'a Arc<Quotas>,
+}
+
+/// One turn of one user's session.
+pub struct SessionTurn<'a> {
+    pub user_id: &'a str,
+    pub session_id: &'a str,
+    pub content: &'a str,
+    pub config: &'a AgentConfig,
+    pub cancel: watch::Receiver<bool>,
+    /// Where each stored event (and each text delta) also goes, when the client streams.
+    pub forward: Option<mpsc::UnboundedSender<Value>>,
+}
+
+/// Runs a turn in the user's workspace on the skills they see, metered against their
+/// quota; the session's conversation is read before and written after, and every event
+/// is stored as it happens.
+pub async fn run_session_turn(parts: TurnParts<'_>, turn: SessionTurn<'_>) -> anyhow::Result<TurnOutcome> {
+    let SessionTurn { user_id, session_id, content, config, cancel, forward } = turn;
+    let history_json = parts.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
+    let mut history: Vec<ChatMessage> = serde_json::from_str(&history_json)?;
+    let workspace = Workspace::open(&parts.agent.workspaces.join(user_id))?.with_quota(config.workspace_quota_bytes);
+    let sink = StoreSink::forwarding(parts.store.clone(), user_id, session_id, forward);
+    // The skills are read once per turn, so a publication reaches the next turn.
+    let viewer = parts.skills.viewer(user_id).await?;
+    let skills = parts.skills.agent_skills(&viewer).await?;
+    parts.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
+    let engine = MeteredEngine::new(parts.engine.clone(), parts.quotas.clone(), user_id);
+    let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
+    let outcome = run_turn(&mut ctx, &mut history, content).await;
+    let history_json = serde_json::to_string(&history)?;
+    parts.store.update_session(user_id, session_id, SessionStatus::Idle, Some(&history_json)).await?;
+    Ok(outcome)
 }
