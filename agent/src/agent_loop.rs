@@ -179,7 +179,7 @@ pub fn relevant_skills(skills: &dyn SkillSource, request: &str, limit: usize) ->
 }
 
 /// A skill's instructions as the prompt shows them: the body without its frontmatter,
-/// cut to `max_chars`, with its placeholders filled in for the request.
+/// cut to `max_chars`.
 fn skill_instructions(slug: &str, skill_md: &str, max_chars: usize) -> String {
     let body = parse_skill_md("SKILL.md", None, skill_md).map(|skill| skill.body).unwrap_or_else(|_| skill_md.to_string());
     let mut text: String = body.trim().chars().take(max_chars).collect();
@@ -207,11 +207,8 @@ fn system_prompt_with(
         "You are an agent working in the user's workspace. Act with the tools: exec runs one command, read shows a file. \
          When a tool result gives what the user asked for, answer with it at once. When a skill below fits the task, follow it.\n",
     );
-    if !inlined.is_empty() {
-        let files: Vec<String> = workspace.files().into_iter().map(|(path, _)| path).collect();
-        for (slug, text) in inlined {
-            prompt.push_str(&skill_instructions(slug, &placeholders::fill(text, request, &files), config.inline_skill_chars));
-        }
+    for (slug, text) in inlined {
+        prompt.push_str(&skill_instructions(slug, text, config.inline_skill_chars));
     }
     let entries = skills.catalog();
     if !entries.is_empty() {
@@ -292,11 +289,13 @@ async fn turn_steps(
     history.push(ChatMessage::user(user_text));
     record(ctx, Event::UserMessage { text: user_text.to_string() }).await;
     // The relevant skills are chosen once per turn and count as read: the model saw them.
+    // Their placeholders are filled once, from the files the turn starts with.
+    let files: Vec<String> = ctx.workspace.files().into_iter().map(|(path, _)| path).collect();
     let mut inlined = Vec::new();
     for (entry, _) in relevant_skills(ctx.skills, user_text, ctx.config.inline_skills) {
         if let Some((version, text)) = ctx.skills.skill_md(&entry.slug) {
             record(ctx, Event::SkillRead { slug: entry.slug.clone(), version }).await;
-            inlined.push((entry.slug, text));
+            inlined.push((entry.slug, placeholders::fill(&text, user_text, &files)));
         }
     }
 

@@ -27,6 +27,13 @@ pub struct SqliteSkillStore {
     blobs: PathBuf,
 }
 
+/// A `skill_changes` row: cursor, slug, scope key, kind, version.
+type ChangeRow = (i64, String, String, String, Option<String>);
+
+fn change_of((cursor, slug, scope_key, kind, version): ChangeRow) -> Change {
+    Change { cursor, slug, scope: Scope::from_key(&scope_key).label(), scope_key, kind, version }
+}
+
 type SkillRow = (i64, String, String, Option<String>, i64, i64);
 type VersionRow = (String, String, String, String, Option<String>, String, Option<String>, String, i64);
 
@@ -556,42 +563,20 @@ impl SkillStore for SqliteSkillStore {
             "SELECT cursor, slug, scope, kind, version FROM skill_changes WHERE cursor > ? AND scope IN ({}) ORDER BY cursor LIMIT 1000",
             placeholders(scopes.len())
         );
-        let mut query = sqlx::query_as::<_, (i64, String, String, String, Option<String>)>(&sql).bind(cursor);
+        let mut query = sqlx::query_as::<_, ChangeRow>(&sql).bind(cursor);
         for scope in &scopes {
             query = query.bind(scope);
         }
-        Ok(query
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|(cursor, slug, scope_key, kind, version)| Change {
-                cursor,
-                slug,
-                scope: Scope::from_key(&scope_key).label(),
-                scope_key,
-                kind,
-                version,
-            })
-            .collect())
+        Ok(query.fetch_all(&self.pool).await?.into_iter().map(change_of).collect())
     }
 
     async fn all_changes_since(&self, cursor: i64) -> anyhow::Result<Vec<Change>> {
-        let rows: Vec<(i64, String, String, String, Option<String>)> =
+        let rows: Vec<ChangeRow> =
             sqlx::query_as("SELECT cursor, slug, scope, kind, version FROM skill_changes WHERE cursor > ? ORDER BY cursor LIMIT 1000")
                 .bind(cursor)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(cursor, slug, scope_key, kind, version)| Change {
-                cursor,
-                slug,
-                scope: Scope::from_key(&scope_key).label(),
-                scope_key,
-                kind,
-                version,
-            })
-            .collect())
+        Ok(rows.into_iter().map(change_of).collect())
     }
 
     async fn latest_cursor(&self) -> anyhow::Result<i64> {
