@@ -14,11 +14,11 @@ use agent::agent_loop::{run_turn, AgentConfig, StaticSkills, TurnContext};
 use agent::engine::{Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, ToolCall, Usage};
 use agent::trajectory::Event;
 use agent::workspace::Workspace;
-use server::http::{app, AppState, GenerationLimits, HttpLimits};
-use server::services::skills::SkillRepo;
-use server::services::turns::{AgentRuntime, StoreSink};
+use server::http::{app, HttpLimits};
+use server::services::turns::StoreSink;
 use server::sqlite::SqliteStore;
 use server::storage::Store;
+use server::testing::TestApp;
 
 /// Always calls `ls`, instantly, and notes when each call arrived.
 struct InstantEngine {
@@ -104,21 +104,9 @@ async fn main() -> anyhow::Result<()> {
                 .to_string(),
         );
     }
-    let sqlite = SqliteStore::open(&dir.path().join("api.db")).await?;
-    let skills = SkillRepo::sqlite(&sqlite, dir.path().join("blobs"));
-    let evolver = server::services::evolver::EvolverService::new(&sqlite, &skills, Default::default());
-    let api_store: Arc<dyn Store> = Arc::new(sqlite);
-    let (_, token) = server::http::auth::create_user_with_token(api_store.as_ref(), "bench", false).await?;
-    let state = AppState {
-        engine: Arc::new(InstantEngine::new()),
-        store: api_store,
-        limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-        agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default())),
-        skills,
-        evolver,
-        quotas: Default::default(),
-        shutdown: Default::default(),
-    };
+    let harness = TestApp::new(Arc::new(InstantEngine::new())).await?;
+    let (_, token) = harness.user("bench", false).await?;
+    let state = harness.state.clone();
     let http = HttpLimits { body_bytes: 256 * 1024 * 1024, ..HttpLimits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

@@ -14,14 +14,12 @@ use agent::engine::openai::{OpenAiEngine, OpenAiOptions};
 use agent::engine::Engine;
 use agent::model::{self, PullOutcome, DEFAULT_MODEL};
 
-use crate::config::{Backend, DType, ServeConfig, Weights};
+use crate::config::{Backend, DType, DatabaseArgs, ServeConfig, Weights};
+use crate::database::Database;
 use crate::http::{app, AppState, GenerationLimits, HttpLimits};
 use crate::services::evolver::EvolverService;
 use crate::services::skills::SkillRepo;
-use crate::sqlite::skills::SqliteSkillStore;
-use crate::sqlite::SqliteStore;
-use crate::storage::skills::{load_starter_skills, starter_skills, SkillStore};
-use crate::storage::Store;
+use crate::storage::skills::{load_starter_skills, starter_skills};
 use crate::sync_client::{SyncClient, SyncOptions};
 use agent::repack::{self, WeightFormat};
 
@@ -48,9 +46,8 @@ enum Command {
         /// The user the session belongs to.
         #[arg(long)]
         user: String,
-        /// Directory holding the database, as for `serve`.
-        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Run the evolver: mine finished sessions into better shared skills. Takes the same
     /// model and data options as `serve`.
@@ -98,18 +95,22 @@ enum UserCommand {
         /// Let the user run admin operations.
         #[arg(long)]
         admin: bool,
-        /// Directory holding the database, as for `serve`.
-        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Add a user to a group, so they see and may publish the group's skills
     /// (scope `group:<GROUP>`).
     Join {
         name: String,
         group: String,
-        /// Directory holding the database, as for `serve`.
-        #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke every API token of a user; every server node refuses them within a second.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -132,9 +133,10 @@ pub async fn main() -> ExitCode {
         Command::Serve(config) => serve(config).await,
         Command::Evolve { once, config } => evolve(once, config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
-        Command::User { command: UserCommand::Add { name, admin, data_dir } } => add_user(&name, admin, &data_dir).await,
-        Command::User { command: UserCommand::Join { name, group, data_dir } } => join_group(&name, &group, &data_dir).await,
-        Command::Import { file, user, data_dir } => import(&file, &user, &data_dir).await,
+        Command::User { command: UserCommand::Add { name, admin, database } } => add_user(&name, admin, &database).await,
+        Command::User { command: UserCommand::Join { name, group, database } } => join_group(&name, &group, &database).await,
+        Command::User { command: UserCommand::Revoke { name, database } } => revoke(&name, &database).await,
+        Command::Import { file, user, database } => import(&file, &user, &database).await,
         Command::Sync { server, token, dir, force, push, watch } => sync(SyncOptions { server, token, dir, force, push, watch }).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
@@ -151,32 +153,37 @@ pub async fn main() -> ExitCode {
     }
 }
 
-async fn add_user(name: &str, admin: bool, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
-    let (user, token) = crate::http::auth::create_user_with_token(&store, name, admin).await?;
+async fn add_user(name: &str, admin: bool, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let db = database.open().await?;
+    let (user, token) = crate::http::auth::create_user_with_token(db.store.as_ref(), name, admin).await?;
     eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
     Ok(())
 }
 
-async fn join_group(name: &str, group: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
-    let user = store.user_by_name(name).await?.with_context(|| format!("no user named `{name}`"))?;
-    let skills = SqliteSkillStore::new(store.pool(), data_dir.join("blobs"));
-    skills.add_group_member(group, &user.id).await?;
+async fn join_group(name: &str, group: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let db = database.open().await?;
+    let user = db.store.user_by_name(name).await?.with_context(|| format!("no user named `{name}`"))?;
+    db.skills.add_group_member(group, &user.id).await?;
     println!("{name} is a member of group:{group}");
     Ok(())
 }
 
+async fn revoke(name: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let db = database.open().await?;
+    let user = db.store.user_by_name(name).await?.with_context(|| format!("no user named `{name}`"))?;
+    let revoked = db.store.revoke_tokens(&user.id).await?;
+    println!("revoked {revoked} token(s) of {name}");
+    Ok(())
+}
+
 async fn evolve(once: bool, config: ServeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = SqliteStore::open(&config.data_dir.join("skillhive.db")).await?;
-    let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
+    let db = Database::open(config.database_url.as_deref(), &config.data_dir).await?;
+    let skills = Arc::new(SkillRepo::new(db.skills.clone()));
     load_starter_skills(skills.store.as_ref(), starter_skills()).await?;
     let engine = build_engine(&config).await?;
-    let service = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox(&config));
+    let service = EvolverService::scheduled(db.evolver.clone(), &skills, &config.evolver, exec_sandbox(&config));
     if !once {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();
@@ -202,13 +209,13 @@ async fn sync(options: SyncOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn import(file: &std::path::Path, user: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn import(file: &std::path::Path, user: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let imported = agent::import::parse(&text).with_context(|| format!("{} cannot be imported", file.display()))?;
-    let store = SqliteStore::open(&data_dir.join("skillhive.db")).await?;
-    let owner = store.user_by_name(user).await?.with_context(|| format!("no user named `{user}`; create it with `skillhive user add`"))?;
-    use crate::storage::Store;
-    match store.import_session(&owner.id, &imported).await? {
+    let db = database.open().await?;
+    let owner =
+        db.store.user_by_name(user).await?.with_context(|| format!("no user named `{user}`; create it with `skillhive user add`"))?;
+    match db.store.import_session(&owner.id, &imported).await? {
         Some(session) => println!("imported {} events as session {}", imported.events.len(), session.id),
         None => anyhow::bail!("the {} session `{}` was already imported", imported.source, imported.external_id),
     }
@@ -240,15 +247,16 @@ pub async fn run_server(
     shutdown_requested: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let db_path = config.data_dir.join("skillhive.db");
-    let store = SqliteStore::open(&db_path).await.with_context(|| format!("cannot open database {}", db_path.display()))?;
-
-    let interrupted = store.mark_interrupted_sessions().await.context("cannot mark interrupted sessions")?;
+    let db = Database::open(config.database_url.as_deref(), &config.data_dir).await?;
+    // This process's name among the nodes on the database, for the turns it runs.
+    let node = uuid::Uuid::new_v4().to_string();
+    db.store.heartbeat(&node).await.context("cannot record this node in the database")?;
+    let interrupted = db.store.mark_interrupted_sessions(&node, db.node_timeout()).await.context("cannot mark interrupted sessions")?;
     if interrupted > 0 {
-        tracing::warn!(interrupted, "sessions were running when the server last stopped; marked interrupted");
+        tracing::warn!(interrupted, "sessions were running on a node that stopped; marked interrupted");
     }
 
-    let skills = SkillRepo::sqlite(&store, config.data_dir.join("blobs"));
+    let skills = Arc::new(SkillRepo::new(db.skills.clone()));
     let loaded = load_starter_skills(skills.store.as_ref(), starter_skills()).await.context("cannot load the starter skills")?;
     if loaded > 0 {
         tracing::info!(loaded, "starter skills published to the shared repository");
@@ -257,10 +265,12 @@ pub async fn run_server(
     let shutdown = tokio_util::sync::CancellationToken::new();
     // Publications by other processes (the CLI, an evolver) reach sync clients too.
     tokio::spawn(skills.clone().follow_changes(shutdown.clone()));
+    let interval = crate::database::HEARTBEAT;
+    tokio::spawn(crate::services::nodes::keep_alive(db.store.clone(), node.clone(), interval, db.node_timeout(), shutdown.clone()));
 
     let engine = build_engine(&config).await?;
     let exec_sandbox = exec_sandbox(&config);
-    let evolver = EvolverService::scheduled(&store, &skills, &config.evolver, exec_sandbox.clone());
+    let evolver = EvolverService::scheduled(db.evolver.clone(), &skills, &config.evolver, exec_sandbox.clone());
     let quotas = Arc::new(crate::services::quota::Quotas::new(crate::services::quota::UsageLimits {
         requests_per_minute: config.user_requests_per_minute,
         tokens_per_day: config.user_tokens_per_day,
@@ -272,31 +282,35 @@ pub async fn run_server(
     let engine_window = engine.info().context_window;
     let state = AppState {
         engine,
-        store: Arc::new(store),
+        store: db.store.clone(),
         // A default above the cap would make every request without a limit fail; the cap wins.
         limits: GenerationLimits {
             max_tokens_cap: config.max_tokens,
             default_max_tokens: config.default_max_tokens.min(config.max_tokens),
         },
-        agent: Arc::new(crate::services::turns::AgentRuntime::new(
-            config.data_dir.join("workspaces"),
-            agent::agent_loop::AgentConfig {
-                context_window: engine_window.unwrap_or(8192),
-                exec_sandbox,
-                workspace_quota_bytes: config.workspace_quota_mb.saturating_mul(1024 * 1024),
-                max_steps: config.turn_max_steps.max(1),
-                max_wall_time: Duration::from_secs(config.turn_max_seconds.max(1)),
-                seed: config.turn_seed,
-                inline_skills: config.inline_skills,
-                ..Default::default()
-            },
-        )),
+        agent: Arc::new(
+            crate::services::turns::AgentRuntime::new(
+                config.data_dir.join("workspaces"),
+                agent::agent_loop::AgentConfig {
+                    context_window: engine_window.unwrap_or(8192),
+                    exec_sandbox,
+                    workspace_quota_bytes: config.workspace_quota_mb.saturating_mul(1024 * 1024),
+                    max_steps: config.turn_max_steps.max(1),
+                    max_wall_time: Duration::from_secs(config.turn_max_seconds.max(1)),
+                    seed: config.turn_seed,
+                    inline_skills: config.inline_skills,
+                    ..Default::default()
+                },
+            )
+            .on_node(node),
+        ),
         skills,
         evolver,
         quotas,
         shutdown: shutdown.clone(),
     };
     let http = HttpLimits { body_bytes: config.body_limit, request_timeout: Duration::from_secs(config.request_timeout) };
+    tokio::spawn(crate::services::nodes::follow_signals(state.store.clone(), state.skills.clone(), state.agent.clone(), shutdown.clone()));
 
     let address = listener.local_addr()?;
     // Printed on stdout, flushed, so that scripts and tests can read the bound port.
@@ -471,9 +485,9 @@ mod tests {
             "none",
         ];
         let Cli { command: Command::Serve(config) } = Cli::try_parse_from(args).unwrap() else { panic!("not serve") };
-        let store = SqliteStore::open(&data.path().join("skillhive.db")).await.unwrap();
-        let (_, token) = crate::http::auth::create_user_with_token(&store, "u", false).await.unwrap();
-        drop(store);
+        let db = Database::open(None, data.path()).await.unwrap();
+        let (_, token) = crate::http::auth::create_user_with_token(db.store.as_ref(), "u", false).await.unwrap();
+        drop(db);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

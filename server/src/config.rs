@@ -35,6 +35,23 @@ pub enum Weights {
     AsShipped,
 }
 
+/// Where the commands that only touch the database find it.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Directory holding the database, as for `serve`.
+    #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// A PostgreSQL database URL, as for `serve`.
+    #[arg(long, env = "SKILLHIVE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    pub async fn open(&self) -> anyhow::Result<crate::database::Database> {
+        crate::database::Database::open(self.database_url.as_deref(), &self.data_dir).await
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
@@ -44,6 +61,11 @@ pub struct ServeConfig {
     /// Directory for the SQLite database and other state.
     #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
     pub data_dir: PathBuf,
+
+    /// A PostgreSQL database (`postgres://user:password@host:port/name`) instead of the
+    /// SQLite file in the data directory; several server nodes may share it.
+    #[arg(long, env = "SKILLHIVE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 
     /// Which inference backend serves requests.
     #[arg(long, env = "SKILLHIVE_BACKEND", value_enum, default_value = "mistralrs")]

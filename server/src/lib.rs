@@ -3,7 +3,8 @@
 //! - `http`: the routers, one per resource, the `AppState` they share, errors as JSON;
 //! - `services`: what sits between HTTP and storage (quotas and metered engines, ...);
 //! - `storage`: the storage traits and their domain types, knowing no SQL driver;
-//! - `sqlite`: the SQLite backend, owning its SQL and migrations;
+//! - `sqlite`, `postgres`: one backend per database, each owning its SQL and migrations;
+//! - `database`: the one place that picks a backend (from the database URL);
 //! - `cli`, `config`: the binary's commands and settings; `sync_client`: the client side.
 //!
 //! `http::app(state)` builds the router apart from `main`, so tests drive it in-process;
@@ -12,11 +13,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod http;
+pub mod postgres;
 pub mod services;
 pub mod sqlite;
 pub mod storage;
 pub mod sync_client;
+pub mod testing;
 
 /// Helpers for the in-process API tests.
 #[cfg(test)]

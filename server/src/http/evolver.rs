@@ -26,12 +26,12 @@ fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
 
 pub async fn status(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     require_admin(&user)?;
-    let runs = state.evolver.store.runs(1).await?;
+    let runs = state.evolver.records.runs(1).await?;
     let last = runs.into_iter().next();
     Ok(Json(json!({
-        "running": last.as_ref().is_some_and(|r| r["status"] == "running"),
+        "running": last.as_ref().is_some_and(|r| r.status == "running"),
         "last_run": last,
-        "pending_sessions": state.evolver.store.pending_sessions().await?,
+        "pending_sessions": state.evolver.records.pending_sessions().await?,
         "every_minutes": state.evolver.every_minutes,
         "after_sessions": state.evolver.after_sessions,
         "review": state.evolver.config.review,
@@ -41,19 +41,22 @@ pub async fn status(State(state): State<AppState>, user: AuthUser) -> Result<Jso
 
 pub async fn runs(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     require_admin(&user)?;
-    Ok(Json(json!({ "runs": state.evolver.store.runs(100).await? })))
+    Ok(Json(json!({ "runs": state.evolver.records.runs(100).await? })))
 }
 
 pub async fn run(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     require_admin(&user)?;
-    let run = state.evolver.store.run(&id).await?.ok_or_else(|| ApiError::NotFound("no such evolver run".into(), "run_not_found"))?;
-    Ok(Json(run))
+    let (run, candidates) =
+        state.evolver.records.run(&id).await?.ok_or_else(|| ApiError::NotFound("no such evolver run".into(), "run_not_found"))?;
+    let mut body = serde_json::to_value(run).map_err(anyhow::Error::from)?;
+    body["candidates"] = serde_json::to_value(candidates).map_err(anyhow::Error::from)?;
+    Ok(Json(body))
 }
 
 /// Starts a run in the background; its progress is visible in `/api/evolver/runs`.
 pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_admin(&user)?;
-    if state.evolver.store.runs(1).await?.first().is_some_and(|r| r["status"] == "running") {
+    if state.evolver.records.runs(1).await?.first().is_some_and(|r| r.status == "running") {
         return Err(ApiError::Conflict("an evolver run is already going".into()));
     }
     // The run yields to users' generations: it waits between its calls while any runs.
@@ -89,10 +92,7 @@ pub async fn reject(State(state): State<AppState>, user: AuthUser, Path(id): Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{app, GenerationLimits, HttpLimits};
-    use crate::services::evolver::EvolverService;
-    use crate::sqlite::SqliteStore;
-    use crate::storage::Store;
+    use crate::testing::TestApp;
     use agent::trajectory::{Event, StopReason};
     use evolver::testing::RuleEngine;
     use evolver::EvolverConfig;
@@ -104,10 +104,11 @@ mod tests {
 
     #[tokio::test]
     async fn admins_start_runs_and_approve_held_candidates() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let (_, admin) = crate::http::auth::create_user_with_token(store.as_ref(), "admin", true).await.unwrap();
-        let (_, user) = crate::http::auth::create_user_with_token(store.as_ref(), "user", false).await.unwrap();
+        let engine = Arc::new(RuleEngine::default());
+        let harness = TestApp::new(engine.clone()).await.unwrap().with_evolver(EvolverConfig { review: true, ..Default::default() });
+        let store = harness.db.store.clone();
+        let (_, admin) = harness.user("admin", true).await.unwrap();
+        let (_, user) = harness.user("user", false).await.unwrap();
         // Two users counted data rows without a skill, verifiably (each rated the answer
         // up): a pattern for a new skill, mined from what they did.
         for (name, file, lines) in [("admin", "orders.csv", 5usize), ("user", "people.csv", 8)] {
@@ -136,20 +137,7 @@ mod tests {
             }
             store.add_feedback(&owner.id, &session.id, None, "up", None).await.unwrap();
         }
-        let engine = Arc::new(RuleEngine::default());
-        let skills = crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs"));
-        let config = EvolverConfig { review: true, ..Default::default() };
-        let state = AppState {
-            engine: engine.clone(),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("ws"), Default::default())),
-            evolver: EvolverService::new(&store, &skills, config),
-            skills,
-            quotas: Default::default(),
-            shutdown: Default::default(),
-        };
-        let router = app(state, HttpLimits::default());
+        let router = harness.router();
 
         for path in ["/api/evolver/status", "/api/evolver/runs"] {
             assert_eq!(request(&router, &user, "GET", path).await.0, StatusCode::FORBIDDEN);
@@ -200,7 +188,8 @@ mod tests {
         assert_eq!(request(&router, &admin, "GET", "/api/evolver/runs/nope").await.0, StatusCode::NOT_FOUND);
 
         // A store failure is a 500 whose cause is logged, not a 409 that tells the database's error.
-        sqlx::query("ALTER TABLE evolver_candidates RENAME TO gone").execute(&store.pool()).await.unwrap();
+        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", harness.dir.path().join("skillhive.db").display())).await.unwrap();
+        sqlx::query("ALTER TABLE evolver_candidates RENAME TO gone").execute(&raw).await.unwrap();
         let (code, failure) = request(&router, &admin, "POST", &format!("/api/evolver/candidates/{id}/approve")).await;
         assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(failure["error"]["message"], "internal server error");

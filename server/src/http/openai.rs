@@ -608,9 +608,9 @@ mod app_tests {
         Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, StreamEvent, ToolCall, Usage,
     };
 
-    use crate::http::{app, AppState, GenerationLimits, HttpLimits};
-    use crate::sqlite::SqliteStore;
+    use crate::http::GenerationLimits;
     use crate::storage::Store;
+    use crate::testing::TestApp;
 
     /// Answers every request with a fixed script and remembers what it was asked.
     struct ScriptedEngine {
@@ -679,43 +679,27 @@ mod app_tests {
 
     const TOKEN_USER: &str = "tester";
 
-    async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
+    async fn fixture() -> (axum::Router, Arc<ScriptedEngine>, Arc<dyn Store>, TestApp, String) {
         fixture_with(Default::default()).await
     }
 
     /// The fixture with the agent configured as `config` says (the catalog budget).
-    async fn fixture_with(
-        config: agent::agent_loop::AgentConfig,
-    ) -> (axum::Router, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir, String) {
-        let (mut state, engine, store, dir) = scripted_state().await;
-        state.agent = Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("workspaces"), config));
-        let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), TOKEN_USER, false).await.unwrap();
-        (app(state, HttpLimits::default()), engine, store, dir, token)
+    async fn fixture_with(config: agent::agent_loop::AgentConfig) -> (axum::Router, Arc<ScriptedEngine>, Arc<dyn Store>, TestApp, String) {
+        let (harness, engine) = scripted_state().await;
+        let harness = harness.with_agent(config);
+        let (_, token) = harness.user(TOKEN_USER, false).await.unwrap();
+        (harness.router(), engine, harness.db.store.clone(), harness, token)
     }
 
-    async fn scripted_state() -> (AppState, Arc<ScriptedEngine>, Arc<SqliteStore>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+    async fn scripted_state() -> (TestApp, Arc<ScriptedEngine>) {
         let engine = Arc::new(ScriptedEngine {
             info: ModelInfo { id: "scripted".into(), context_window: Some(2048), backend: "mistralrs" },
             seen: Mutex::new(Vec::new()),
             failures: Mutex::new(0),
         });
-        let state = AppState {
-            engine: engine.clone(),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 },
-            agent: Arc::new(crate::services::turns::AgentRuntime::new(dir.path().join("workspaces"), Default::default())),
-            skills: crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-            evolver: crate::services::evolver::EvolverService::new(
-                &store,
-                &crate::services::skills::SkillRepo::sqlite(&store, dir.path().join("blobs")),
-                Default::default(),
-            ),
-            quotas: Default::default(),
-            shutdown: Default::default(),
-        };
-        (state, engine, store, dir)
+        let harness =
+            TestApp::new(engine.clone()).await.unwrap().with_limits(GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 });
+        (harness, engine)
     }
 
     /// Any JSON value, nested a few levels.
@@ -742,7 +726,8 @@ mod app_tests {
     fn any_request_body_is_parsed_or_refused_cleanly() {
         use proptest::prelude::*;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (state, _engine, _store, _dir) = runtime.block_on(scripted_state());
+        let (harness, _engine) = runtime.block_on(scripted_state());
+        let state = harness.state.clone();
         let keys = vec![
             "model",
             "messages",
@@ -1203,8 +1188,8 @@ mod app_tests {
     }
 
     /// Publishes the starter skills and `extra` more as shared skills.
-    async fn publish_skills(store: &SqliteStore, dir: &std::path::Path, extra: Vec<(String, String)>) {
-        let repo = crate::services::skills::SkillRepo::sqlite(store, dir.join("blobs"));
+    async fn publish_skills(harness: &TestApp, extra: Vec<(String, String)>) {
+        let repo = &harness.state.skills;
         let mut skills = crate::storage::skills::starter_skills();
         for (slug, description) in extra {
             let mut files = agent::skills::bundle::Files::new();
@@ -1216,8 +1201,8 @@ mod app_tests {
 
     #[tokio::test]
     async fn the_catalog_goes_only_to_requests_with_tools() {
-        let (router, engine, store, dir, token) = fixture().await;
-        publish_skills(&store, dir.path(), vec![]).await;
+        let (router, engine, _store, harness, token) = fixture().await;
+        publish_skills(&harness, vec![]).await;
         let plain = json!({"model": "scripted", "messages": [{"role": "user", "content": "List the files in data/."}]});
         let (status, _, _) = send_with(&router, &token, &[], plain).await;
         assert_eq!(status, StatusCode::OK);
@@ -1250,12 +1235,12 @@ mod app_tests {
     #[tokio::test]
     async fn a_tight_catalog_keeps_the_skills_relevant_to_the_request() {
         let config = agent::agent_loop::AgentConfig { catalog_budget: 1_000, ..Default::default() };
-        let (router, engine, store, dir, token) = fixture_with(config).await;
+        let (router, engine, _store, harness, token) = fixture_with(config).await;
         // 61 skills whose names sort before the starter skills and that share no word with
         // the request, and the 5 starter skills: 66.
         let unrelated =
             (0..61).map(|i| (format!("a-calendar-{i:02}"), "Formats calendar dates for quarterly reports and invoices.".to_string()));
-        publish_skills(&store, dir.path(), unrelated.collect()).await;
+        publish_skills(&harness, unrelated.collect()).await;
         let request = "Inspect the csv columns, find where a phrase appears, write a shell script, summarize the long log \
                        and organize the workspace.";
         let body = json!({"model": "scripted", "tools": read_tool(), "messages": [

@@ -25,7 +25,7 @@ use crate::http::error::ApiError;
 use crate::http::json::JsonBody;
 use crate::http::AppState;
 use crate::services::turns::{run_session_turn, SessionTurn, TurnParts};
-use crate::storage::{Session, SessionStatus};
+use crate::storage::{Session, SessionStatus, Signal};
 
 async fn own_session(state: &AppState, user: &AuthUser, id: &str) -> Result<Session, ApiError> {
     state.store.get_session(&user.0.id, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session `{id}`"), "session_not_found"))
@@ -154,6 +154,18 @@ pub async fn post_message(
         }
         running.insert(session.id.clone(), cancel);
     }
+    // The database decides between nodes: a turn may already run there on another one.
+    match state.store.claim_turn(&user.0.id, &session.id, &state.agent.node).await {
+        Ok(true) => {}
+        Ok(false) => {
+            state.agent.running().remove(&session.id);
+            return Err(ApiError::Conflict("a turn is already running in this session".into()));
+        }
+        Err(error) => {
+            state.agent.running().remove(&session.id);
+            return Err(error.into());
+        }
+    }
     let (forward, mut forwarded) = mpsc::unbounded_channel();
     let user_id = user.0.id.clone();
     let task_state = state.clone();
@@ -214,13 +226,15 @@ pub async fn cancel_turn(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let session = own_session(&state, &user, &id).await?;
-    match state.agent.running().get(&session.id) {
-        Some(cancel) => {
-            let _ = cancel.send(true);
-            Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": true }))))
-        }
-        None => Err(ApiError::Conflict("no turn is running in this session".into())),
+    if state.agent.cancel(&session.id) {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": true }))));
     }
+    // A turn running on another node is asked to stop through the database.
+    if state.store.turn_node(&user.0.id, &session.id).await?.is_some() {
+        state.store.send_signal(Signal::CancelTurn { session_id: session.id.clone() }).await?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": true }))));
+    }
+    Err(ApiError::Conflict("no turn is running in this session".into()))
 }
 
 pub async fn trajectory(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -296,7 +310,6 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
-    use crate::storage::Store;
     use std::time::Duration;
 
     use axum::body::Body;
@@ -308,7 +321,7 @@ mod tests {
 
     use super::*;
     use crate::http::{app, GenerationLimits, HttpLimits};
-    use crate::sqlite::SqliteStore;
+    use crate::testing::TestApp;
 
     struct ScriptedEngine {
         info: ModelInfo,
@@ -362,29 +375,21 @@ mod tests {
         }
     }
 
-    /// The API on a scripted engine that answers with `script`, over `store` (skill blobs
-    /// under `dir`), with users' workspaces under `workspaces` and the agent as `config` says.
-    fn scripted_state(
-        store: &Arc<SqliteStore>,
-        dir: &std::path::Path,
-        script: Vec<Choice>,
-        workspaces: std::path::PathBuf,
-        config: AgentConfig,
-    ) -> AppState {
-        let skills = crate::services::skills::SkillRepo::sqlite(store, dir.join("blobs"));
-        AppState {
-            engine: Arc::new(ScriptedEngine {
-                info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-                script: Mutex::new(script.into()),
-            }),
-            store: store.clone(),
-            limits: GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 },
-            agent: Arc::new(crate::services::turns::AgentRuntime::new(workspaces, config)),
-            evolver: crate::services::evolver::EvolverService::new(store, &skills, Default::default()),
-            skills,
-            quotas: Default::default(),
-            shutdown: Default::default(),
-        }
+    fn scripted(script: Vec<Choice>) -> Arc<ScriptedEngine> {
+        Arc::new(ScriptedEngine {
+            info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
+            script: Mutex::new(script.into()),
+        })
+    }
+
+    /// The harness's API on a scripted engine that answers with `script`, with users'
+    /// workspaces under `workspaces` and the agent as `config` says.
+    fn scripted_state(harness: &TestApp, script: Vec<Choice>, workspaces: std::path::PathBuf, config: AgentConfig) -> AppState {
+        let mut state = harness.state.clone();
+        state.engine = scripted(script);
+        state.limits = GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 };
+        state.agent = Arc::new(crate::services::turns::AgentRuntime::new(workspaces, config));
+        state
     }
 
     fn tool(name: &str, arguments: Value) -> Choice {
@@ -398,11 +403,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_user_uploads_lists_downloads_and_deletes_workspace_files_and_sees_only_their_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, alice) = crate::http::auth::create_user_with_token(store.as_ref(), "alice", false).await.unwrap();
         let (_, bob) = crate::http::auth::create_user_with_token(store.as_ref(), "bob", false).await.unwrap();
-        let router = app(scripted_state(&store, dir.path(), vec![], dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
+        let router = app(scripted_state(&harness, vec![], dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
         let send = |token: &str, method: &str, path: &str, body: &str| {
             let request = Request::builder()
                 .method(method)
@@ -435,13 +440,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_sets_its_turn_limits_and_seed_and_the_reply_says_what_the_turn_cost() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         // The model lists the workspace forever (a new path each time); the request's own
         // step limit ends the turn, whose last step may only answer.
         let script: Vec<Choice> = (0..10).map(|i| tool("ls", json!({ "path": format!("d{i}") }))).collect();
-        let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
+        let state = scripted_state(&harness, script, dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let path = format!("/api/sessions/{}/messages", session["id"].as_str().unwrap());
@@ -465,12 +470,11 @@ mod tests {
 
     #[tokio::test]
     async fn streamed_turns_send_text_deltas_then_the_recorded_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let state = scripted_state(
-            &store,
-            dir.path(),
+            &harness,
             vec![tool("ls", json!({"path": "."})), Choice { text: "Nothing here.".into(), ..Default::default() }],
             dir.path().join("ws"),
             AgentConfig::default(),
@@ -528,11 +532,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_that_panics_leaves_its_session_usable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let script = vec![Choice { text: "panic".into(), ..Default::default() }];
-        let state = scripted_state(&store, dir.path(), script, dir.path().join("ws"), AgentConfig::default());
+        let state = scripted_state(&harness, script, dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let id = session["id"].as_str().unwrap().to_string();
@@ -554,12 +558,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_turn_is_cancelled_through_the_api() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let state = scripted_state(
-            &store,
-            dir.path(),
+            &harness,
             vec![Choice { text: "hang".into(), ..Default::default() }],
             dir.path().join("ws"),
             AgentConfig::default(),
@@ -600,8 +603,8 @@ mod tests {
         use agent::exec::escapes::{Arena, ATTACKS};
         use agent::exec::Sandbox;
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let store = harness.db.store.clone();
         let (user, token) = crate::http::auth::create_user_with_token(store.as_ref(), "attacker", false).await.unwrap();
         for (sandbox, policy) in
             [(Sandbox::default(), ExecPolicy::default()), (Sandbox::default(), ExecPolicy::Full), (Sandbox::Missing, ExecPolicy::Full)]
@@ -617,7 +620,7 @@ mod tests {
                 exec_sandbox: sandbox.clone(),
                 ..Default::default()
             };
-            let state = scripted_state(&store, dir.path(), script, arena.workspaces.clone(), config);
+            let state = scripted_state(&harness, script, arena.workspaces.clone(), config);
             let router = app(state, HttpLimits::default());
             let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
             let id = session["id"].as_str().unwrap().to_string();
@@ -652,7 +655,8 @@ mod tests {
             Choice { text: "I could not.".into(), ..Default::default() },
         ];
         let full = vec![tool("exec", json!({"command": "sleep 20"})), tool("exec", json!({"command": "yes"}))];
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let store = harness.db.store.clone();
         let (user, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
         let make = |script: Vec<Choice>, policy: ExecPolicy| {
             let config = AgentConfig {
@@ -660,7 +664,7 @@ mod tests {
                 exec_limits: ExecLimits { timeout: Duration::from_millis(300), max_output_bytes: 1024, ..Default::default() },
                 ..Default::default()
             };
-            scripted_state(&store, dir.path(), script, dir.path().join("workspaces"), config)
+            scripted_state(&harness, script, dir.path().join("workspaces"), config)
         };
         let router = app(make(script, ExecPolicy::default()), HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;

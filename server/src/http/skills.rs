@@ -425,13 +425,9 @@ fn sse_event(change: &Change) -> SseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::database::Database;
     use crate::services::skills::SkillRepo;
-    use crate::sqlite::skills::SqliteSkillStore;
-    use crate::sqlite::SqliteStore;
-    use crate::storage::skills::SkillStore;
-    use crate::storage::Store;
     use agent::agent_loop::SkillSource;
-    use std::sync::Arc;
 
     fn bundle(name: &str, metadata: &str) -> Files {
         let text = format!("---\nname: {name}\ndescription: Does {name}. Use when asked.\n{metadata}---\nSteps.\n");
@@ -441,9 +437,9 @@ mod tests {
     #[tokio::test]
     async fn agents_see_only_skills_whose_requirements_this_host_meets() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let user = store.create_user("u", false).await.unwrap();
-        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
+        let db = Database::sqlite(&dir.path().join("db"), &dir.path().join("blobs")).await.unwrap();
+        let user = db.store.create_user("u", false).await.unwrap();
+        let skills = db.skills.clone();
         let publish = |name: &'static str, metadata: &'static str| {
             let request = PublishRequest {
                 slug: name.into(),
@@ -460,7 +456,7 @@ mod tests {
         publish("needs-sh", "metadata:\n  openclaw:\n    requires:\n      bins: [sh]\n").await;
         publish("needs-missing", "metadata:\n  openclaw:\n    requires:\n      bins: [no-such-tool-here]\n").await;
         publish("needs-env", "metadata:\n  openclaw:\n    requires:\n      env: [SKILLHIVE_NO_SUCH_VARIABLE]\n").await;
-        let repo = SkillRepo::new(Arc::new(skills));
+        let repo = SkillRepo::new(skills);
         let viewer = repo.viewer(&user.id).await.unwrap();
         let catalog: Vec<String> = repo.agent_skills(&viewer).await.unwrap().catalog().into_iter().map(|e| e.slug).collect();
         assert_eq!(catalog, vec!["needs-sh", "plain"]);
@@ -469,9 +465,9 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_skill_is_left_out_of_catalogs_and_the_others_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let user = store.create_user("u", false).await.unwrap();
-        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
+        let db = Database::sqlite(&dir.path().join("db"), &dir.path().join("blobs")).await.unwrap();
+        let user = db.store.create_user("u", false).await.unwrap();
+        let skills = db.skills.clone();
         for name in ["sound", "damaged"] {
             let request = PublishRequest {
                 slug: name.into(),
@@ -488,7 +484,7 @@ mod tests {
         let sha = agent::skills::bundle::sha256_hex(&damaged["SKILL.md"]);
         let blob = walk(&dir.path().join("blobs")).into_iter().find(|p| p.to_string_lossy().contains(&sha)).expect("blob on disk");
         std::fs::write(&blob, b"garbage").unwrap();
-        let repo = SkillRepo::new(Arc::new(skills));
+        let repo = SkillRepo::new(skills);
         let viewer = repo.viewer(&user.id).await.unwrap();
         let catalog: Vec<String> = repo.agent_skills(&viewer).await.unwrap().catalog().into_iter().map(|e| e.slug).collect();
         assert_eq!(catalog, vec!["sound"]);

@@ -1,4 +1,4 @@
-//! The evolver inside the server: its store on the server's database, its configuration,
+//! The evolver inside the server: its store on the server's database (either backend), its configuration,
 //! and its scheduler (a timer and a count of waiting sessions).
 
 use std::sync::Arc;
@@ -8,11 +8,14 @@ use agent::engine::Engine;
 use evolver::{Evolver, EvolverConfig, RunError};
 
 use crate::services::skills::SkillRepo;
-use crate::sqlite::evolver::SqliteEvolverStore;
+use crate::storage::evolver::{EvolverRecords, RepoEvolverStore};
 
 /// The evolver's store and configuration, shared by the scheduler and the API.
 pub struct EvolverService {
-    pub store: Arc<SqliteEvolverStore>,
+    /// The evolver's tables, for the API's listings.
+    pub records: Arc<dyn EvolverRecords>,
+    /// What the evolver works on: those tables and the skill repository.
+    pub store: Arc<RepoEvolverStore>,
     pub config: EvolverConfig,
     /// Minutes between timed runs (0: none) and waiting sessions that start a run (0: none).
     pub every_minutes: u64,
@@ -20,9 +23,10 @@ pub struct EvolverService {
 }
 
 impl EvolverService {
-    pub fn new(store: &crate::sqlite::SqliteStore, skills: &SkillRepo, config: EvolverConfig) -> Arc<Self> {
+    pub fn new(records: Arc<dyn EvolverRecords>, skills: &SkillRepo, config: EvolverConfig) -> Arc<Self> {
         Arc::new(Self {
-            store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
+            store: Arc::new(RepoEvolverStore { records: records.clone(), skills: skills.store.clone() }),
+            records,
             config,
             every_minutes: 0,
             after_sessions: 0,
@@ -31,7 +35,7 @@ impl EvolverService {
 
     /// The service with the schedule and configuration given on the command line.
     pub fn scheduled(
-        store: &crate::sqlite::SqliteStore,
+        records: Arc<dyn EvolverRecords>,
         skills: &SkillRepo,
         args: &crate::config::EvolverArgs,
         sandbox: agent::exec::Sandbox,
@@ -39,7 +43,8 @@ impl EvolverService {
         // Replays run users' requests again: under the same sandbox as users' turns.
         let config = EvolverConfig { replay_sandbox: sandbox, ..args.config() };
         Arc::new(Self {
-            store: Arc::new(SqliteEvolverStore::new(store.pool(), skills.store.clone())),
+            store: Arc::new(RepoEvolverStore { records: records.clone(), skills: skills.store.clone() }),
+            records,
             config,
             every_minutes: args.evolve_every_minutes,
             after_sessions: args.evolve_after_sessions,
@@ -62,7 +67,7 @@ impl EvolverService {
                 () = shutdown.cancelled() => return,
             }
             let timer = self.every_minutes > 0 && last.elapsed() >= Duration::from_secs(self.every_minutes * 60);
-            let pending = self.store.pending_sessions().await.unwrap_or(0);
+            let pending = self.records.pending_sessions().await.unwrap_or(0);
             let count = self.after_sessions > 0 && pending >= self.after_sessions;
             if !(timer || count) {
                 continue;

@@ -1,6 +1,7 @@
 //! Services: what sits between HTTP and storage.
 
 pub mod evolver;
+pub mod nodes;
 pub mod quota;
 pub mod skills;
 pub mod turns;

@@ -21,9 +21,11 @@ use agent::skills::format::parse_skill_md;
 
 use crate::storage::skills::{Change, SkillStore, Viewer};
 
-/// How long a user's group membership is trusted before it is read again.
+/// How long a user's group membership is trusted before it is read again. A change made
+/// through any node of a PostgreSQL database is also announced, and forgotten at once.
 const VIEWER_TTL: Duration = Duration::from_secs(10);
-/// How often changes written by other processes (the CLI, an evolver) are picked up.
+/// How often the change log is read for writes no signal announced (the command line on
+/// a SQLite file); on PostgreSQL every write is announced, and this is a safety net.
 pub const CHANGE_POLL: Duration = Duration::from_secs(1);
 
 struct CachedManifest {
@@ -64,9 +66,9 @@ impl SkillRepo {
         }
     }
 
-    /// A repository on the SQLite database of `store`, with blobs under `blobs`.
-    pub fn sqlite(store: &crate::sqlite::SqliteStore, blobs: std::path::PathBuf) -> Arc<Self> {
-        Arc::new(Self::new(Arc::new(crate::sqlite::skills::SqliteSkillStore::new(store.pool(), blobs))))
+    /// Forgets every cached viewer: group memberships or admin rights changed.
+    pub fn forget_viewers(&self) {
+        self.viewers.lock().expect("viewer cache").clear();
     }
 
     /// The viewer for a user (by id), cached for [`VIEWER_TTL`]. Whether the user is an

@@ -23,13 +23,32 @@ pub struct AgentRuntime {
     /// Each user's workspace is a directory below this one, named by the user's id.
     pub workspaces: PathBuf,
     pub config: AgentConfig,
+    /// This process's name among the server nodes on the database: a session's running
+    /// turn is recorded under it.
+    pub node: String,
     /// Cancel switches of the turns running now, by session id.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl AgentRuntime {
     pub fn new(workspaces: PathBuf, config: AgentConfig) -> Self {
-        Self { workspaces, config, running: Mutex::new(HashMap::new()) }
+        Self { workspaces, config, node: uuid::Uuid::new_v4().to_string(), running: Mutex::new(HashMap::new()) }
+    }
+
+    /// The runtime of node `node`.
+    pub fn on_node(self, node: String) -> Self {
+        Self { node, ..self }
+    }
+
+    /// Asks the turn running in `session_id` here to stop; false when none runs here.
+    pub fn cancel(&self, session_id: &str) -> bool {
+        match self.running().get(session_id) {
+            Some(cancel) => {
+                let _ = cancel.send(true);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Asks every running turn to stop at its next step.
@@ -111,7 +130,7 @@ pub struct SessionTurn<'a> {
 
 /// Runs a turn in the user's workspace on the skills they see, metered against their
 /// quota; the session's conversation is read before and written after, and every event
-/// is stored as it happens.
+/// is stored as it happens. The caller has claimed the session ([`Store::claim_turn`]).
 pub async fn run_session_turn(parts: TurnParts<'_>, turn: SessionTurn<'_>) -> anyhow::Result<TurnOutcome> {
     let SessionTurn { user_id, session_id, content, config, cancel, forward } = turn;
     let history_json = parts.store.session_history(user_id, session_id).await?.unwrap_or_else(|| "[]".into());
@@ -121,7 +140,6 @@ pub async fn run_session_turn(parts: TurnParts<'_>, turn: SessionTurn<'_>) -> an
     // The skills are read once per turn, so a publication reaches the next turn.
     let viewer = parts.skills.viewer(user_id).await?;
     let skills = parts.skills.agent_skills(&viewer).await?;
-    parts.store.update_session(user_id, session_id, SessionStatus::Running, None).await?;
     let engine = MeteredEngine::new(parts.engine.clone(), parts.quotas.clone(), user_id);
     let mut ctx = TurnContext { engine: &engine, workspace: &workspace, skills: skills.as_ref(), sink: &sink, config, cancel };
     let outcome = run_turn(&mut ctx, &mut history, content).await;

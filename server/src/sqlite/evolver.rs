@@ -1,88 +1,34 @@
-//! The evolver's storage on the server's SQLite database and skill repository.
+//! The evolver's tables on the server's SQLite database.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::SqlitePool;
 
 use agent::trajectory::Event;
-use evolver::{CandidateRecord, EvolverStore, RunReport, SessionTrace, SkillText, SummaryRecord};
+use evolver::{CandidateRecord, RunReport, SessionTrace, SummaryRecord};
 
-use crate::storage::skills::{Actor, PublishRequest, Scope, SkillStore, Viewer};
+use crate::storage::evolver::{now_secs as now, EvolverRecords, RunRecord};
 
-pub struct SqliteEvolverStore {
+pub struct SqliteEvolverRecords {
     pool: SqlitePool,
-    skills: Arc<dyn SkillStore>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// The evolver reads and writes the shared scope only; a viewer that belongs to no user
-/// and no group sees exactly that.
-fn shared_viewer() -> Viewer {
-    Viewer { user_id: String::new(), is_admin: true, groups: Vec::new() }
-}
-
-impl SqliteEvolverStore {
-    pub fn new(pool: SqlitePool, skills: Arc<dyn SkillStore>) -> Self {
-        Self { pool, skills }
-    }
-
-    /// Finished sessions not yet summarized (for the "after K new sessions" trigger).
-    pub async fn pending_sessions(&self) -> anyhow::Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM sessions s WHERE s.status != 'running' \
-             AND NOT EXISTS (SELECT 1 FROM session_summaries m WHERE m.session_id = s.id) \
-             AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(count)
-    }
-
-    pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
-        let rows: Vec<RunRow> = sqlx::query_as(
-            "SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(run_json).collect())
-    }
-
-    /// One run with its candidates, by id.
-    pub async fn run(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        let row: Option<RunRow> =
-            sqlx::query_as("SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(mut run) = row.map(run_json) else { return Ok(None) };
-        let candidates: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE run_id = ? ORDER BY created_at, id")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        run["candidates"] = Value::Array(candidates.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect());
-        Ok(Some(run))
+impl SqliteEvolverRecords {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
     }
 }
 
 /// An `evolver_runs` row: id, trigger, status, report, started_at, finished_at.
 type RunRow = (String, String, String, String, i64, Option<i64>);
 
-fn run_json((id, trigger, status, report, started_at, finished_at): RunRow) -> Value {
-    serde_json::json!({
-        "id": id, "trigger": trigger, "status": status, "started_at": started_at, "finished_at": finished_at,
-        "report": serde_json::from_str::<Value>(&report).unwrap_or(Value::Null),
-    })
+fn run_record((id, trigger, status, report, started_at, finished_at): RunRow) -> RunRecord {
+    RunRecord { id, trigger, status, started_at, finished_at, report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null) }
 }
 
 #[async_trait]
-impl EvolverStore for SqliteEvolverStore {
+impl EvolverRecords for SqliteEvolverRecords {
     async fn try_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
         let now = now();
         let result = sqlx::query(
@@ -188,21 +134,6 @@ impl EvolverStore for SqliteEvolverStore {
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 
-    async fn shared_skill(&self, slug: &str) -> anyhow::Result<Option<SkillText>> {
-        let viewer = shared_viewer();
-        let Some(info) = self.skills.skill(&viewer, slug).await? else { return Ok(None) };
-        if info.scope != "shared" {
-            return Ok(None);
-        }
-        let Some(skill_md) = self.shared_skill_version(slug, &info.latest.version).await? else { return Ok(None) };
-        Ok(Some(SkillText { slug: slug.to_string(), version: info.latest.version, skill_md }))
-    }
-
-    async fn shared_skill_version(&self, slug: &str, version: &str) -> anyhow::Result<Option<String>> {
-        let files = self.skills.bundle(&shared_viewer(), slug, version).await?;
-        Ok(files.and_then(|f| f.get("SKILL.md").and_then(|b| String::from_utf8(b.clone()).ok())))
-    }
-
     async fn save_candidate(&self, candidate: &CandidateRecord) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO evolver_candidates (id, run_id, slug, status, record, created_at) VALUES (?, ?, ?, ?, ?, ?) \
@@ -233,38 +164,38 @@ impl EvolverStore for SqliteEvolverStore {
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 
-    async fn publish(&self, run_id: &str, slug: &str, skill_md: &str, changelog: &str, provenance: Value) -> anyhow::Result<String> {
-        // An improvement keeps the skill's other files; a new skill is its SKILL.md.
-        let viewer = shared_viewer();
-        let mut files = match self.skills.skill(&viewer, slug).await? {
-            Some(info) if info.scope == "shared" => self.skills.bundle(&viewer, slug, &info.latest.version).await?.unwrap_or_default(),
-            _ => Default::default(),
-        };
-        files.insert("SKILL.md".into(), skill_md.as_bytes().to_vec());
-        let request = PublishRequest {
-            slug: slug.to_string(),
-            scope: Scope::Shared,
-            version: None,
-            changelog: changelog.to_string(),
-            files,
-            provenance,
-        };
-        let info = self.skills.publish(&Actor::Evolver(run_id.to_string()), request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(info.version)
+    async fn pending_sessions(&self) -> anyhow::Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM sessions s WHERE s.status != 'running' \
+             AND NOT EXISTS (SELECT 1 FROM session_summaries m WHERE m.session_id = s.id) \
+             AND EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
     }
 
-    async fn rollback(&self, slug: &str, version: &str, reason: &str) -> anyhow::Result<String> {
-        let viewer = shared_viewer();
-        let files = self.skills.bundle(&viewer, slug, version).await?.ok_or_else(|| anyhow::anyhow!("no version {version} of {slug}"))?;
-        let request = PublishRequest {
-            slug: slug.to_string(),
-            scope: Scope::Shared,
-            version: None,
-            changelog: format!("Automatic rollback to {version}: {reason}"),
-            files,
-            provenance: serde_json::json!({ "rollback": { "restored": version, "reason": reason, "by": "evolver watch" } }),
-        };
-        let info = self.skills.publish(&Actor::Evolver("watch".into()), request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(info.version)
+    async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(run_record).collect())
+    }
+
+    async fn run(&self, id: &str) -> anyhow::Result<Option<(RunRecord, Vec<CandidateRecord>)>> {
+        let row: Option<RunRow> =
+            sqlx::query_as("SELECT id, trigger, status, report, started_at, finished_at FROM evolver_runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(run) = row.map(run_record) else { return Ok(None) };
+        let candidates: Vec<(String,)> = sqlx::query_as("SELECT record FROM evolver_candidates WHERE run_id = ? ORDER BY created_at, id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Some((run, candidates.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())))
     }
 }

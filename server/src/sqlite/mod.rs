@@ -13,38 +13,25 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use crate::storage::{
-    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Session, SessionStatus, Store, StoredEvent, User,
+    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Session, SessionStatus, Signal, Store, StoredEvent,
+    TokenCache, User,
 };
+use crate::storage::{EventRow, SessionRow};
 
 /// Fingerprints asked about in one query; SQLite bounds the parameters of a statement.
 const FINGERPRINTS_PER_QUERY: usize = 500;
 
-type SessionRow = (String, String, String, String, String, String);
-type EventRow = (i64, String, i64, String, String, String);
-
-impl From<SessionRow> for Session {
-    fn from((id, title, model, status, created_at, updated_at): SessionRow) -> Self {
-        Session { id, title, model, status: SessionStatus::parse(&status), created_at, updated_at }
-    }
-}
-
-impl TryFrom<EventRow> for StoredEvent {
-    type Error = anyhow::Error;
-    fn try_from((id, session_id, seq, kind, payload, created_at): EventRow) -> anyhow::Result<Self> {
-        Ok(StoredEvent { id, session_id, seq, kind, payload: serde_json::from_str(&payload)?, created_at })
-    }
-}
-
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Token hash → user, for [`TOKEN_CACHE_TTL`]. Every request authenticates, and a
-    /// polling sync client must not cost a database round trip each time.
-    tokens: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, User)>>,
+    tokens: TokenCache,
+    /// A SQLite file has one server node, so signals stay in this process.
+    signals: tokio::sync::broadcast::Sender<Signal>,
 }
 
-/// How long a token lookup is trusted before the database is asked again (so a token
-/// removed in the database stops working within this time).
-pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a token lookup is trusted before the database is asked again: a token
+/// revoked from the command line (another process, which cannot signal this one) stops
+/// working within this time.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The migrations at the repository root, compiled into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -83,7 +70,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, tokens: Default::default() })
+        Ok(Self { pool, tokens: TokenCache::new(TOKEN_CACHE_TTL), signals: tokio::sync::broadcast::channel(256).0 })
     }
 
     /// The connection pool, for the other stores that share this database file.
@@ -99,13 +86,75 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn mark_interrupted_sessions(&self) -> anyhow::Result<u64> {
-        let done = sqlx::query("UPDATE sessions SET status = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = ?")
-            .bind(SessionStatus::Interrupted.as_str())
-            .bind(SessionStatus::Running.as_str())
+    async fn heartbeat(&self, node: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO nodes (id, seen_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at")
+            .bind(node)
+            .bind(crate::storage::evolver::now_secs())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn mark_interrupted_sessions(&self, node: &str, stale_after: std::time::Duration) -> anyhow::Result<u64> {
+        let seen_after = crate::storage::evolver::now_secs() - stale_after.as_secs() as i64;
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?, node_id = NULL, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE status = ? AND (node_id IS NULL OR node_id != ?)
+             AND (? = 0 OR node_id IS NULL OR NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.id = sessions.node_id AND nodes.seen_at >= ?))",
+        )
+        .bind(SessionStatus::Interrupted.as_str())
+        .bind(SessionStatus::Running.as_str())
+        .bind(node)
+        .bind(stale_after.as_secs() as i64)
+        .bind(seen_after)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn claim_turn(&self, user_id: &str, session_id: &str, node: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?, node_id = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE user_id = ? AND id = ? AND status != ?",
+        )
+        .bind(SessionStatus::Running.as_str())
+        .bind(node)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(SessionStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn turn_node(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT node_id FROM sessions WHERE user_id = ? AND id = ? AND status = ?")
+            .bind(user_id)
+            .bind(session_id)
+            .bind(SessionStatus::Running.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|(node,)| node))
+    }
+
+    async fn revoke_tokens(&self, user_id: &str) -> anyhow::Result<u64> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE user_id = ?").bind(user_id).execute(&self.pool).await?;
+        self.tokens.clear();
+        self.send_signal(Signal::AuthChanged).await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn send_signal(&self, signal: Signal) -> anyhow::Result<()> {
+        if signal == Signal::AuthChanged {
+            self.tokens.clear();
+        }
+        // No receiver is not an error: nothing in this process is waiting for it.
+        let _ = self.signals.send(signal);
+        Ok(())
+    }
+
+    fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal> {
+        self.signals.subscribe()
     }
 
     async fn record_completion(&self, r: &CompletionRecord) -> anyhow::Result<()> {
@@ -155,10 +204,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_token(&self, token_hash: &str) -> anyhow::Result<Option<User>> {
-        if let Some((at, user)) = self.tokens.lock().expect("token cache").get(token_hash) {
-            if at.elapsed() < TOKEN_CACHE_TTL {
-                return Ok(Some(user.clone()));
-            }
+        if let Some(user) = self.tokens.get(token_hash) {
+            return Ok(Some(user));
         }
         let row: Option<(String, String, bool)> = sqlx::query_as(
             "SELECT users.id, users.name, users.is_admin FROM api_tokens JOIN users ON users.id = api_tokens.user_id
@@ -168,14 +215,8 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         let user = row.map(|(id, name, is_admin)| User { id, name, is_admin });
-        // Only known tokens are cached: a token made a moment ago by `skillhive user add`
-        // in another process must work at once.
-        let mut cache = self.tokens.lock().expect("token cache");
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
         if let Some(user) = &user {
-            cache.insert(token_hash.to_string(), (std::time::Instant::now(), user.clone()));
+            self.tokens.insert(token_hash, user);
         }
         Ok(user)
     }
@@ -346,8 +387,9 @@ impl Store for SqliteStore {
 
     async fn update_session(&self, user_id: &str, session_id: &str, status: SessionStatus, history: Option<&str>) -> anyhow::Result<()> {
         sqlx::query(
-            "UPDATE sessions SET status = ?, history = COALESCE(?, history),
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE user_id = ? AND id = ?",
+            "UPDATE sessions SET status = ?1, history = COALESCE(?2, history),
+             node_id = CASE WHEN ?1 = 'running' THEN node_id END,
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE user_id = ?3 AND id = ?4",
         )
         .bind(status.as_str())
         .bind(history)
@@ -481,70 +523,5 @@ mod tests {
         // Reopening runs the migrations again, which must be a no-op that keeps the data.
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(reopened.completion_count().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn conversation_states_stay_in_their_scope_and_are_answered_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let alice = store.create_user("alice", false).await.unwrap();
-        let bob = store.create_user("bob", false).await.unwrap();
-        let named = store.proxy_session(&alice.id, Some("ext"), "m").await.unwrap();
-        let plain = store.proxy_session(&alice.id, None, "m").await.unwrap();
-        assert_ne!(store.proxy_session(&alice.id, None, "m").await.unwrap().id, plain.id, "no id, a new session");
-        assert_eq!(store.proxy_session(&alice.id, Some("ext"), "m").await.unwrap().id, named.id);
-        for session in [&named, &plain] {
-            store.add_conversation_state(&alice.id, &session.id, ConversationState::Request, "f1").await.unwrap();
-        }
-        store.add_conversation_state(&alice.id, &named.id, ConversationState::Reply, "f2").await.unwrap();
-        // Another user's session id records nothing.
-        store.add_conversation_state(&bob.id, &plain.id, ConversationState::Reply, "f2").await.unwrap();
-        let wanted = ["f1".to_string(), "f2".to_string()];
-        let without_id = store.find_conversation_states(&alice.id, None, &wanted).await.unwrap();
-        assert_eq!(
-            without_id,
-            [ConversationMatch { session_id: plain.id.clone(), fingerprint: "f1".into(), state: ConversationState::Request }]
-        );
-        let in_named = store.find_conversation_states(&alice.id, Some(&named.id), &wanted).await.unwrap();
-        assert_eq!(in_named.len(), 2);
-        assert_eq!(in_named[0].state, ConversationState::Reply, "newest first");
-        assert!(store.find_conversation_states(&bob.id, None, &wanted).await.unwrap().is_empty());
-        assert!(store.claim_reply(&alice.id, &plain.id, "f1").await.unwrap());
-        assert!(!store.claim_reply(&alice.id, &plain.id, "f1").await.unwrap(), "answered once");
-        assert!(store.claim_reply(&alice.id, &named.id, "f1").await.unwrap(), "per session");
-    }
-
-    #[tokio::test]
-    async fn users_have_unique_names_and_tokens_map_back_to_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let alice = store.create_user("alice", false).await.unwrap();
-        assert!(matches!(store.create_user("alice", true).await, Err(CreateUserError::NameTaken(_))));
-        store.add_token(&alice.id, "hash-a").await.unwrap();
-        assert_eq!(store.user_by_token("hash-a").await.unwrap(), Some(alice));
-        assert_eq!(store.user_by_token("hash-b").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn events_and_ratings_belong_to_the_sessions_owner_even_against_hand_written_sql() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let alice = store.create_user("alice", false).await.unwrap();
-        let mallory = store.create_user("mallory", false).await.unwrap();
-        let session = store.create_session(&alice.id, "t", "m").await.unwrap();
-        let payload = serde_json::json!({"type": "user_message", "text": "hi"});
-        store.append_event(&alice.id, &session.id, "user_message", &payload).await.unwrap();
-        let refused = store.append_event(&mallory.id, &session.id, "user_message", &payload).await.unwrap_err();
-        assert!(format!("{refused:#}").contains("owner of its session"), "{refused:#}");
-        assert!(store.add_feedback(&mallory.id, &session.id, None, "down", None).await.is_err());
-        let moved = sqlx::query("UPDATE events SET user_id = ? WHERE session_id = ?")
-            .bind(&mallory.id)
-            .bind(&session.id)
-            .execute(&store.pool())
-            .await;
-        assert!(moved.is_err(), "an update cannot hand an event to another user");
-        assert_eq!(store.session_events(&alice.id, &session.id).await.unwrap().len(), 1);
-        assert!(store.events_since(&mallory.id, 0, 100).await.unwrap().is_empty());
-        store.add_feedback(&alice.id, &session.id, None, "up", None).await.unwrap();
     }
 }

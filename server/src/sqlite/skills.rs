@@ -2,16 +2,17 @@
 //! database, files as content-addressed blobs in a directory beside it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use agent::skills::bundle::{self, FileEntry, Files};
 use agent::skills::format::SkillManifest;
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use crate::storage::blobs::BlobStore;
 use crate::storage::skills::{
-    valid_group_name, Actor, Change, ManifestEntry, PublishRequest, RepoError, Scope, SkillInfo, SkillStore, VersionInfo, Viewer,
+    change_of, filter_listing, most_specific, now_ms, plan_version, valid_group_name, version_info, Actor, Change, ChangeRow,
+    ManifestEntry, PublishRequest, RepoError, Scope, SkillInfo, SkillRow, SkillStore, VersionInfo, VersionPlan, VersionRow, Viewer,
 };
 
 impl From<sqlx::Error> for RepoError {
@@ -20,25 +21,11 @@ impl From<sqlx::Error> for RepoError {
     }
 }
 
-/// The SQLite skill store and its blob directory.
+/// The SQLite skill store and its blob store.
 #[derive(Clone)]
 pub struct SqliteSkillStore {
     pool: SqlitePool,
-    blobs: PathBuf,
-}
-
-/// A `skill_changes` row: cursor, slug, scope key, kind, version.
-type ChangeRow = (i64, String, String, String, Option<String>);
-
-fn change_of((cursor, slug, scope_key, kind, version): ChangeRow) -> Change {
-    Change { cursor, slug, scope: Scope::from_key(&scope_key).label(), scope_key, kind, version }
-}
-
-type SkillRow = (i64, String, String, Option<String>, i64, i64);
-type VersionRow = (String, String, String, String, Option<String>, String, Option<String>, String, i64);
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    blobs: Arc<dyn BlobStore>,
 }
 
 fn placeholders(n: usize) -> String {
@@ -46,37 +33,8 @@ fn placeholders(n: usize) -> String {
 }
 
 impl SqliteSkillStore {
-    pub fn new(pool: SqlitePool, blobs: PathBuf) -> Self {
+    pub fn new(pool: SqlitePool, blobs: Arc<dyn BlobStore>) -> Self {
         Self { pool, blobs }
-    }
-
-    fn blob_path(&self, sha256: &str) -> PathBuf {
-        self.blobs.join(&sha256[..2]).join(sha256)
-    }
-
-    /// Writes a blob if absent: to a temporary file, synced, then renamed, so a crash
-    /// never leaves a partial blob under its hash.
-    fn write_blob(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let path = self.blob_path(sha256);
-        if path.exists() {
-            return Ok(());
-        }
-        let dir = path.parent().expect("blob paths have a parent");
-        std::fs::create_dir_all(dir)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut temp, bytes)?;
-        temp.as_file().sync_all()?;
-        temp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
-    }
-
-    fn read_blob(&self, sha256: &str) -> anyhow::Result<Vec<u8>> {
-        let path = self.blob_path(sha256);
-        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("blob {} is unreadable: {e}", path.display()))?;
-        // A blob is checked on every read: a damaged file must never be served as the
-        // version it claims to be.
-        anyhow::ensure!(bundle::sha256_hex(&bytes) == sha256, "blob {} does not match its hash", path.display());
-        Ok(bytes)
     }
 
     /// The visible, undeleted skill a viewer sees under `slug`.
@@ -92,7 +50,7 @@ impl SqliteSkillStore {
             query = query.bind(scope);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().min_by_key(|row| Scope::from_key(&row.2).rank()))
+        Ok(most_specific(rows.into_iter().map(|row| (row.1.clone(), row.2.clone(), row))).pop())
     }
 
     async fn version_rows(&self, skill_id: i64, version: Option<&str>) -> anyhow::Result<Vec<VersionRow>> {
@@ -103,29 +61,6 @@ impl SqliteSkillStore {
             None => sqlx::query_as(&format!("{base} ORDER BY seq DESC")).bind(skill_id).fetch_all(&self.pool).await?,
         };
         Ok(rows)
-    }
-
-    fn version_info(viewer: Option<&Viewer>, slug: &str, scope_key: &str, row: VersionRow) -> VersionInfo {
-        let (version, description, fingerprint, author_kind, author_id, changelog, parent_version, provenance, created_at) = row;
-        // Another user's id is theirs to show; only the author sees their own id.
-        let author_id = match (author_kind.as_str(), viewer) {
-            ("user", Some(v)) if author_id.as_deref() != Some(v.user_id.as_str()) => None,
-            _ => author_id,
-        };
-        VersionInfo {
-            slug: slug.to_string(),
-            scope: Scope::from_key(scope_key).label(),
-            version,
-            description,
-            fingerprint,
-            author_kind,
-            author_id,
-            changelog,
-            parent_version,
-            provenance: serde_json::from_str(&provenance).unwrap_or(Value::Null),
-            created_at,
-            files: Vec::new(),
-        }
     }
 
     async fn files_of(&self, skill_id: i64, version: &str) -> anyhow::Result<Vec<FileEntry>> {
@@ -145,7 +80,7 @@ impl SqliteSkillStore {
         let (count,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM skill_versions WHERE skill_id = ?").bind(id).fetch_one(&self.pool).await?;
         Ok(Some(SkillInfo {
-            latest: Self::version_info(Some(viewer), &slug, &scope, version_row),
+            latest: version_info(Some(viewer), &slug, &scope, version_row),
             scope: Scope::from_key(&scope).label(),
             slug,
             version_count: count,
@@ -172,44 +107,7 @@ impl SqliteSkillStore {
                 .await?;
         let (latest,): (Option<String>,) =
             sqlx::query_as("SELECT latest_version FROM skills WHERE id = ?").bind(skill_id).fetch_one(&mut **tx).await?;
-        let highest = existing.iter().filter_map(|(v, _)| semver::Version::parse(v).ok()).max();
-        let version = match &request.version {
-            Some(text) => {
-                let parsed =
-                    semver::Version::parse(text).map_err(|e| RepoError::BadRequest(format!("version `{text}` is not semver: {e}")))?;
-                if existing.iter().any(|(v, _)| v == text) {
-                    return Err(RepoError::Conflict(format!("version {text} of `{}` exists and cannot change", request.slug)));
-                }
-                if let Some(highest) = &highest {
-                    if parsed <= *highest {
-                        return Err(RepoError::Conflict(format!("version {text} must be higher than {highest}")));
-                    }
-                }
-                parsed.to_string()
-            }
-            None => match &highest {
-                // A bump must move `latest` forwards; at the largest patch number it cannot.
-                Some(h) => match h.patch.checked_add(1) {
-                    Some(patch) => semver::Version::new(h.major, h.minor, patch).to_string(),
-                    None => {
-                        return Err(RepoError::Conflict(format!(
-                            "the patch number of {h} cannot be raised; give the next version explicitly"
-                        )))
-                    }
-                },
-                None => "1.0.0".into(),
-            },
-        };
-        let entries = bundle::file_entries(&request.files);
-        let fingerprint = bundle::fingerprint(entries.iter().map(|e| (e.path.as_str(), e.sha256.as_str())));
-        let latest_fingerprint = existing.iter().find(|(v, _)| Some(v) == latest.as_ref()).map(|(_, f)| f.clone());
-        if latest_fingerprint.as_deref() == Some(fingerprint.as_str()) {
-            return Err(RepoError::Conflict(format!(
-                "the bundle is identical to the latest version {} of `{}`",
-                latest.unwrap_or_default(),
-                request.slug
-            )));
-        }
+        let VersionPlan { version, entries, fingerprint } = plan_version(&existing, latest.as_deref(), request)?;
         let now = now_ms();
         let (author_kind, author_id) = actor.author();
         let provenance = serde_json::to_string(&request.provenance).map_err(anyhow::Error::from)?;
@@ -278,11 +176,9 @@ impl SqliteSkillStore {
     /// is refused later is harmless (blobs are content-addressed and shared).
     async fn prepare_bundle(&self, request: &PublishRequest) -> Result<SkillManifest, RepoError> {
         let manifest = bundle::validate_bundle(&request.slug, &request.files).map_err(RepoError::Invalid)?;
-        let store = self.clone();
-        let files = request.files.clone();
-        tokio::task::spawn_blocking(move || files.values().try_for_each(|bytes| store.write_blob(&bundle::sha256_hex(bytes), bytes)))
-            .await
-            .map_err(anyhow::Error::from)??;
+        for bytes in request.files.values() {
+            self.blobs.put(&bundle::sha256_hex(bytes), bytes).await?;
+        }
         Ok(manifest)
     }
 
@@ -302,8 +198,7 @@ impl SqliteSkillStore {
         for scope in &scopes {
             query = query.bind(scope);
         }
-        let mut best: BTreeMap<String, (String, SkillInfo)> = BTreeMap::new();
-        for row in query.fetch_all(&self.pool).await? {
+        let rows = query.fetch_all(&self.pool).await?.into_iter().map(|row| {
             let (
                 _,
                 slug,
@@ -321,22 +216,18 @@ impl SqliteSkillStore {
                 at,
                 count,
             ) = row;
-            // One skill per slug: the most specific scope.
-            if best.get(&slug).is_some_and(|(b, _)| Scope::from_key(b).rank() <= Scope::from_key(&scope).rank()) {
-                continue;
-            }
             let version_row = (version, description, fingerprint, author_kind, author_id, changelog, parent, provenance, at);
             let info = SkillInfo {
-                latest: Self::version_info(Some(viewer), &slug, &scope, version_row),
+                latest: version_info(Some(viewer), &slug, &scope, version_row),
                 scope: Scope::from_key(&scope).label(),
                 slug: slug.clone(),
                 version_count: count,
                 created_at,
                 updated_at,
             };
-            best.insert(slug, (scope, info));
-        }
-        Ok(best.into_values().map(|(_, info)| info).collect())
+            (slug, scope, info)
+        });
+        Ok(most_specific(rows))
     }
 
     async fn visible_rows(&self, viewer: &Viewer) -> anyhow::Result<Vec<SkillRow>> {
@@ -351,15 +242,7 @@ impl SqliteSkillStore {
             query = query.bind(scope);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        // One row per slug: the most specific scope.
-        let mut best: BTreeMap<String, SkillRow> = BTreeMap::new();
-        for row in rows {
-            let better = best.get(&row.1).is_none_or(|b| Scope::from_key(&row.2).rank() < Scope::from_key(&b.2).rank());
-            if better {
-                best.insert(row.1.clone(), row);
-            }
-        }
-        Ok(best.into_values().collect())
+        Ok(most_specific(rows.into_iter().map(|row| (row.1.clone(), row.2.clone(), row))))
     }
 }
 
@@ -457,21 +340,7 @@ impl SkillStore for SqliteSkillStore {
     }
 
     async fn list_skills(&self, viewer: &Viewer, query: Option<&str>, scope: Option<&str>) -> anyhow::Result<Vec<SkillInfo>> {
-        let needle = query.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
-        let mut out = Vec::new();
-        for info in self.visible_skills(viewer).await? {
-            if scope.is_some_and(|s| info.scope != s) {
-                continue;
-            }
-            if let Some(needle) = &needle {
-                let haystack = format!("{} {}", info.slug, info.latest.description).to_lowercase();
-                if !needle.split_whitespace().all(|word| haystack.contains(word)) {
-                    continue;
-                }
-            }
-            out.push(info);
-        }
-        Ok(out)
+        Ok(filter_listing(self.visible_skills(viewer).await?, query, scope))
     }
 
     async fn skill(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<SkillInfo>> {
@@ -484,13 +353,13 @@ impl SkillStore for SqliteSkillStore {
     async fn versions(&self, viewer: &Viewer, slug: &str) -> anyhow::Result<Option<Vec<VersionInfo>>> {
         let Some((id, slug, scope, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
         let rows = self.version_rows(id, None).await?;
-        Ok(Some(rows.into_iter().map(|row| Self::version_info(Some(viewer), &slug, &scope, row)).collect()))
+        Ok(Some(rows.into_iter().map(|row| version_info(Some(viewer), &slug, &scope, row)).collect()))
     }
 
     async fn version(&self, viewer: &Viewer, slug: &str, version: &str) -> anyhow::Result<Option<VersionInfo>> {
         let Some((id, slug, scope, ..)) = self.resolve(viewer, slug).await? else { return Ok(None) };
         let Some(row) = self.version_rows(id, Some(version)).await?.pop() else { return Ok(None) };
-        let mut info = Self::version_info(Some(viewer), &slug, &scope, row);
+        let mut info = version_info(Some(viewer), &slug, &scope, row);
         info.files = self.files_of(id, version).await?;
         Ok(Some(info))
     }
@@ -503,7 +372,7 @@ impl SkillStore for SqliteSkillStore {
         }
         let mut files = Files::new();
         for entry in entries {
-            files.insert(entry.path, self.read_blob(&entry.sha256)?);
+            files.insert(entry.path, self.blobs.get(&entry.sha256).await?);
         }
         Ok(Some(files))
     }
@@ -516,7 +385,10 @@ impl SkillStore for SqliteSkillStore {
             .bind(path)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|(sha256,)| self.read_blob(&sha256)).transpose()
+        match row {
+            Some((sha256,)) => Ok(Some(self.blobs.get(&sha256).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn version_by_fingerprint(&self, viewer: &Viewer, slug: &str, fingerprint: &str) -> anyhow::Result<Option<String>> {
@@ -587,144 +459,5 @@ impl SkillStore for SqliteSkillStore {
     async fn skill_count(&self) -> anyhow::Result<i64> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM skills").fetch_one(&self.pool).await?;
         Ok(count)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sqlite::SqliteStore;
-    use crate::storage::Store;
-
-    fn files(body: &str) -> Files {
-        let mut files = Files::new();
-        files.insert(
-            "SKILL.md".into(),
-            format!("---\nname: notes\ndescription: Keep notes. Use when asked to remember.\n---\n{body}\n").into_bytes(),
-        );
-        files.insert("references/style.md".into(), b"Short lines.\n".to_vec());
-        files
-    }
-
-    fn request(scope: Scope, version: Option<&str>, body: &str) -> PublishRequest {
-        PublishRequest {
-            slug: "notes".into(),
-            scope,
-            version: version.map(str::to_string),
-            changelog: body.into(),
-            files: files(body),
-            provenance: Value::Null,
-        }
-    }
-
-    async fn fixture() -> (tempfile::TempDir, SqliteSkillStore, Viewer, Viewer) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let alice = store.create_user("alice", true).await.unwrap();
-        let bob = store.create_user("bob", false).await.unwrap();
-        let skills = SqliteSkillStore::new(store.pool(), dir.path().join("blobs"));
-        let (alice, bob) = (skills.viewer(&alice.id).await.unwrap(), skills.viewer(&bob.id).await.unwrap());
-        (dir, skills, alice, bob)
-    }
-
-    #[tokio::test]
-    async fn an_automatic_bump_never_moves_latest_backwards() {
-        let (_dir, skills, alice, _) = fixture().await;
-        let actor = Actor::User(alice.clone());
-        let top = format!("0.0.{}", u64::MAX);
-        skills.publish(&actor, request(Scope::Shared, Some(&top), "one")).await.unwrap();
-        let bumped = skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap_err();
-        assert!(matches!(&bumped, RepoError::Conflict(m) if m.contains("cannot be raised")), "{bumped:?}");
-        let latest = skills.list_skills(&alice, None, None).await.unwrap();
-        assert_eq!(latest[0].latest.version, top);
-    }
-
-    #[tokio::test]
-    async fn a_publish_never_changes_an_existing_version() {
-        let (_dir, skills, alice, _) = fixture().await;
-        let actor = Actor::User(alice.clone());
-        let first = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap();
-        assert_eq!(first.version, "1.0.0");
-        // The fingerprint is ClawHub's, computed by hand: collated paths, `path:sha256` lines.
-        let lines = format!(
-            "references/style.md:{}\nSKILL.md:{}",
-            bundle::sha256_hex(b"Short lines.\n"),
-            bundle::sha256_hex(&files("one")["SKILL.md"])
-        );
-        assert_eq!(first.fingerprint, bundle::sha256_hex(lines.as_bytes()));
-
-        let taken = skills.publish(&actor, request(Scope::Shared, Some("1.0.0"), "changed")).await.unwrap_err();
-        assert!(matches!(&taken, RepoError::Conflict(m) if m.contains("exists and cannot change")), "{taken:?}");
-        let lower = skills.publish(&actor, request(Scope::Shared, Some("0.9.0"), "changed")).await.unwrap_err();
-        assert!(matches!(&lower, RepoError::Conflict(m) if m.contains("must be higher")), "{lower:?}");
-        let same = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap_err();
-        assert!(matches!(&same, RepoError::Conflict(m) if m.contains("identical")), "{same:?}");
-        let bad = skills.publish(&actor, request(Scope::Shared, Some("two"), "x")).await.unwrap_err();
-        assert!(matches!(&bad, RepoError::BadRequest(m) if m.contains("not semver")), "{bad:?}");
-
-        let second = skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap();
-        assert_eq!((second.version.as_str(), second.parent_version.as_deref()), ("1.0.1", Some("1.0.0")));
-        let kept = skills.bundle(&alice, "notes", "1.0.0").await.unwrap().unwrap();
-        assert_eq!(kept, files("one"), "version 1.0.0 keeps its files");
-        // Even SQL written by hand cannot change or remove a published version.
-        let update = sqlx::query("UPDATE skill_versions SET changelog = 'x'").execute(&skills.pool).await.unwrap_err();
-        assert!(update.to_string().contains("immutable"), "{update}");
-        let delete = sqlx::query("DELETE FROM skill_files").execute(&skills.pool).await.unwrap_err();
-        assert!(delete.to_string().contains("immutable"), "{delete}");
-    }
-
-    #[tokio::test]
-    async fn rollback_publishes_a_copy_as_a_higher_version() {
-        let (_dir, skills, alice, _) = fixture().await;
-        let actor = Actor::User(alice.clone());
-        let first = skills.publish(&actor, request(Scope::Shared, None, "one")).await.unwrap();
-        skills.publish(&actor, request(Scope::Shared, None, "two")).await.unwrap();
-        let restored = skills.rollback(&actor, &alice, "notes", "1.0.0").await.unwrap();
-        assert_eq!(restored.version, "1.0.2");
-        assert_eq!(restored.fingerprint, first.fingerprint);
-        assert_eq!(restored.provenance["rollback"]["restored"], "1.0.0");
-        assert_eq!(skills.skill(&alice, "notes").await.unwrap().unwrap().latest.version, "1.0.2");
-        assert_eq!(skills.versions(&alice, "notes").await.unwrap().unwrap().len(), 3);
-        let kinds: Vec<String> = skills.changes_since(&alice, 0).await.unwrap().into_iter().map(|c| c.kind).collect();
-        assert_eq!(kinds, vec!["publish", "publish", "rollback"]);
-    }
-
-    #[tokio::test]
-    async fn private_skills_are_invisible_and_shadow_shared_ones_for_their_owner() {
-        let (_dir, skills, alice, bob) = fixture().await;
-        skills.publish(&Actor::User(alice.clone()), request(Scope::Shared, None, "shared")).await.unwrap();
-        skills.publish(&Actor::User(bob.clone()), request(Scope::User(bob.user_id.clone()), None, "bob's")).await.unwrap();
-        // Bob (not an admin) may not publish to shared, nor into alice's private scope.
-        let shared = skills.publish(&Actor::User(bob.clone()), request(Scope::Shared, None, "x")).await.unwrap_err();
-        assert!(matches!(shared, RepoError::Forbidden(_)));
-        let other = skills.publish(&Actor::User(bob.clone()), request(Scope::User(alice.user_id.clone()), None, "x")).await.unwrap_err();
-        assert!(matches!(other, RepoError::Forbidden(_)));
-
-        let bob_sees = skills.skill(&bob, "notes").await.unwrap().unwrap();
-        assert_eq!((bob_sees.scope.as_str(), bob_sees.latest.changelog.as_str()), ("private", "bob's"));
-        let alice_sees = skills.skill(&alice, "notes").await.unwrap().unwrap();
-        assert_eq!(alice_sees.scope, "shared");
-        assert_eq!(skills.manifest(&alice).await.unwrap().1["notes"].scope, "shared");
-        assert!(skills.changes_since(&alice, 0).await.unwrap().iter().all(|c| c.scope == "shared"));
-        // Deleting bob's copy uncovers the shared one for him.
-        skills.delete_skill(&bob, "notes").await.unwrap();
-        assert_eq!(skills.skill(&bob, "notes").await.unwrap().unwrap().scope, "shared");
-        assert_eq!(skills.changes_since(&bob, 0).await.unwrap().last().unwrap().kind, "delete");
-    }
-
-    #[tokio::test]
-    async fn groups_see_their_skills_and_invalid_bundles_are_refused_whole() {
-        let (_dir, skills, alice, bob) = fixture().await;
-        skills.add_group_member("team", &bob.user_id).await.unwrap();
-        let bob = skills.viewer(&bob.user_id).await.unwrap();
-        skills.publish(&Actor::User(bob.clone()), request(Scope::Group("team".into()), None, "team")).await.unwrap();
-        assert_eq!(skills.list_skills(&bob, Some("remember"), Some("group:team")).await.unwrap().len(), 1);
-        assert!(skills.skill(&alice, "notes").await.unwrap().is_none());
-
-        let mut broken = request(Scope::Shared, None, "x");
-        broken.files.insert("../escape".into(), b"x".to_vec());
-        let error = skills.publish(&Actor::User(alice.clone()), broken).await.unwrap_err();
-        assert!(matches!(&error, RepoError::Invalid(e) if e[0].rule == "path"), "{error:?}");
-        assert!(skills.skill(&alice, "notes").await.unwrap().is_none(), "nothing of a refused bundle is stored");
     }
 }

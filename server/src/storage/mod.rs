@@ -2,9 +2,17 @@
 //! knows a SQL driver or HTTP; each database backend (see `crate::sqlite`) implements
 //! these traits with its own SQL and migrations.
 
+pub mod blobs;
+pub mod evolver;
 pub mod skills;
 
+#[cfg(test)]
+mod conformance;
+
+use std::time::Duration;
+
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 /// One served chat completion, as the usage log keeps it.
 #[derive(Debug, Clone)]
@@ -83,6 +91,24 @@ pub struct StoredEvent {
     pub created_at: String,
 }
 
+/// A session as every backend reads it: id, title, model, status, created, updated.
+pub type SessionRow = (String, String, String, String, String, String);
+/// An event as every backend reads it: id, session, seq, kind, payload (JSON text), created.
+pub type EventRow = (i64, String, i64, String, String, String);
+
+impl From<SessionRow> for Session {
+    fn from((id, title, model, status, created_at, updated_at): SessionRow) -> Self {
+        Session { id, title, model, status: SessionStatus::parse(&status), created_at, updated_at }
+    }
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = anyhow::Error;
+    fn try_from((id, session_id, seq, kind, payload, created_at): EventRow) -> anyhow::Result<Self> {
+        Ok(StoredEvent { id, session_id, seq, kind, payload: serde_json::from_str(&payload)?, created_at })
+    }
+}
+
 /// A state of a proxied conversation, as proxy mode records it to group requests by
 /// conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +152,68 @@ pub enum CreateUserError {
     NameTaken(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// What one server node tells every node on the same database, itself included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// The skill change log grew.
+    SkillsChanged,
+    /// Tokens, admin rights or group memberships changed: cached identities are stale.
+    AuthChanged,
+    /// A user asked to cancel the turn running in a session, wherever it runs.
+    CancelTurn { session_id: String },
+}
+
+impl Signal {
+    /// How the signal travels as text (a PostgreSQL notification's payload).
+    pub fn encode(&self) -> String {
+        match self {
+            Signal::SkillsChanged => "skills".into(),
+            Signal::AuthChanged => "auth".into(),
+            Signal::CancelTurn { session_id } => format!("cancel:{session_id}"),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        match text {
+            "skills" => Some(Signal::SkillsChanged),
+            "auth" => Some(Signal::AuthChanged),
+            other => other.strip_prefix("cancel:").map(|id| Signal::CancelTurn { session_id: id.to_string() }),
+        }
+    }
+}
+
+/// Token hash → user, for a while. Every request authenticates, and a polling sync client
+/// must not cost a database round trip each time.
+pub struct TokenCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, User)>>,
+}
+
+impl TokenCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Default::default() }
+    }
+
+    pub fn get(&self, token_hash: &str) -> Option<User> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(token_hash).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, user)| user.clone())
+    }
+
+    /// Only known tokens are cached: a token made a moment ago by `skillhive user add` in
+    /// another process must work at once.
+    pub fn insert(&self, token_hash: &str, user: &User) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() > 10_000 {
+            entries.clear();
+        }
+        entries.insert(token_hash.to_string(), (std::time::Instant::now(), user.clone()));
+    }
+
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 #[async_trait]
@@ -188,9 +276,24 @@ pub trait Store: Send + Sync {
     async fn import_session(&self, user_id: &str, imported: &agent::import::ImportedSession) -> anyhow::Result<Option<Session>>;
     /// Checks that the database answers.
     async fn ping(&self) -> anyhow::Result<()>;
-    /// Marks sessions left `running` by a process that died mid-turn as `interrupted`;
-    /// returns how many. Called once at start, before any turn runs.
-    async fn mark_interrupted_sessions(&self) -> anyhow::Result<u64>;
+    /// Records that server node `node` is alive now.
+    async fn heartbeat(&self, node: &str) -> anyhow::Result<()>;
+    /// Marks `interrupted` the sessions left `running` by nodes not seen for `stale_after`
+    /// (a process that died mid-turn); returns how many. Zero means every node but the
+    /// caller's: right at start on a database only one node uses.
+    async fn mark_interrupted_sessions(&self, node: &str, stale_after: Duration) -> anyhow::Result<u64>;
+    /// Marks a session `running` on `node` unless a turn already runs in it (on any node);
+    /// true when this call did.
+    async fn claim_turn(&self, user_id: &str, session_id: &str, node: &str) -> anyhow::Result<bool>;
+    /// The node a session's turn runs on, when one runs.
+    async fn turn_node(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<String>>;
+    /// Removes every API token of a user; returns how many. Every node refuses them
+    /// within a second.
+    async fn revoke_tokens(&self, user_id: &str) -> anyhow::Result<u64>;
+    /// Sends a signal to every node on this database, this one included.
+    async fn send_signal(&self, signal: Signal) -> anyhow::Result<()>;
+    /// The signals from now on.
+    fn signals(&self) -> broadcast::Receiver<Signal>;
     async fn record_completion(&self, record: &CompletionRecord) -> anyhow::Result<()>;
     async fn completion_count(&self) -> anyhow::Result<i64>;
 }

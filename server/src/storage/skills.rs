@@ -215,6 +215,124 @@ pub enum RepoError {
     Other(#[from] anyhow::Error),
 }
 
+/// A `skill_changes` row as every backend reads it: cursor, slug, scope key, kind, version.
+pub type ChangeRow = (i64, String, String, String, Option<String>);
+/// A `skills` row: id, slug, scope key, latest version, created, updated.
+pub type SkillRow = (i64, String, String, Option<String>, i64, i64);
+/// A `skill_versions` row: version, description, fingerprint, author kind, author id,
+/// changelog, parent version, provenance (JSON text), created.
+pub type VersionRow = (String, String, String, String, Option<String>, String, Option<String>, String, i64);
+
+pub fn change_of((cursor, slug, scope_key, kind, version): ChangeRow) -> Change {
+    Change { cursor, slug, scope: Scope::from_key(&scope_key).label(), scope_key, kind, version }
+}
+
+/// Milliseconds since the Unix epoch, as the repository keeps time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A version row as `viewer` may see it.
+pub fn version_info(viewer: Option<&Viewer>, slug: &str, scope_key: &str, row: VersionRow) -> VersionInfo {
+    let (version, description, fingerprint, author_kind, author_id, changelog, parent_version, provenance, created_at) = row;
+    // Another user's id is theirs to show; only the author sees their own id.
+    let author_id = match (author_kind.as_str(), viewer) {
+        ("user", Some(v)) if author_id.as_deref() != Some(v.user_id.as_str()) => None,
+        _ => author_id,
+    };
+    VersionInfo {
+        slug: slug.to_string(),
+        scope: Scope::from_key(scope_key).label(),
+        version,
+        description,
+        fingerprint,
+        author_kind,
+        author_id,
+        changelog,
+        parent_version,
+        provenance: serde_json::from_str(&provenance).unwrap_or(Value::Null),
+        created_at,
+        files: Vec::new(),
+    }
+}
+
+/// What a publication will store: its version, file entries and fingerprint.
+pub struct VersionPlan {
+    pub version: String,
+    pub entries: Vec<FileEntry>,
+    pub fingerprint: String,
+}
+
+/// Decides a publication's version against the skill's `existing` versions (version,
+/// fingerprint) and its `latest`: an explicit version must be new, valid semver and
+/// higher than every other; no version bumps the patch number; a bundle identical to
+/// the latest is refused.
+pub fn plan_version(existing: &[(String, String)], latest: Option<&str>, request: &PublishRequest) -> Result<VersionPlan, RepoError> {
+    let highest = existing.iter().filter_map(|(v, _)| semver::Version::parse(v).ok()).max();
+    let version = match &request.version {
+        Some(text) => {
+            let parsed = semver::Version::parse(text).map_err(|e| RepoError::BadRequest(format!("version `{text}` is not semver: {e}")))?;
+            if existing.iter().any(|(v, _)| v == text) {
+                return Err(RepoError::Conflict(format!("version {text} of `{}` exists and cannot change", request.slug)));
+            }
+            if let Some(highest) = &highest {
+                if parsed <= *highest {
+                    return Err(RepoError::Conflict(format!("version {text} must be higher than {highest}")));
+                }
+            }
+            parsed.to_string()
+        }
+        None => match &highest {
+            // A bump must move `latest` forwards; at the largest patch number it cannot.
+            Some(h) => match h.patch.checked_add(1) {
+                Some(patch) => semver::Version::new(h.major, h.minor, patch).to_string(),
+                None => {
+                    return Err(RepoError::Conflict(format!("the patch number of {h} cannot be raised; give the next version explicitly")))
+                }
+            },
+            None => "1.0.0".into(),
+        },
+    };
+    let entries = agent::skills::bundle::file_entries(&request.files);
+    let fingerprint = agent::skills::bundle::fingerprint(entries.iter().map(|e| (e.path.as_str(), e.sha256.as_str())));
+    let latest_fingerprint = existing.iter().find(|(v, _)| Some(v.as_str()) == latest).map(|(_, f)| f.as_str());
+    if latest_fingerprint == Some(fingerprint.as_str()) {
+        return Err(RepoError::Conflict(format!(
+            "the bundle is identical to the latest version {} of `{}`",
+            latest.unwrap_or_default(),
+            request.slug
+        )));
+    }
+    Ok(VersionPlan { version, entries, fingerprint })
+}
+
+/// Keeps the skills of a listing that match `query` (every word, in slug or description)
+/// and `scope` (a label).
+pub fn filter_listing(skills: Vec<SkillInfo>, query: Option<&str>, scope: Option<&str>) -> Vec<SkillInfo> {
+    let needle = query.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+    skills
+        .into_iter()
+        .filter(|info| scope.is_none_or(|s| info.scope == s))
+        .filter(|info| {
+            let Some(needle) = &needle else { return true };
+            let haystack = format!("{} {}", info.slug, info.latest.description).to_lowercase();
+            needle.split_whitespace().all(|word| haystack.contains(word))
+        })
+        .collect()
+}
+
+/// Of several rows for one slug, the one in the most specific scope, per slug, by slug.
+pub fn most_specific<T>(rows: impl IntoIterator<Item = (String, String, T)>) -> Vec<T> {
+    let mut best: BTreeMap<String, (u8, T)> = BTreeMap::new();
+    for (slug, scope_key, item) in rows {
+        let rank = Scope::from_key(&scope_key).rank();
+        if best.get(&slug).is_none_or(|(b, _)| rank < *b) {
+            best.insert(slug, (rank, item));
+        }
+    }
+    best.into_values().map(|(_, item)| item).collect()
+}
+
 #[async_trait]
 pub trait SkillStore: Send + Sync {
     /// A user as a reader of the repository: admin or not, and their groups.

@@ -1,0 +1,210 @@
+//! One harness for the in-process API tests and the benchmarks: the whole application
+//! state over a fresh SQLite database in a temporary directory, on whatever engine the
+//! caller brings, so that no test file builds an `AppState` by hand.
+
+use std::sync::Arc;
+
+use agent::agent_loop::AgentConfig;
+use agent::engine::Engine;
+use evolver::EvolverConfig;
+
+use crate::database::Database;
+use crate::http::{app, AppState, GenerationLimits, HttpLimits};
+use crate::services::evolver::EvolverService;
+use crate::services::skills::SkillRepo;
+use crate::services::turns::AgentRuntime;
+use crate::storage::User;
+
+pub struct TestApp {
+    /// Holds the database, blobs and workspaces; removed on drop.
+    pub dir: tempfile::TempDir,
+    pub db: Database,
+    pub state: AppState,
+}
+
+impl TestApp {
+    /// The application on `engine` with default settings and small generation limits.
+    pub async fn new(engine: Arc<dyn Engine>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let db = Database::sqlite(&dir.path().join("skillhive.db"), &dir.path().join("blobs")).await?;
+        let skills = Arc::new(SkillRepo::new(db.skills.clone()));
+        let state = AppState {
+            engine,
+            store: db.store.clone(),
+            limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 16 },
+            agent: Arc::new(AgentRuntime::new(dir.path().join("workspaces"), AgentConfig::default())),
+            evolver: EvolverService::new(db.evolver.clone(), &skills, EvolverConfig::default()),
+            skills,
+            quotas: Default::default(),
+            shutdown: Default::default(),
+        };
+        Ok(Self { dir, db, state })
+    }
+
+    /// The agent configured as `config` says, workspaces kept in the test's directory.
+    pub fn with_agent(mut self, config: AgentConfig) -> Self {
+        self.state.agent = Arc::new(AgentRuntime::new(self.dir.path().join("workspaces"), config));
+        self
+    }
+
+    pub fn with_evolver(mut self, config: EvolverConfig) -> Self {
+        self.state.evolver = EvolverService::new(self.db.evolver.clone(), &self.state.skills, config);
+        self
+    }
+
+    pub fn with_limits(mut self, limits: GenerationLimits) -> Self {
+        self.state.limits = limits;
+        self
+    }
+
+    /// The router over this state.
+    pub fn router(&self) -> axum::Router {
+        app(self.state.clone(), HttpLimits::default())
+    }
+
+    /// A new user and their API token.
+    pub async fn user(&self, name: &str, admin: bool) -> anyhow::Result<(User, String)> {
+        crate::http::auth::create_user_with_token(self.db.store.as_ref(), name, admin).await
+    }
+}
+
+/// A private PostgreSQL server for tests and benchmarks: a fresh cluster in a temporary
+/// directory on a free local port, stopped and removed on drop. Debian's `postgresql`
+/// package provides the programs (the test script installs it).
+pub mod postgres {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use anyhow::Context;
+
+    pub struct PgCluster {
+        dir: tempfile::TempDir,
+        bin: PathBuf,
+        pub port: u16,
+    }
+
+    /// The directory holding `initdb` and `pg_ctl`: on the PATH, else Debian's.
+    fn bin_dir() -> anyhow::Result<PathBuf> {
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                    return Ok(dir);
+                }
+            }
+        }
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.join("initdb").is_file())
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .context("PostgreSQL is not installed (no initdb on the PATH or in /usr/lib/postgresql); install Debian's `postgresql`")
+    }
+
+    /// PostgreSQL refuses to run as root; as root it runs as the `postgres` user.
+    fn command(bin: &Path, program: &str) -> Command {
+        if rustix::process::geteuid().is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            command
+        } else {
+            Command::new(bin.join(program))
+        }
+    }
+
+    fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
+        let output = command.output().with_context(|| format!("cannot run {what}"))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    impl PgCluster {
+        /// Creates and starts a cluster whose superuser `skillhive` needs no password
+        /// from this machine.
+        pub fn start() -> anyhow::Result<Self> {
+            let bin = bin_dir()?;
+            let dir = tempfile::Builder::new().prefix("skillhive-pg-").tempdir()?;
+            if rustix::process::geteuid().is_root() {
+                run(
+                    {
+                        let mut c = Command::new("chown");
+                        c.arg("-R").arg("postgres").arg(dir.path());
+                        c
+                    },
+                    "chown",
+                )?;
+            }
+            let data = dir.path().join("data");
+            let mut initdb = command(&bin, "initdb");
+            initdb.arg("-D").arg(&data).args(["-U", "skillhive", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+            run(initdb, "initdb")?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let cluster = Self { dir, bin, port };
+            cluster.start_server()?;
+            Ok(cluster)
+        }
+
+        fn start_server(&self) -> anyhow::Result<()> {
+            let mut pg_ctl = command(&self.bin, "pg_ctl");
+            pg_ctl
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .arg("-o")
+                .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.path().display()))
+                .args(["-w", "start"]);
+            run(pg_ctl, "pg_ctl start")
+        }
+
+        /// Stops the server the way a crash would (no checkpoint, no clean shutdown),
+        /// then starts it again: what was acknowledged must still be there.
+        pub fn crash_and_restart(&self) -> anyhow::Result<()> {
+            let mut pg_ctl = command(&self.bin, "pg_ctl");
+            pg_ctl.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+            run(pg_ctl, "pg_ctl stop")?;
+            self.start_server()
+        }
+
+        pub fn url(&self, database: &str) -> String {
+            format!("postgres://skillhive@127.0.0.1:{}/{database}", self.port)
+        }
+    }
+
+    impl Drop for PgCluster {
+        fn drop(&mut self) {
+            let mut pg_ctl = command(&self.bin, "pg_ctl");
+            pg_ctl.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+            let _ = pg_ctl.output();
+        }
+    }
+
+    /// A new, empty database: in the server named by `SKILLHIVE_TEST_POSTGRES` (a URL of
+    /// a database its user may create databases from, as the test script sets), else in a
+    /// private cluster started for the caller, returned with it so that it lives as long.
+    pub async fn fresh_database() -> anyhow::Result<(Option<PgCluster>, String)> {
+        let (cluster, admin_url) = match std::env::var("SKILLHIVE_TEST_POSTGRES") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
+                let url = cluster.url("postgres");
+                (Some(cluster), url)
+            }
+        };
+        let name = format!("t{}", uuid::Uuid::new_v4().simple());
+        let mut admin: sqlx::PgConnection =
+            sqlx::Connection::connect(&admin_url).await.with_context(|| format!("cannot reach {admin_url}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+        let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap_or(admin_url);
+        Ok((cluster, format!("{base}/{name}")))
+    }
+}
