@@ -183,3 +183,28 @@ pub async fn call(
     let text = response.text().await.expect("body read");
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
+
+/// Runs the real `clawhub` CLI (pinned in `tests/clawhub`) against `registry`.
+pub fn clawhub(workdir: &Path, config: &Path, registry: &str, args: &[&str]) -> std::process::Output {
+    let cli = repo_root().join("tests/clawhub/node_modules/.bin/clawhub");
+    assert!(cli.exists(), "{} is missing: `bash scripts/test` installs it (npm ci in tests/clawhub)", cli.display());
+    let output = Command::new(cli)
+        .args(["--registry", registry, "--workdir"])
+        .arg(workdir)
+        .arg("--no-input")
+        .args(args)
+        .env("CLAWHUB_CONFIG_PATH", config)
+        .env("CLAWHUB_DISABLE_TELEMETRY", "1")
+        .output()
+        .expect("run clawhub");
+    eprintln!("clawhub {args:?}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Runs a `skillhive` subcommand that touches only the database at `database_url`;
+/// its standard output, after checking it succeeded.
+pub fn skillhive_on(database_url: &str, args: &[&str]) -> String {
+    let output = Command::new(skillhive_binary()).args(args).args(["--database-url", database_url]).output().expect("run skillhive");
+    assert!(output.status.success(), "skillhive {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("text").trim().to_string()
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use e2e::{add_admin, add_user, call, client, repo_root, skillhive_binary, Server};
+use e2e::{add_admin, add_user, call, clawhub, client, repo_root, skillhive_binary, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -133,22 +133,6 @@ async fn publishing_syncing_and_the_change_feed() {
     let (status, _) =
         call(reqwest::Method::POST, &server, &server.token, "/api/skills/tidy-notes/rollback", Some(json!({"version": "1.0.1"}))).await;
     assert_eq!(status, 403, "a user may not roll back a shared skill");
-}
-
-fn clawhub(workdir: &Path, config: &Path, registry: &str, args: &[&str]) -> Output {
-    let cli = repo_root().join("tests/clawhub/node_modules/.bin/clawhub");
-    assert!(cli.exists(), "{} is missing: `bash scripts/test` installs it (npm ci in tests/clawhub)", cli.display());
-    let output = Command::new(cli)
-        .args(["--registry", registry, "--workdir"])
-        .arg(workdir)
-        .arg("--no-input")
-        .args(args)
-        .env("CLAWHUB_CONFIG_PATH", config)
-        .env("CLAWHUB_DISABLE_TELEMETRY", "1")
-        .output()
-        .expect("run clawhub");
-    eprintln!("clawhub {args:?}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    output
 }
 
 fn text(output: &Output) -> String {

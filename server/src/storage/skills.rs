@@ -399,7 +399,8 @@ pub fn read_skill_dir(dir: &Path) -> anyhow::Result<Files> {
 /// Publishes the starter skills (slug and files) as the server's own shared skills when
 /// the repository is empty, that is on its first start. Later starts leave the repository
 /// alone, so a starter skill an admin deleted or the evolver improved stays as it is.
-/// Returns how many were loaded.
+/// Nodes starting together may both find it empty; each skill is then loaded by one of
+/// them. Returns how many this call loaded.
 pub async fn load_starter_skills(store: &dyn SkillStore, skills: Vec<(String, Files)>) -> anyhow::Result<usize> {
     if store.skill_count().await? > 0 {
         return Ok(0);
@@ -416,6 +417,8 @@ pub async fn load_starter_skills(store: &dyn SkillStore, skills: Vec<(String, Fi
         };
         match store.publish(&Actor::System, request).await {
             Ok(_) => loaded += 1,
+            // Another node starting at the same moment on the same database loaded it.
+            Err(RepoError::Conflict(_)) => {}
             Err(RepoError::Invalid(errors)) => {
                 let list = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                 anyhow::bail!("starter skill {slug} is not valid: {list}");
