@@ -21,9 +21,10 @@ use agent::skills::format::parse_skill_md;
 
 use crate::storage::skills::{Change, SkillStore, Viewer};
 
-/// How long a user's group membership is trusted before it is read again. A change made
-/// through any node of a PostgreSQL database is also announced, and forgotten at once.
-const VIEWER_TTL: Duration = Duration::from_secs(10);
+/// How long a user's group membership is trusted before it is read again (a join from
+/// the command line on a SQLite file reaches the server within this time). A change on
+/// PostgreSQL is also announced to every node, which forgets it at once.
+const VIEWER_TTL: Duration = Duration::from_secs(1);
 /// How often the change log is read for writes no signal announced (the command line on
 /// a SQLite file); on PostgreSQL every write is announced, and this is a safety net.
 pub const CHANGE_POLL: Duration = Duration::from_secs(1);
