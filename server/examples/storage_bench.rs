@@ -157,7 +157,8 @@ fn serve(database: &[&str]) -> anyhow::Result<Node> {
         .args(database)
         // The manifest needs no model: an unreachable backend keeps it out of memory.
         .args(["--backend", "openai", "--openai-base-url", "http://127.0.0.1:9/v1", "--openai-model", "none"])
-        .args(["--max-connections", "1024"])
+        // Every client is the same user here; the per-user rate limit would measure itself.
+        .args(["--max-connections", "1024", "--user-requests-per-minute", "0"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

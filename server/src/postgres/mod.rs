@@ -414,20 +414,21 @@ impl Store for PgStore {
     }
 
     async fn append_event(&self, user_id: &str, session_id: &str, kind: &str, payload: &serde_json::Value) -> anyhow::Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(EVENT_LOG_LOCK).execute(&mut *tx).await?;
+        // One statement, one round trip: the lock is taken before the row (and its cursor)
+        // is made, since the row is produced from the lock's row, and held until commit.
         let (seq,): (i64,) = sqlx::query_as(
-            "INSERT INTO events (session_id, user_id, seq, kind, payload)
-             SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4 FROM events WHERE session_id = $1
+            "WITH locked AS (SELECT pg_advisory_xact_lock($5))
+             INSERT INTO events (session_id, user_id, seq, kind, payload)
+             SELECT $1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE session_id = $1), $3, $4 FROM locked
              RETURNING seq",
         )
         .bind(session_id)
         .bind(user_id)
         .bind(kind)
         .bind(payload.to_string())
-        .fetch_one(&mut *tx)
+        .bind(EVENT_LOG_LOCK)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(seq)
     }
 

@@ -94,6 +94,7 @@ conformance!(
     events_and_ratings_belong_to_the_sessions_owner_even_against_hand_written_sql,
     conversation_states_stay_in_their_scope_and_are_answered_once,
     event_cursors_page_through_a_users_events_only,
+    a_follower_of_the_event_cursor_misses_no_event_of_concurrent_writers,
     an_import_is_all_or_nothing,
     an_automatic_bump_never_moves_latest_backwards,
     a_published_version_never_changes_even_against_hand_written_sql,
@@ -247,6 +248,40 @@ async fn event_cursors_page_through_a_users_events_only(backend: Backend) {
     assert_eq!(texts, ["a0", "a1", "a2", "a3", "a4"]);
     assert!(store.events_since(&alice.id, rest.last().unwrap().id, 3).await.unwrap().is_empty());
     assert_eq!(store.last_event(&alice.id, &a.id, "user_message").await.unwrap().unwrap().payload["text"], "a4");
+}
+
+async fn a_follower_of_the_event_cursor_misses_no_event_of_concurrent_writers(backend: Backend) {
+    let store = backend.db.store.clone();
+    let alice = store.create_user("alice", false).await.unwrap();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (store, user) = (store.clone(), alice.id.clone());
+        let session = store.create_session(&user, &format!("s{w}"), "m").await.unwrap();
+        writers.push(tokio::spawn(async move {
+            for i in 0..40 {
+                store
+                    .append_event(&user, &session.id, "user_message", &serde_json::json!({"type": "user_message", "text": i}))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    // The follower reads while the writers write, as a client of `?since=` does.
+    let (mut cursor, mut seen) = (0, Vec::new());
+    while !writers.iter().all(|w| w.is_finished()) {
+        for event in store.events_since(&alice.id, cursor, 7).await.unwrap() {
+            cursor = event.id;
+            seen.push(event.id);
+        }
+    }
+    loop {
+        let page = store.events_since(&alice.id, cursor, 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.id;
+        seen.extend(page.iter().map(|e| e.id));
+    }
+    assert_eq!(seen.len(), 320, "every event once, none stepped over");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
 
 async fn an_import_is_all_or_nothing(backend: Backend) {
