@@ -2,8 +2,9 @@
 //! on the same database in the same run:
 //!
 //! 1. trajectory ingest: events appended one at a time, each committed before the next
-//!    (as a turn records them), by 8 sessions at once, through `Store::append_event`,
-//!    against the same rows inserted with plain sqlx statements;
+//!    (as a turn records them), by 8 sessions at once (of one user, then of 8 users),
+//!    through `Store::append_event`, against the same rows inserted with plain sqlx
+//!    statements;
 //! 2. sync manifest: 64 concurrent clients asking `GET /api/sync/manifest` with their
 //!    ETag (a 304 each) from real `skillhive serve` processes (one node on SQLite, one node
 //!    on PostgreSQL, two nodes on one PostgreSQL), against the raw driver running the
@@ -24,16 +25,26 @@ use server::testing::postgres::PgCluster;
 const SESSIONS: usize = 8;
 const CLIENTS: usize = 64;
 
-/// Events per second through the store.
-async fn ingest_through_store(store: Arc<dyn Store>, events: usize) -> anyhow::Result<f64> {
-    let user = store.create_user(&format!("ingest-{}", uuid::Uuid::new_v4()), false).await?;
-    let mut sessions = Vec::new();
-    for _ in 0..SESSIONS {
-        sessions.push(store.create_session(&user.id, "bench", "m").await?.id);
+/// `SESSIONS` sessions, of one user or of as many users.
+async fn sessions(store: &Arc<dyn Store>, users: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let mut owners = Vec::new();
+    for _ in 0..users {
+        owners.push(store.create_user(&format!("ingest-{}", uuid::Uuid::new_v4()), false).await?.id);
     }
+    let mut sessions = Vec::new();
+    for i in 0..SESSIONS {
+        let owner = &owners[i % users];
+        sessions.push((owner.clone(), store.create_session(owner, "bench", "m").await?.id));
+    }
+    Ok(sessions)
+}
+
+/// Events per second through the store.
+async fn ingest_through_store(store: Arc<dyn Store>, users: usize, events: usize) -> anyhow::Result<f64> {
+    let sessions = sessions(&store, users).await?;
     let started = Instant::now();
-    let writers = sessions.into_iter().map(|session| {
-        let (store, user) = (store.clone(), user.id.clone());
+    let writers = sessions.into_iter().map(|(user, session)| {
+        let store = store.clone();
         tokio::spawn(async move {
             for i in 0..events / SESSIONS {
                 let payload = serde_json::json!({"type": "user_message", "text": format!("message {i}")});
@@ -91,15 +102,11 @@ impl RawPool {
     }
 }
 
-async fn ingest_raw(raw: &Arc<RawPool>, store: &Arc<dyn Store>, events: usize) -> anyhow::Result<f64> {
-    let user = store.create_user(&format!("raw-{}", uuid::Uuid::new_v4()), false).await?;
-    let mut sessions = Vec::new();
-    for _ in 0..SESSIONS {
-        sessions.push(store.create_session(&user.id, "raw", "m").await?.id);
-    }
+async fn ingest_raw(raw: &Arc<RawPool>, store: &Arc<dyn Store>, users: usize, events: usize) -> anyhow::Result<f64> {
+    let sessions = sessions(store, users).await?;
     let started = Instant::now();
-    let writers = sessions.into_iter().map(|session| {
-        let (raw, user) = (raw.clone(), user.id.clone());
+    let writers = sessions.into_iter().map(|(user, session)| {
+        let raw = raw.clone();
         tokio::spawn(async move {
             for i in 0..events / SESSIONS {
                 let payload = serde_json::json!({"type": "user_message", "text": format!("message {i}")}).to_string();
@@ -219,15 +226,24 @@ async fn main() -> anyhow::Result<()> {
 
     let sqlite = Database::sqlite(&sqlite_path, &dir.path().join("blobs")).await?;
     let postgres = Database::postgres(&pg_url).await?;
-    let sqlite_raw = Arc::new(RawPool::Sqlite(sqlx::SqlitePool::connect(&format!("sqlite://{}", sqlite_path.display())).await?));
+    // The anchor's connections are set up as the store's are (WAL, synchronous NORMAL),
+    // so that the ratio is the layer's cost, not a different durability setting.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&sqlite_path)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let sqlite_raw = Arc::new(RawPool::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(options).await?));
     let postgres_raw = Arc::new(RawPool::Postgres(sqlx::PgPool::connect(&pg_url).await?));
 
     println!("trajectory ingest: {events} events, {SESSIONS} sessions at once, each event committed");
     for (name, db, raw) in [("SQLite", &sqlite, &sqlite_raw), ("PostgreSQL", &postgres, &postgres_raw)] {
-        eprintln!("ingest on {name}");
-        let ours = ingest_through_store(db.store.clone(), events).await?;
-        let anchor = ingest_raw(raw, &db.store, events).await?;
-        ratio(&format!("  {name}, Store::append_event"), ours, anchor, "events/s");
+        for users in [1, SESSIONS] {
+            eprintln!("ingest on {name}, {users} user(s)");
+            let ours = ingest_through_store(db.store.clone(), users, events).await?;
+            let anchor = ingest_raw(raw, &db.store, users, events).await?;
+            ratio(&format!("  {name}, {users} user(s), Store::append_event"), ours, anchor, "events/s");
+        }
     }
 
     // The starter skills are in both databases once a node has started on it.

@@ -21,10 +21,12 @@ use crate::storage::{
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "skillhive";
-/// The advisory lock writers of the event log hold while they insert, so that event
-/// cursors become visible in the order they were given out: a reader following
-/// `?since=` never steps over an event that commits late.
-const EVENT_LOG_LOCK: i64 = 0x736b_696c_6c01;
+/// The advisory locks writers of the event log hold while they insert, one per user (the
+/// user's id hashed into the second key), so that a user's event cursors become visible
+/// in the order they were given out: a reader following `?since=`, which reads one
+/// user's events, never steps over an event that commits late. Different users' writers
+/// do not wait for each other.
+const EVENT_LOG_LOCK: i32 = 0x736b_6801;
 /// The same for the skill change log.
 pub(crate) const CHANGE_LOG_LOCK: i64 = 0x736b_696c_6c02;
 /// How long a token lookup is trusted; a revocation is also announced to every node,
@@ -417,7 +419,7 @@ impl Store for PgStore {
         // One statement, one round trip: the lock is taken before the row (and its cursor)
         // is made, since the row is produced from the lock's row, and held until commit.
         let (seq,): (i64,) = sqlx::query_as(
-            "WITH locked AS (SELECT pg_advisory_xact_lock($5))
+            "WITH locked AS (SELECT pg_advisory_xact_lock($5, hashtext($2)))
              INSERT INTO events (session_id, user_id, seq, kind, payload)
              SELECT $1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE session_id = $1), $3, $4 FROM locked
              RETURNING seq",
@@ -477,7 +479,7 @@ impl Store for PgStore {
         if inserted.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(EVENT_LOG_LOCK).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))").bind(EVENT_LOG_LOCK).bind(user_id).execute(&mut *tx).await?;
         for (seq, event) in imported.events.iter().enumerate() {
             sqlx::query("INSERT INTO events (session_id, user_id, seq, kind, payload) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&id)
