@@ -1,6 +1,6 @@
 //! Measures the server's own cost, without model time (`bench/runtime`):
-//! 1. overhead per agent step (prompt building, tool dispatch, four trajectory events
-//!    written to SQLite) with a scripted engine that answers at once, p50 and p99;
+//! 1. overhead per agent step (prompt building, tool dispatch (a folder listed),
+//!    trajectory events written to SQLite) with a scripted engine that answers at once, p50 and p99;
 //! 2. trajectory ingest through the HTTP API (the import endpoint, over TCP) against a raw
 //!    sqlx batch insert of the same rows into the same schema.
 
@@ -20,7 +20,7 @@ use server::sqlite::SqliteStore;
 use server::storage::Store;
 use server::testing::TestApp;
 
-/// Always calls `ls`, instantly, and notes when each call arrived.
+/// Lists a new folder each step, instantly, and notes when each call arrived.
 struct InstantEngine {
     info: ModelInfo,
     calls: Mutex<Vec<Instant>>,
@@ -38,8 +38,14 @@ impl Engine for InstantEngine {
         &self.info
     }
     async fn generate(&self, _: GenerationRequest) -> Result<Generation, EngineError> {
-        self.calls.lock().unwrap().push(Instant::now());
-        let call = ToolCall { id: "c".into(), name: "ls".into(), arguments: r#"{"path":"."}"#.into() };
+        let step = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Instant::now());
+            calls.len()
+        };
+        // A new folder each step: the loop stops a turn that repeats a call.
+        let arguments = serde_json::json!({ "path": format!("d{step}") }).to_string();
+        let call = ToolCall { id: format!("c{step}"), name: "ls".into(), arguments };
         Ok(Generation {
             choices: vec![Choice { tool_calls: vec![call], ..Default::default() }],
             usage: Usage { prompt_tokens: 10, completion_tokens: 5 },
@@ -70,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
     let session = store.create_session(&user.id, "bench", "instant").await?;
     let engine = InstantEngine::new();
     let workspace = Workspace::open(&dir.path().join("ws"))?;
-    workspace.write("a.txt", "x").map_err(|e| anyhow::anyhow!(e))?;
+    // A folder for every step: a listing that differs from the last each time.
+    for step in 1..=steps + 1 {
+        workspace.write(&format!("d{step}/a.txt"), "x").map_err(|e| anyhow::anyhow!(e))?;
+    }
     let skills = StaticSkills::default();
     let sink = StoreSink::new(store.clone(), &user.id, &session.id);
     let config = AgentConfig {
