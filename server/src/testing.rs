@@ -208,3 +208,148 @@ pub mod postgres {
         Ok((cluster, format!("{base}/{name}")))
     }
 }
+
+/// The one scripted engine of the in-process tests: it answers from a script, then as
+/// `Otherwise` says, and remembers every request it was asked.
+pub mod scripted {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use agent::engine::{
+        Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, StreamEvent, ToolCall, Usage,
+    };
+    use async_trait::async_trait;
+
+    /// One scripted reply.
+    pub enum Step {
+        Reply(Choice),
+        /// A model that never answers.
+        Hang,
+        /// A bug somewhere below the caller.
+        Panic,
+    }
+
+    impl From<Choice> for Step {
+        fn from(choice: Choice) -> Self {
+            Step::Reply(choice)
+        }
+    }
+
+    /// What the engine answers once its script is done.
+    #[derive(Clone, Copy)]
+    pub enum Otherwise {
+        /// A chat model: `Hello there`, or a call of `read` when the request offers tools.
+        Chat,
+        /// An agent at the end of its work: the answer `done`; and where a grammar allows
+        /// only an answer, that answer as JSON, as a real engine would write it.
+        Done,
+    }
+
+    pub const USAGE: Usage = Usage { prompt_tokens: 7, completion_tokens: 2 };
+
+    pub struct ScriptedEngine {
+        info: ModelInfo,
+        otherwise: Otherwise,
+        script: Mutex<VecDeque<Step>>,
+        /// How many of the next requests fail: a plain one at once, a streamed one after
+        /// its first piece of text.
+        failures: Mutex<usize>,
+        /// Every request, in order.
+        pub seen: Mutex<Vec<GenerationRequest>>,
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    impl ScriptedEngine {
+        pub fn new(context_window: Option<usize>, otherwise: Otherwise, script: impl IntoIterator<Item = impl Into<Step>>) -> Self {
+            Self {
+                info: ModelInfo { id: "scripted".into(), context_window, backend: "mistralrs" },
+                otherwise,
+                script: Mutex::new(script.into_iter().map(Into::into).collect()),
+                failures: Mutex::new(0),
+                seen: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// The next `count` requests fail.
+        pub fn fail_next(&self, count: usize) {
+            *lock(&self.failures) = count;
+        }
+
+        fn take_failure(&self) -> bool {
+            let mut failures = lock(&self.failures);
+            let fail = *failures > 0;
+            *failures = failures.saturating_sub(1);
+            fail
+        }
+
+        /// The reply to `request`, the script first.
+        async fn reply(&self, request: &GenerationRequest) -> Choice {
+            if let (Otherwise::Done, Some(_)) = (self.otherwise, &request.json_schema) {
+                return Choice { text: r#"{"answer": "what I found"}"#.into(), ..Default::default() };
+            }
+            let next = lock(&self.script).pop_front();
+            match next {
+                Some(Step::Reply(choice)) => choice,
+                Some(Step::Hang) => std::future::pending().await,
+                Some(Step::Panic) => panic!("scripted panic"),
+                None => match self.otherwise {
+                    Otherwise::Done => Choice { text: "done".into(), ..Default::default() },
+                    Otherwise::Chat if request.offers_tools() => {
+                        let call = ToolCall { id: "call_1".into(), name: "read".into(), arguments: r#"{"path":"a.txt"}"#.into() };
+                        Choice { tool_calls: vec![call], finish_reason: Some(FinishReason::ToolCalls), ..Default::default() }
+                    }
+                    Otherwise::Chat => Choice { text: "Hello there".into(), finish_reason: Some(FinishReason::Stop), ..Default::default() },
+                },
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Engine for ScriptedEngine {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+            lock(&self.seen).push(request.clone());
+            if self.take_failure() {
+                return Err(EngineError::Backend("scripted failure".into()));
+            }
+            Ok(Generation { choices: vec![self.reply(&request).await], usage: USAGE })
+        }
+
+        async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
+            lock(&self.seen).push(request.clone());
+            if self.take_failure() {
+                let events = vec![
+                    Ok(StreamEvent::Delta { index: 0, text: "Hel".into(), logprobs: vec![] }),
+                    Err(EngineError::Backend("scripted failure".into())),
+                ];
+                return Ok(Box::pin(futures::stream::iter(events)));
+            }
+            let choice = self.reply(&request).await;
+            let mut events = Vec::new();
+            // The text arrives in two pieces, as tokens would.
+            let middle = choice.text.len() / 2;
+            for piece in [&choice.text[..middle], &choice.text[middle..]] {
+                if !piece.is_empty() {
+                    events.push(Ok(StreamEvent::Delta { index: 0, text: piece.to_string(), logprobs: vec![] }));
+                }
+            }
+            let reason = if choice.tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
+            if !choice.tool_calls.is_empty() {
+                events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: choice.tool_calls }));
+            }
+            events.push(Ok(StreamEvent::Finish { index: 0, reason }));
+            events.push(Ok(StreamEvent::Usage(USAGE)));
+            Ok(Box::pin(futures::stream::iter(events)))
+        }
+
+        async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
+            Err(EngineError::InvalidRequest("not scripted".into()))
+        }
+    }
+}

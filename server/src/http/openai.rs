@@ -596,86 +596,17 @@ mod tests {
 /// The endpoint in-process, on a scripted engine: the wire format without a model.
 #[cfg(test)]
 mod app_tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
-    use async_trait::async_trait;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use serde_json::{json, Value};
     use tower::ServiceExt;
 
-    use agent::engine::{
-        Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, StreamEvent, ToolCall, Usage,
-    };
-
     use crate::http::GenerationLimits;
     use crate::storage::Store;
+    use crate::testing::scripted::{Otherwise, ScriptedEngine, Step};
     use crate::testing::TestApp;
-
-    /// Answers every request with a fixed script and remembers what it was asked.
-    struct ScriptedEngine {
-        info: ModelInfo,
-        seen: Mutex<Vec<GenerationRequest>>,
-        /// How many of the next requests fail: a plain one at once, a streamed one after
-        /// its first piece of text.
-        failures: Mutex<usize>,
-    }
-
-    impl ScriptedEngine {
-        fn take_failure(&self) -> bool {
-            let mut failures = self.failures.lock().unwrap();
-            let fail = *failures > 0;
-            *failures = failures.saturating_sub(1);
-            fail
-        }
-    }
-
-    fn call() -> ToolCall {
-        ToolCall { id: "call_1".into(), name: "read".into(), arguments: r#"{"path":"a.txt"}"#.into() }
-    }
-
-    #[async_trait]
-    impl Engine for ScriptedEngine {
-        fn info(&self) -> &ModelInfo {
-            &self.info
-        }
-        async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
-            let with_tools = request.offers_tools();
-            self.seen.lock().unwrap().push(request);
-            if self.take_failure() {
-                return Err(EngineError::Backend("scripted failure".into()));
-            }
-            let choice = if with_tools {
-                Choice { tool_calls: vec![call()], finish_reason: Some(FinishReason::ToolCalls), ..Default::default() }
-            } else {
-                Choice { text: "Hello there".into(), finish_reason: Some(FinishReason::Stop), ..Default::default() }
-            };
-            Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 7, completion_tokens: 2 } })
-        }
-        async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
-            let with_tools = request.offers_tools();
-            self.seen.lock().unwrap().push(request);
-            let mut events = vec![];
-            if self.take_failure() {
-                events.push(Ok(StreamEvent::Delta { index: 0, text: "Hel".into(), logprobs: vec![] }));
-                events.push(Err(EngineError::Backend("scripted failure".into())));
-                return Ok(Box::pin(futures::stream::iter(events)));
-            }
-            if with_tools {
-                events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: vec![call()] }));
-                events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::ToolCalls }));
-            } else {
-                events.push(Ok(StreamEvent::Delta { index: 0, text: "Hello".into(), logprobs: vec![] }));
-                events.push(Ok(StreamEvent::Delta { index: 0, text: " there".into(), logprobs: vec![] }));
-                events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::Stop }));
-            }
-            events.push(Ok(StreamEvent::Usage(Usage { prompt_tokens: 7, completion_tokens: 2 })));
-            Ok(Box::pin(futures::stream::iter(events)))
-        }
-        async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
-            Err(EngineError::InvalidRequest("not scripted".into()))
-        }
-    }
 
     const TOKEN_USER: &str = "tester";
 
@@ -692,11 +623,7 @@ mod app_tests {
     }
 
     async fn scripted_state() -> (TestApp, Arc<ScriptedEngine>) {
-        let engine = Arc::new(ScriptedEngine {
-            info: ModelInfo { id: "scripted".into(), context_window: Some(2048), backend: "mistralrs" },
-            seen: Mutex::new(Vec::new()),
-            failures: Mutex::new(0),
-        });
+        let engine = Arc::new(ScriptedEngine::new(Some(2048), Otherwise::Chat, Vec::<Step>::new()));
         let harness =
             TestApp::new(engine.clone()).await.unwrap().with_limits(GenerationLimits { max_tokens_cap: 100, default_max_tokens: 10 });
         (harness, engine)
@@ -1092,7 +1019,7 @@ mod app_tests {
 
         // A request that failed and is tried again records its message once and the reply
         // of the try that succeeded.
-        *engine.failures.lock().unwrap() = 1;
+        engine.fail_next(1);
         let tools_body = json!({"model": "scripted", "tools": read_tool(), "messages": [{"role": "user", "content": "read b"}]});
         let (status, failed, _) = send_with(&router, &token, &[], tools_body.clone()).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -1108,7 +1035,7 @@ mod app_tests {
     async fn a_failed_request_records_no_answer() {
         let (router, engine, _store, _dir, token) = fixture().await;
         // A stream that fails after its first piece of text.
-        *engine.failures.lock().unwrap() = 1;
+        engine.fail_next(1);
         let body = json!({"model": "scripted", "stream": true, "messages": [{"role": "user", "content": "tell me"}]});
         let (status, session, stream) = send_with(&router, &token, &[], body).await;
         assert_eq!(status, StatusCode::OK);
@@ -1117,7 +1044,7 @@ mod app_tests {
         assert_eq!(kinds(&recorded), ["user_message"], "no empty answer, no final answer");
 
         // A plain request the engine fails.
-        *engine.failures.lock().unwrap() = 1;
+        engine.fail_next(1);
         let body = json!({"model": "scripted", "messages": [{"role": "user", "content": "tell me more"}]});
         let (status, _, error) = send_with(&router, &token, &[], body).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);

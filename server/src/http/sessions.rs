@@ -307,8 +307,7 @@ pub async fn import_trajectory(
 /// errors and the server goes on serving.
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use std::time::Duration;
 
@@ -316,77 +315,28 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    use agent::engine::{Choice, Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, ToolCall, Usage};
+    use agent::engine::{Choice, ToolCall};
     use agent::exec::{ExecLimits, ExecPolicy};
 
     use super::*;
     use crate::http::{app, GenerationLimits, HttpLimits};
+    use crate::testing::scripted::{Otherwise, ScriptedEngine, Step};
     use crate::testing::TestApp;
 
-    struct ScriptedEngine {
-        info: ModelInfo,
-        script: Mutex<VecDeque<Choice>>,
-    }
-
-    #[async_trait::async_trait]
-    impl Engine for ScriptedEngine {
-        fn info(&self) -> &ModelInfo {
-            &self.info
-        }
-        async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
-            // A grammar that admits only an answer gets one, as from a real engine.
-            if request.json_schema.is_some() {
-                let choice = Choice { text: r#"{"answer": "what I found"}"#.into(), ..Default::default() };
-                return Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } });
-            }
-            // A script that holds only a `hang` choice models a model that never answers.
-            let next = self.script.lock().unwrap().pop_front();
-            if next.as_ref().is_some_and(|c| c.text == "hang") {
-                return std::future::pending().await;
-            }
-            // And a `panic` choice, a bug somewhere below the turn.
-            if next.as_ref().is_some_and(|c| c.text == "panic") {
-                panic!("scripted panic");
-            }
-            let choice = next.unwrap_or(Choice { text: "done".into(), ..Default::default() });
-            Ok(Generation { choices: vec![choice], usage: Usage { prompt_tokens: 5, completion_tokens: 5 } })
-        }
-        async fn generate_stream(&self, request: GenerationRequest) -> Result<EventStream, EngineError> {
-            use agent::engine::{FinishReason, StreamEvent};
-            let generation = self.generate(request).await?;
-            let choice = generation.choices[0].clone();
-            let mut events = Vec::new();
-            // The text arrives in two pieces, as tokens would.
-            let middle = choice.text.len() / 2;
-            for piece in [&choice.text[..middle], &choice.text[middle..]] {
-                if !piece.is_empty() {
-                    events.push(Ok(StreamEvent::Delta { index: 0, text: piece.to_string(), logprobs: vec![] }));
-                }
-            }
-            if !choice.tool_calls.is_empty() {
-                events.push(Ok(StreamEvent::ToolCalls { index: 0, calls: choice.tool_calls.clone() }));
-            }
-            events.push(Ok(StreamEvent::Finish { index: 0, reason: FinishReason::Stop }));
-            events.push(Ok(StreamEvent::Usage(generation.usage)));
-            Ok(Box::pin(futures::stream::iter(events)))
-        }
-        async fn score(&self, _: &[u32], _: &[u32]) -> Result<Vec<f32>, EngineError> {
-            Err(EngineError::InvalidRequest("not scripted".into()))
-        }
-    }
-
-    fn scripted(script: Vec<Choice>) -> Arc<ScriptedEngine> {
-        Arc::new(ScriptedEngine {
-            info: ModelInfo { id: "scripted".into(), context_window: None, backend: "mistralrs" },
-            script: Mutex::new(script.into()),
-        })
+    fn scripted(script: Vec<Step>) -> Arc<ScriptedEngine> {
+        Arc::new(ScriptedEngine::new(None, Otherwise::Done, script))
     }
 
     /// The harness's API on a scripted engine that answers with `script`, with users'
     /// workspaces under `workspaces` and the agent as `config` says.
-    fn scripted_state(harness: &TestApp, script: Vec<Choice>, workspaces: std::path::PathBuf, config: AgentConfig) -> AppState {
+    fn scripted_state(
+        harness: &TestApp,
+        script: impl IntoIterator<Item = impl Into<Step>>,
+        workspaces: std::path::PathBuf,
+        config: AgentConfig,
+    ) -> AppState {
         let mut state = harness.state.clone();
-        state.engine = scripted(script);
+        state.engine = scripted(script.into_iter().map(Into::into).collect());
         state.limits = GenerationLimits { max_tokens_cap: 16, default_max_tokens: 16 };
         state.agent = Arc::new(crate::services::turns::AgentRuntime::new(workspaces, config));
         state
@@ -407,7 +357,8 @@ mod tests {
         let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, alice) = crate::http::auth::create_user_with_token(store.as_ref(), "alice", false).await.unwrap();
         let (_, bob) = crate::http::auth::create_user_with_token(store.as_ref(), "bob", false).await.unwrap();
-        let router = app(scripted_state(&harness, vec![], dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
+        let router =
+            app(scripted_state(&harness, Vec::<Step>::new(), dir.path().join("ws"), AgentConfig::default()), HttpLimits::default());
         let send = |token: &str, method: &str, path: &str, body: &str| {
             let request = Request::builder()
                 .method(method)
@@ -535,7 +486,7 @@ mod tests {
         let harness = TestApp::new(scripted(vec![])).await.unwrap();
         let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
-        let script = vec![Choice { text: "panic".into(), ..Default::default() }];
+        let script = vec![Step::Panic];
         let state = scripted_state(&harness, script, dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
@@ -561,12 +512,7 @@ mod tests {
         let harness = TestApp::new(scripted(vec![])).await.unwrap();
         let (dir, store) = (&harness.dir, harness.db.store.clone());
         let (_, token) = crate::http::auth::create_user_with_token(store.as_ref(), "u", false).await.unwrap();
-        let state = scripted_state(
-            &harness,
-            vec![Choice { text: "hang".into(), ..Default::default() }],
-            dir.path().join("ws"),
-            AgentConfig::default(),
-        );
+        let state = scripted_state(&harness, vec![Step::Hang], dir.path().join("ws"), AgentConfig::default());
         let router = app(state, HttpLimits::default());
         let (_, session) = request(&router, &token, "POST", "/api/sessions", Some(json!({}))).await;
         let id = session["id"].as_str().unwrap().to_string();
