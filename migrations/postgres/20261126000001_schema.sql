@@ -57,10 +57,15 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_user ON sessions (user_id, created_at);
 CREATE UNIQUE INDEX sessions_external ON sessions (user_id, external_id) WHERE external_id IS NOT NULL;
 
+-- Events are numbered twice. `arrival` as they are written, concurrently, so that the
+-- numbers of concurrent writers may commit out of order. `id`, the cursor of
+-- `GET /api/trajectories?since=`, only once committed: a reader first numbers the user's
+-- unnumbered events in arrival order, under a lock, so an event that commits late gets a
+-- higher cursor than any a reader has seen and no follower ever steps over one.
+CREATE SEQUENCE event_cursors;
 CREATE TABLE events (
-    -- A global cursor for `GET /api/trajectories?since=`. Writers take a lock before
-    -- inserting, so cursors become visible in order and a reader never skips one.
-    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    arrival    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id         BIGINT UNIQUE,
     session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     seq        BIGINT NOT NULL,
@@ -70,6 +75,7 @@ CREATE TABLE events (
     UNIQUE (session_id, seq)
 );
 CREATE INDEX events_user ON events (user_id, id);
+CREATE INDEX events_unnumbered ON events (user_id, arrival) WHERE id IS NULL;
 
 CREATE TABLE feedback (
     id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -21,11 +21,8 @@ use crate::storage::{
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "skillhive";
-/// The advisory locks writers of the event log hold while they insert, one per user (the
-/// user's id hashed into the second key), so that a user's event cursors become visible
-/// in the order they were given out: a reader following `?since=`, which reads one
-/// user's events, never steps over an event that commits late. Different users' writers
-/// do not wait for each other.
+/// The advisory lock, one per user (the user's id hashed into the second key), under which
+/// a reader numbers the user's committed events (see [`PgStore::number_events`]).
 const EVENT_LOG_LOCK: i32 = 0x736b_6801;
 /// The same for the skill change log.
 pub(crate) const CHANGE_LOG_LOCK: i64 = 0x736b_696c_6c02;
@@ -69,6 +66,28 @@ impl PgStore {
 
     pub fn pool(&self) -> PgPool {
         self.pool.clone()
+    }
+
+    /// Gives the user's committed, unnumbered events their cursors, in the order they
+    /// arrived. Writers insert without waiting for each other, so their events may commit
+    /// out of arrival order; numbering only what has committed, one reader at a time,
+    /// means an event that commits late is numbered after everything a reader has seen.
+    /// The lock is taken before the numbering statement begins, so that statement sees
+    /// the numbers the previous holder gave.
+    async fn number_events(&self, user_id: &str) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))").bind(EVENT_LOG_LOCK).bind(user_id).execute(&mut *tx).await?;
+        sqlx::query(
+            "UPDATE events e SET id = numbered.cursor
+             FROM (SELECT arrival, nextval('event_cursors') AS cursor
+                   FROM (SELECT arrival FROM events WHERE user_id = $1 AND id IS NULL ORDER BY arrival) pending) numbered
+             WHERE e.arrival = numbered.arrival AND e.id IS NULL",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -363,6 +382,7 @@ impl Store for PgStore {
     }
 
     async fn last_event(&self, user_id: &str, session_id: &str, kind: &str) -> anyhow::Result<Option<StoredEvent>> {
+        self.number_events(user_id).await?;
         let row: Option<EventRow> = sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 AND session_id = $2 AND kind = $3 ORDER BY seq DESC LIMIT 1"
         ))
@@ -416,25 +436,23 @@ impl Store for PgStore {
     }
 
     async fn append_event(&self, user_id: &str, session_id: &str, kind: &str, payload: &serde_json::Value) -> anyhow::Result<i64> {
-        // One statement, one round trip: the lock is taken before the row (and its cursor)
-        // is made, since the row is produced from the lock's row, and held until commit.
+        // No lock: the event gets its cursor when a reader first asks (`number_events`).
         let (seq,): (i64,) = sqlx::query_as(
-            "WITH locked AS (SELECT pg_advisory_xact_lock($5, hashtext($2)))
-             INSERT INTO events (session_id, user_id, seq, kind, payload)
-             SELECT $1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE session_id = $1), $3, $4 FROM locked
+            "INSERT INTO events (session_id, user_id, seq, kind, payload)
+             SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4 FROM events WHERE session_id = $1
              RETURNING seq",
         )
         .bind(session_id)
         .bind(user_id)
         .bind(kind)
         .bind(payload.to_string())
-        .bind(EVENT_LOG_LOCK)
         .fetch_one(&self.pool)
         .await?;
         Ok(seq)
     }
 
     async fn session_events(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<StoredEvent>> {
+        self.number_events(user_id).await?;
         let rows: Vec<EventRow> =
             sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 AND session_id = $2 ORDER BY seq"))
                 .bind(user_id)
@@ -445,6 +463,7 @@ impl Store for PgStore {
     }
 
     async fn events_since(&self, user_id: &str, since: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+        self.number_events(user_id).await?;
         let rows: Vec<EventRow> =
             sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
                 .bind(user_id)
@@ -479,7 +498,6 @@ impl Store for PgStore {
         if inserted.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))").bind(EVENT_LOG_LOCK).bind(user_id).execute(&mut *tx).await?;
         for (seq, event) in imported.events.iter().enumerate() {
             sqlx::query("INSERT INTO events (session_id, user_id, seq, kind, payload) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&id)
