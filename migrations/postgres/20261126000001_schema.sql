@@ -52,7 +52,9 @@ CREATE TABLE sessions (
     source      TEXT NOT NULL DEFAULT 'agent',
     external_id TEXT,
     -- The node running the session's turn, while one runs.
-    node_id     TEXT
+    node_id     TEXT,
+    -- Archived sessions leave the default listing and keep everything.
+    archived    BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX sessions_user ON sessions (user_id, created_at);
 CREATE UNIQUE INDEX sessions_external ON sessions (user_id, external_id) WHERE external_id IS NOT NULL;

@@ -82,3 +82,17 @@ mod tests {
         assert_eq!(hash_token(&a).len(), 64);
     }
 }
+
+/// `GET /api/me`: who the caller is: id, name, whether an admin, and their groups.
+pub async fn me(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let viewer = state.skills.viewer(&user.0.id).await?;
+    Ok(axum::Json(serde_json::json!({
+        "id": user.0.id,
+        "name": user.0.name,
+        "is_admin": user.0.is_admin,
+        "groups": viewer.groups,
+    })))
+}

@@ -25,7 +25,7 @@ use crate::http::error::ApiError;
 use crate::http::json::JsonBody;
 use crate::http::AppState;
 use crate::services::turns::{run_session_turn, SessionTurn, TurnParts};
-use crate::storage::{Session, SessionStatus, Signal};
+use crate::storage::{Session, SessionChange, SessionStatus, Signal};
 
 async fn own_session(state: &AppState, user: &AuthUser, id: &str) -> Result<Session, ApiError> {
     state.store.get_session(&user.0.id, id).await?.ok_or_else(|| ApiError::NotFound(format!("no session `{id}`"), "session_not_found"))
@@ -47,8 +47,80 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(session)))
 }
 
-pub async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "sessions": state.store.list_sessions(&user.0.id).await? })))
+#[derive(Debug, Deserialize, Default)]
+pub struct SessionFilter {
+    /// Words that must all appear in the title (any case).
+    #[serde(default)]
+    q: Option<String>,
+    /// List the archived sessions instead of the others.
+    #[serde(default)]
+    archived: bool,
+}
+
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(filter): Query<SessionFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let words: Vec<String> = filter.q.unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
+    let sessions: Vec<Session> = state
+        .store
+        .list_sessions(&user.0.id)
+        .await?
+        .into_iter()
+        .filter(|s| s.archived == filter.archived)
+        .filter(|s| {
+            let title = s.title.to_lowercase();
+            words.iter().all(|w| title.contains(w.as_str()))
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPatch {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    archived: Option<bool>,
+}
+
+/// Renames or (un)archives one of the caller's sessions.
+pub async fn change_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SessionPatch>,
+) -> Result<Json<Session>, ApiError> {
+    if let Some(title) = &body.title {
+        if title.trim().is_empty() || title.chars().count() > 200 {
+            return Err(ApiError::bad_request("title must be 1 to 200 characters", "invalid_value", Some("title")));
+        }
+    }
+    let change = SessionChange { title: body.title.map(|t| t.trim().to_string()), archived: body.archived };
+    if !state.store.change_session(&user.0.id, &id, &change).await? {
+        return Err(ApiError::NotFound(format!("no session `{id}`"), "session_not_found"));
+    }
+    Ok(Json(own_session(&state, &user, &id).await?))
+}
+
+/// Deletes one of the caller's sessions, its trajectory and ratings; not while a turn runs.
+pub async fn delete_session(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let session = own_session(&state, &user, &id).await?;
+    if session.status == SessionStatus::Running {
+        return Err(ApiError::Conflict("a turn is running in this session; cancel it first".into()));
+    }
+    if !state.store.delete_session(&user.0.id, &session.id).await? {
+        return Err(ApiError::NotFound(format!("no session `{id}`"), "session_not_found"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's ratings of a session, oldest first.
+pub async fn list_feedback(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let session = own_session(&state, &user, &id).await?;
+    Ok(Json(json!({ "feedback": state.store.feedback(&user.0.id, &session.id).await? })))
 }
 
 pub async fn get_session(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Session>, ApiError> {
@@ -350,6 +422,51 @@ mod tests {
     }
 
     use crate::test_support::request;
+
+    #[tokio::test]
+    async fn a_user_renames_archives_finds_rates_and_deletes_only_their_own_sessions() {
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (_, alice) = harness.user("alice", false).await.unwrap();
+        let (bob_user, bob) = harness.user("bob", false).await.unwrap();
+        let router = harness.router();
+        let (_, me) = request(&router, &bob, "GET", "/api/me", None).await;
+        assert_eq!(me, json!({"id": bob_user.id, "name": "bob", "is_admin": false, "groups": []}));
+
+        let (_, first) = request(&router, &alice, "POST", "/api/sessions", Some(json!({"title": "Count CSV rows"}))).await;
+        let (_, second) = request(&router, &alice, "POST", "/api/sessions", Some(json!({"title": "Tidy notes"}))).await;
+        let (first, second) = (first["id"].as_str().unwrap().to_string(), second["id"].as_str().unwrap().to_string());
+        let path = format!("/api/sessions/{first}");
+
+        let (status, renamed) = request(&router, &alice, "PATCH", &path, Some(json!({"title": "Count rows in people.csv"}))).await;
+        assert_eq!((status, renamed["title"].as_str()), (StatusCode::OK, Some("Count rows in people.csv")));
+        let (status, _) = request(&router, &alice, "PATCH", &path, Some(json!({"title": " "}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (_, found) = request(&router, &alice, "GET", "/api/sessions?q=PEOPLE%20rows", None).await;
+        assert_eq!(found["sessions"].as_array().unwrap().len(), 1, "{found}");
+        request(&router, &alice, "PATCH", &path, Some(json!({"archived": true}))).await;
+        let (_, listed) = request(&router, &alice, "GET", "/api/sessions", None).await;
+        let ids: Vec<&str> = listed["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [second.as_str()], "an archived session leaves the listing");
+        let (_, archived) = request(&router, &alice, "GET", "/api/sessions?archived=true", None).await;
+        assert_eq!(archived["sessions"][0]["id"], first.as_str());
+
+        let feedback = format!("{path}/feedback");
+        let rating = json!({"rating": "up", "turn": 1, "comment": "right count"});
+        assert_eq!(request(&router, &alice, "POST", &feedback, Some(rating)).await.0, StatusCode::CREATED);
+        let (_, read_back) = request(&router, &alice, "GET", &feedback, None).await;
+        assert_eq!(read_back["feedback"][0]["comment"], "right count");
+        assert_eq!(read_back["feedback"][0]["turn"], 1);
+
+        // Bob finds none of it, and changes nothing.
+        for (method, body) in [("GET", None), ("PATCH", Some(json!({"title": "mine"}))), ("DELETE", None)] {
+            assert_eq!(request(&router, &bob, method, &path, body).await.0, StatusCode::NOT_FOUND, "{method}");
+        }
+        assert_eq!(request(&router, &bob, "GET", &feedback, None).await.0, StatusCode::NOT_FOUND);
+
+        assert_eq!(request(&router, &alice, "DELETE", &path, None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(request(&router, &alice, "GET", &path, None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(request(&router, &alice, "GET", &feedback, None).await.0, StatusCode::NOT_FOUND);
+    }
 
     #[tokio::test]
     async fn a_user_uploads_lists_downloads_and_deletes_workspace_files_and_sees_only_their_own() {

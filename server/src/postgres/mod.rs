@@ -15,8 +15,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::storage::{
-    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, EventRow, Session, SessionRow, SessionStatus, Signal, Store,
-    StoredEvent, TokenCache, User,
+    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, EventRow, Feedback, Session, SessionChange, SessionRow,
+    SessionStatus, Signal, Store, StoredEvent, TokenCache, User,
 };
 
 /// The channel every node listens on.
@@ -125,7 +125,7 @@ async fn listen(mut listener: PgListener, signals: broadcast::Sender<Signal>, to
     }
 }
 
-const SESSION_COLUMNS: &str = "id, title, model, status, created_at, updated_at";
+const SESSION_COLUMNS: &str = "id, title, model, status, created_at, updated_at, archived";
 const EVENT_COLUMNS: &str = "id, session_id, seq, kind, payload, created_at";
 
 #[async_trait]
@@ -510,6 +510,38 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         self.get_session(user_id, &id).await
+    }
+
+    async fn feedback(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<Feedback>> {
+        let rows: Vec<(Option<i64>, String, Option<String>, String)> =
+            sqlx::query_as("SELECT turn, rating, comment, created_at FROM feedback WHERE user_id = $1 AND session_id = $2 ORDER BY id")
+                .bind(user_id)
+                .bind(session_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(turn, rating, comment, created_at)| Feedback { turn, rating, comment, created_at }).collect())
+    }
+
+    async fn change_session(&self, user_id: &str, session_id: &str, change: &SessionChange) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET title = COALESCE($1, title), archived = COALESCE($2, archived), updated_at = iso_now()
+             WHERE user_id = $3 AND id = $4",
+        )
+        .bind(change.title.as_deref())
+        .bind(change.archived)
+        .bind(user_id)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<bool> {
+        // Its events, ratings, conversation states and summary go with it (the schema
+        // cascades).
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(session_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn add_feedback(

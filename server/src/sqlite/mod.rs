@@ -13,8 +13,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use crate::storage::{
-    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Session, SessionStatus, Signal, Store, StoredEvent,
-    TokenCache, User,
+    CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Feedback, Session, SessionChange, SessionStatus, Signal,
+    Store, StoredEvent, TokenCache, User,
 };
 use crate::storage::{EventRow, SessionRow};
 
@@ -358,7 +358,7 @@ impl Store for SqliteStore {
 
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>> {
         let rows: Vec<SessionRow> = sqlx::query_as(
-            "SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? ORDER BY created_at DESC, id",
+            "SELECT id, title, model, status, created_at, updated_at, archived FROM sessions WHERE user_id = ? ORDER BY created_at DESC, id",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -368,7 +368,7 @@ impl Store for SqliteStore {
 
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>> {
         let row: Option<SessionRow> =
-            sqlx::query_as("SELECT id, title, model, status, created_at, updated_at FROM sessions WHERE user_id = ? AND id = ?")
+            sqlx::query_as("SELECT id, title, model, status, created_at, updated_at, archived FROM sessions WHERE user_id = ? AND id = ?")
                 .bind(user_id)
                 .bind(session_id)
                 .fetch_optional(&self.pool)
@@ -474,6 +474,38 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         self.get_session(user_id, &id).await
+    }
+
+    async fn feedback(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<Feedback>> {
+        let rows: Vec<(Option<i64>, String, Option<String>, String)> =
+            sqlx::query_as("SELECT turn, rating, comment, created_at FROM feedback WHERE user_id = ? AND session_id = ? ORDER BY id")
+                .bind(user_id)
+                .bind(session_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(turn, rating, comment, created_at)| Feedback { turn, rating, comment, created_at }).collect())
+    }
+
+    async fn change_session(&self, user_id: &str, session_id: &str, change: &SessionChange) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET title = COALESCE(?, title), archived = COALESCE(?, archived), updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE user_id = ? AND id = ?",
+        )
+        .bind(change.title.as_deref())
+        .bind(change.archived)
+        .bind(user_id)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<bool> {
+        // Its events, ratings, conversation states and summary go with it (the schema
+        // cascades).
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id = ?").bind(user_id).bind(session_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn add_feedback(

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::database::Database;
 use crate::storage::skills::{Actor, PublishRequest, RepoError, Scope, Viewer};
-use crate::storage::{ConversationMatch, ConversationState, CreateUserError, Signal};
+use crate::storage::{ConversationMatch, ConversationState, CreateUserError, SessionChange, Signal};
 use crate::testing::postgres::{fresh_database, PgCluster};
 
 /// A fresh database of one backend, a second connection that writes SQL by hand, and
@@ -96,6 +96,7 @@ conformance!(
     event_cursors_page_through_a_users_events_only,
     a_follower_of_the_event_cursor_misses_no_event_of_concurrent_writers,
     an_import_is_all_or_nothing,
+    sessions_are_renamed_archived_rated_and_deleted_by_their_owner_only,
     an_automatic_bump_never_moves_latest_backwards,
     a_published_version_never_changes_even_against_hand_written_sql,
     rollback_publishes_a_copy_as_a_higher_version,
@@ -282,6 +283,39 @@ async fn a_follower_of_the_event_cursor_misses_no_event_of_concurrent_writers(ba
     }
     assert_eq!(seen.len(), 320, "every event once, none stepped over");
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+async fn sessions_are_renamed_archived_rated_and_deleted_by_their_owner_only(backend: Backend) {
+    let store = &backend.db.store;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let bob = store.create_user("bob", false).await.unwrap();
+    let session = store.create_session(&alice.id, "draft", "m").await.unwrap();
+    assert!(!session.archived);
+    let rename = SessionChange { title: Some("csv counts".into()), archived: None };
+    assert!(!store.change_session(&bob.id, &session.id, &rename).await.unwrap(), "not bob's");
+    assert!(store.change_session(&alice.id, &session.id, &rename).await.unwrap());
+    let archive = SessionChange { title: None, archived: Some(true) };
+    assert!(store.change_session(&alice.id, &session.id, &archive).await.unwrap());
+    let changed = store.get_session(&alice.id, &session.id).await.unwrap().unwrap();
+    assert_eq!((changed.title.as_str(), changed.archived), ("csv counts", true));
+
+    store.add_feedback(&alice.id, &session.id, Some(1), "up", Some("right count")).await.unwrap();
+    store.add_feedback(&alice.id, &session.id, None, "down", None).await.unwrap();
+    let ratings = store.feedback(&alice.id, &session.id).await.unwrap();
+    let read: Vec<(Option<i64>, &str, Option<&str>)> = ratings.iter().map(|f| (f.turn, f.rating.as_str(), f.comment.as_deref())).collect();
+    assert_eq!(read, [(Some(1), "up", Some("right count")), (None, "down", None)]);
+    assert!(store.feedback(&bob.id, &session.id).await.unwrap().is_empty());
+
+    let kept = store.create_session(&alice.id, "kept", "m").await.unwrap();
+    for id in [&session.id, &kept.id] {
+        store.append_event(&alice.id, id, "user_message", &serde_json::json!({"type": "user_message", "text": "hi"})).await.unwrap();
+    }
+    assert!(!store.delete_session(&bob.id, &session.id).await.unwrap(), "not bob's");
+    assert!(store.delete_session(&alice.id, &session.id).await.unwrap());
+    assert!(store.get_session(&alice.id, &session.id).await.unwrap().is_none());
+    assert!(store.session_events(&alice.id, &session.id).await.unwrap().is_empty(), "its events went with it");
+    assert_eq!(store.session_events(&alice.id, &kept.id).await.unwrap().len(), 1, "the other session keeps its own");
+    assert!(!store.delete_session(&alice.id, &session.id).await.unwrap(), "deleting twice deletes nothing");
 }
 
 async fn an_import_is_all_or_nothing(backend: Backend) {

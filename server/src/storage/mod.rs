@@ -76,6 +76,25 @@ pub struct Session {
     pub status: SessionStatus,
     pub created_at: String,
     pub updated_at: String,
+    /// Left out of the default listing.
+    pub archived: bool,
+}
+
+/// A user's rating of a session (or of one turn of it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Feedback {
+    pub turn: Option<i64>,
+    /// `up` or `down`.
+    pub rating: String,
+    pub comment: Option<String>,
+    pub created_at: String,
+}
+
+/// What may change about a session besides its turns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionChange {
+    pub title: Option<String>,
+    pub archived: Option<bool>,
 }
 
 /// One stored trajectory event.
@@ -91,14 +110,15 @@ pub struct StoredEvent {
     pub created_at: String,
 }
 
-/// A session as every backend reads it: id, title, model, status, created, updated.
-pub type SessionRow = (String, String, String, String, String, String);
+/// A session as every backend reads it: id, title, model, status, created, updated,
+/// archived.
+pub type SessionRow = (String, String, String, String, String, String, bool);
 /// An event as every backend reads it: id, session, seq, kind, payload (JSON text), created.
 pub type EventRow = (i64, String, i64, String, String, String);
 
 impl From<SessionRow> for Session {
-    fn from((id, title, model, status, created_at, updated_at): SessionRow) -> Self {
-        Session { id, title, model, status: SessionStatus::parse(&status), created_at, updated_at }
+    fn from((id, title, model, status, created_at, updated_at, archived): SessionRow) -> Self {
+        Session { id, title, model, status: SessionStatus::parse(&status), created_at, updated_at, archived }
     }
 }
 
@@ -270,6 +290,13 @@ pub trait Store: Send + Sync {
         rating: &str,
         comment: Option<&str>,
     ) -> anyhow::Result<()>;
+    /// The ratings of a session, oldest first.
+    async fn feedback(&self, user_id: &str, session_id: &str) -> anyhow::Result<Vec<Feedback>>;
+    /// Renames or (un)archives a session; false when the user has no such session.
+    async fn change_session(&self, user_id: &str, session_id: &str, change: &SessionChange) -> anyhow::Result<bool>;
+    /// Deletes a session with its events and ratings; false when the user has no such
+    /// session.
+    async fn delete_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<bool>;
     async fn user_by_name(&self, name: &str) -> anyhow::Result<Option<User>>;
     /// Stores an imported session and all its events in one transaction: all or nothing.
     /// `Ok(None)` when this user already imported a session with the same source id.
