@@ -68,6 +68,20 @@ pub fn token_hash(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
     Ok(hash_token(token))
 }
 
+/// `GET /api/me`: who the caller is: id, name, whether an admin, and their groups.
+pub async fn me(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let viewer = state.skills.viewer(&user.0.id).await?;
+    Ok(axum::Json(serde_json::json!({
+        "id": user.0.id,
+        "name": user.0.name,
+        "is_admin": user.0.is_admin,
+        "groups": viewer.groups,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,18 +95,4 @@ mod tests {
         assert_ne!(hash_token(&a), hash_token(&b));
         assert_eq!(hash_token(&a).len(), 64);
     }
-}
-
-/// `GET /api/me`: who the caller is: id, name, whether an admin, and their groups.
-pub async fn me(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    user: AuthUser,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let viewer = state.skills.viewer(&user.0.id).await?;
-    Ok(axum::Json(serde_json::json!({
-        "id": user.0.id,
-        "name": user.0.name,
-        "is_admin": user.0.is_admin,
-        "groups": viewer.groups,
-    })))
 }
