@@ -82,6 +82,39 @@ pub async fn me(
     })))
 }
 
+/// `GET /api/tokens`: the caller's API tokens (their ids and ages, never the tokens).
+pub async fn list_tokens(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(serde_json::json!({ "tokens": state.store.tokens(&user.0.id).await? })))
+}
+
+/// `POST /api/tokens`: a new token for the caller, shown this once.
+pub async fn create_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    user: AuthUser,
+) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let token = new_token();
+    let hash = hash_token(&token);
+    state.store.add_token(&user.0.id, &hash).await?;
+    let id = &hash[..crate::storage::TOKEN_ID_LEN];
+    Ok((axum::http::StatusCode::CREATED, axum::Json(serde_json::json!({ "id": id, "token": token }))))
+}
+
+/// `DELETE /api/tokens/{id}`: revokes one of the caller's tokens, on every node at once.
+pub async fn revoke_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    user: AuthUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if state.store.revoke_token(&user.0.id, &id).await? {
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no token `{id}`"), "token_not_found"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,8 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/sessions", post(sessions::create_session).get(sessions::list_sessions))
         .route("/api/me", get(auth::me))
+        .route("/api/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/api/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/api/sessions/{id}", get(sessions::get_session).patch(sessions::change_session).delete(sessions::delete_session))
         .route("/api/sessions/{id}/messages", post(sessions::post_message))
         .route("/api/sessions/{id}/cancel", post(sessions::cancel_turn))

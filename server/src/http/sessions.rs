@@ -469,6 +469,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_makes_lists_and_revokes_their_own_api_tokens() {
+        let harness = TestApp::new(scripted(vec![])).await.unwrap();
+        let (_, alice) = harness.user("alice", false).await.unwrap();
+        let (_, bob) = harness.user("bob", false).await.unwrap();
+        let router = harness.router();
+        let (status, made) = request(&router, &alice, "POST", "/api/tokens", None).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (second, second_id) = (made["token"].as_str().unwrap().to_string(), made["id"].as_str().unwrap().to_string());
+        assert_eq!(request(&router, &second, "GET", "/api/me", None).await.0, StatusCode::OK);
+        let (_, listed) = request(&router, &alice, "GET", "/api/tokens", None).await;
+        assert_eq!(listed["tokens"].as_array().unwrap().len(), 2);
+        assert!(!listed.to_string().contains(&second), "a token is shown once, when made");
+        let path = format!("/api/tokens/{second_id}");
+        assert_eq!(request(&router, &bob, "DELETE", &path, None).await.0, StatusCode::NOT_FOUND, "not bob's");
+        assert_eq!(request(&router, &alice, "DELETE", &path, None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(request(&router, &second, "GET", "/api/me", None).await.0, StatusCode::UNAUTHORIZED, "refused at once");
+        assert_eq!(request(&router, &alice, "GET", "/api/me", None).await.0, StatusCode::OK, "the first token still works");
+    }
+
+    #[tokio::test]
     async fn a_user_uploads_lists_downloads_and_deletes_workspace_files_and_sees_only_their_own() {
         let harness = TestApp::new(scripted(vec![])).await.unwrap();
         let (dir, store) = (&harness.dir, harness.db.store.clone());

@@ -18,6 +18,7 @@ use crate::storage::{
     CompletionRecord, ConversationMatch, ConversationState, CreateUserError, EventRow, Feedback, Session, SessionChange, SessionRow,
     SessionStatus, Signal, Store, StoredEvent, TokenCache, User,
 };
+use crate::storage::{TokenInfo, TOKEN_ID_LEN};
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "skillhive";
@@ -189,6 +190,30 @@ impl Store for PgStore {
         let done = sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(&self.pool).await?;
         self.tokens.clear();
         Ok(done.rows_affected())
+    }
+
+    async fn tokens(&self, user_id: &str) -> anyhow::Result<Vec<TokenInfo>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT substr(token_hash, 1, 16), created_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at, token_hash",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, created_at)| TokenInfo { id, created_at }).collect())
+    }
+
+    async fn revoke_token(&self, user_id: &str, token_id: &str) -> anyhow::Result<bool> {
+        if token_id.len() != TOKEN_ID_LEN || !token_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let done = sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND substr(token_hash, 1, 16) = $2")
+            .bind(user_id)
+            .bind(token_id)
+            .execute(&self.pool)
+            .await?;
+        // The table's trigger announces the change to every node.
+        self.tokens.clear();
+        Ok(done.rows_affected() > 0)
     }
 
     async fn send_signal(&self, signal: Signal) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use crate::storage::{
     CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Feedback, Session, SessionChange, SessionStatus, Signal,
     Store, StoredEvent, TokenCache, User,
 };
-use crate::storage::{EventRow, SessionRow};
+use crate::storage::{EventRow, SessionRow, TokenInfo, TOKEN_ID_LEN};
 
 /// Fingerprints asked about in one query; SQLite bounds the parameters of a statement.
 const FINGERPRINTS_PER_QUERY: usize = 500;
@@ -142,6 +142,30 @@ impl Store for SqliteStore {
         self.tokens.clear();
         self.send_signal(Signal::AuthChanged).await?;
         Ok(done.rows_affected())
+    }
+
+    async fn tokens(&self, user_id: &str) -> anyhow::Result<Vec<TokenInfo>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT substr(token_hash, 1, 16), created_at FROM api_tokens WHERE user_id = ? ORDER BY created_at, token_hash",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, created_at)| TokenInfo { id, created_at }).collect())
+    }
+
+    async fn revoke_token(&self, user_id: &str, token_id: &str) -> anyhow::Result<bool> {
+        if token_id.len() != TOKEN_ID_LEN || !token_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let done = sqlx::query("DELETE FROM api_tokens WHERE user_id = ? AND substr(token_hash, 1, 16) = ?")
+            .bind(user_id)
+            .bind(token_id)
+            .execute(&self.pool)
+            .await?;
+        self.tokens.clear();
+        self.send_signal(Signal::AuthChanged).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn send_signal(&self, signal: Signal) -> anyhow::Result<()> {

@@ -183,6 +183,21 @@ async fn users_have_unique_names_and_revoked_tokens_stop_working_on_every_node(b
         within_a_second(async || other.store.user_by_token("hash-a").await.unwrap().is_none()).await,
         "refused within a second elsewhere"
     );
+
+    // One token at a time, by its id: the others keep working.
+    let bob = store.create_user("bob", false).await.unwrap();
+    let (first, second) = ("a".repeat(64), "b".repeat(64));
+    store.add_token(&alice.id, &first).await.unwrap();
+    store.add_token(&alice.id, &second).await.unwrap();
+    assert_eq!(other.store.user_by_token(&first).await.unwrap(), Some(alice.clone()));
+    let ids: Vec<String> = store.tokens(&alice.id).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["a".repeat(16), "b".repeat(16)]);
+    assert!(store.tokens(&bob.id).await.unwrap().is_empty());
+    assert!(!store.revoke_token(&bob.id, &"a".repeat(16)).await.unwrap(), "not bob's to revoke");
+    assert!(!store.revoke_token(&alice.id, "a").await.unwrap(), "a prefix is no id");
+    assert!(store.revoke_token(&alice.id, &"a".repeat(16)).await.unwrap());
+    assert!(within_a_second(async || other.store.user_by_token(&first).await.unwrap().is_none()).await, "refused elsewhere");
+    assert_eq!(store.user_by_token(&second).await.unwrap(), Some(alice));
 }
 
 async fn events_and_ratings_belong_to_the_sessions_owner_even_against_hand_written_sql(backend: Backend) {

@@ -90,6 +90,17 @@ pub struct Feedback {
     pub created_at: String,
 }
 
+/// One of a user's API tokens, as its owner may see it: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the token's sha256: enough to name it, useless to use.
+    pub id: String,
+    pub created_at: String,
+}
+
+/// How many hex digits of a token's hash name it.
+pub const TOKEN_ID_LEN: usize = 16;
+
 /// What may change about a session besides its turns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionChange {
@@ -317,6 +328,11 @@ pub trait Store: Send + Sync {
     /// Removes every API token of a user; returns how many. Every node refuses them
     /// within a second.
     async fn revoke_tokens(&self, user_id: &str) -> anyhow::Result<u64>;
+    /// The user's tokens, oldest first.
+    async fn tokens(&self, user_id: &str) -> anyhow::Result<Vec<TokenInfo>>;
+    /// Removes one of the user's tokens by its id; false when the user has none such.
+    /// Every node refuses it within a second.
+    async fn revoke_token(&self, user_id: &str, token_id: &str) -> anyhow::Result<bool>;
     /// Sends a signal to every node on this database, this one included.
     async fn send_signal(&self, signal: Signal) -> anyhow::Result<()>;
     /// The signals from now on.
