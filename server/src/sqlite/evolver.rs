@@ -8,7 +8,7 @@ use sqlx::SqlitePool;
 use agent::trajectory::Event;
 use evolver::{CandidateRecord, RunReport, SessionTrace, SummaryRecord};
 
-use crate::storage::evolver::{now_secs as now, EvolverRecords, RunRecord};
+use crate::storage::evolver::{now_secs as now, run_record, EvolverRecords, RunRecord, RunRow};
 
 pub struct SqliteEvolverRecords {
     pool: SqlitePool,
@@ -18,13 +18,6 @@ impl SqliteEvolverRecords {
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }
-}
-
-/// An `evolver_runs` row: id, trigger, status, report, started_at, finished_at.
-type RunRow = (String, String, String, String, i64, Option<i64>);
-
-fn run_record((id, trigger, status, report, started_at, finished_at): RunRow) -> RunRecord {
-    RunRecord { id, trigger, status, started_at, finished_at, report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null) }
 }
 
 #[async_trait]

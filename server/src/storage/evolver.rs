@@ -26,6 +26,14 @@ pub struct RunRecord {
     pub report: Value,
 }
 
+/// An `evolver_runs` row as every backend reads it: id, trigger, status, report (JSON
+/// text), started_at, finished_at.
+pub type RunRow = (String, String, String, String, i64, Option<i64>);
+
+pub fn run_record((id, trigger, status, report, started_at, finished_at): RunRow) -> RunRecord {
+    RunRecord { id, trigger, status, started_at, finished_at, report: serde_json::from_str(&report).unwrap_or(Value::Null) }
+}
+
 /// The evolver's own tables on one database.
 #[async_trait]
 pub trait EvolverRecords: Send + Sync {

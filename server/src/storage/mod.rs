@@ -1,5 +1,5 @@
 //! Storage: the traits the services use and the domain types they carry. Nothing here
-//! knows a SQL driver or HTTP; each database backend (see `crate::sqlite`) implements
+//! knows a SQL driver or HTTP; each database backend (`crate::sqlite`, `crate::postgres`) implements
 //! these traits with its own SQL and migrations.
 
 pub mod blobs;
