@@ -95,6 +95,18 @@ enum UserCommand {
         /// Let the user run admin operations.
         #[arg(long)]
         admin: bool,
+        /// Also set a password for signing in from a browser: asked for on the terminal,
+        /// or read as the first line of standard input (never an argument, which other
+        /// users of the machine could see).
+        #[arg(long)]
+        password: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Set a user's password for signing in from a browser (read as for `add --password`);
+    /// their open browser sessions end.
+    Passwd {
+        name: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -133,7 +145,10 @@ pub async fn main() -> ExitCode {
         Command::Serve(config) => serve(config).await,
         Command::Evolve { once, config } => evolve(once, config).await,
         Command::Model { command: ModelCommand::Pull } => pull().await,
-        Command::User { command: UserCommand::Add { name, admin, database } } => add_user(&name, admin, &database).await,
+        Command::User { command: UserCommand::Add { name, admin, password, database } } => {
+            add_user(&name, admin, password, &database).await
+        }
+        Command::User { command: UserCommand::Passwd { name, database } } => set_password(&name, &database).await,
         Command::User { command: UserCommand::Join { name, group, database } } => join_group(&name, &group, &database).await,
         Command::User { command: UserCommand::Revoke { name, database } } => revoke(&name, &database).await,
         Command::Import { file, user, database } => import(&file, &user, &database).await,
@@ -153,12 +168,41 @@ pub async fn main() -> ExitCode {
     }
 }
 
-async fn add_user(name: &str, admin: bool, database: &DatabaseArgs) -> anyhow::Result<()> {
+/// A new password from the terminal (not echoed) or from the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("password: ")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    crate::services::accounts::check_password(&password).map_err(anyhow::Error::msg)?;
+    Ok(password)
+}
+
+async fn add_user(name: &str, admin: bool, password: bool, database: &DatabaseArgs) -> anyhow::Result<()> {
+    // The password is read (and checked) before anything is created, so a refused one
+    // leaves no half-made user behind.
+    let password = if password { Some(crate::services::accounts::hash_password(&read_password()?)?) } else { None };
     let db = database.open().await?;
     let (user, token) = crate::http::auth::create_user_with_token(db.store.as_ref(), name, admin).await?;
+    if let Some(hash) = &password {
+        db.store.set_password(&user.id, Some(hash)).await?;
+    }
     eprintln!("created user {} ({}){}", user.name, user.id, if admin { ", admin" } else { "" });
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
+    Ok(())
+}
+
+async fn set_password(name: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let hash = crate::services::accounts::hash_password(&read_password()?)?;
+    let db = database.open().await?;
+    let user = db.store.user_by_name(name).await?.with_context(|| format!("no user named `{name}`"))?;
+    db.store.set_password(&user.id, Some(&hash)).await?;
+    eprintln!("set the password of {name}; their browser sessions ended");
     Ok(())
 }
 
@@ -281,6 +325,7 @@ pub async fn run_server(
     tokio::spawn(evolver.clone().schedule(yielding, skills.clone(), shutdown.clone()));
     let engine_window = engine.info().context_window;
     let state = AppState {
+        accounts: Arc::new(crate::services::accounts::Accounts::new(db.store.clone())?),
         engine,
         store: db.store.clone(),
         // A default above the cap would make every request without a limit fail; the cap wins.

@@ -36,6 +36,7 @@ impl TestApp {
             evolver: EvolverService::new(db.evolver.clone(), &skills, EvolverConfig::default()),
             skills,
             quotas: Default::default(),
+            accounts: Arc::new(crate::services::accounts::Accounts::new(db.store.clone())?),
             shutdown: Default::default(),
         };
         Ok(Self { dir, db, state })

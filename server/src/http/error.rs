@@ -19,6 +19,13 @@ pub enum ApiError {
     /// No token, a malformed header, or a token that matches no user.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A sign-in with a wrong name, password or token.
+    #[error("the name, password or token is wrong")]
+    InvalidCredentials,
+    /// A write signed in by the browser cookie without the session's CSRF token (or from
+    /// another origin): what a cross-site request looks like.
+    #[error("this request needs the `X-CSRF-Token` header of the signed-in page")]
+    CsrfRefused,
     /// The request clashes with the current state (a turn already running, none to cancel).
     #[error("{0}")]
     Conflict(String),
@@ -42,6 +49,19 @@ impl From<crate::services::quota::OverLimit> for ApiError {
     }
 }
 
+impl From<crate::services::accounts::SignInError> for ApiError {
+    fn from(error: crate::services::accounts::SignInError) -> Self {
+        use crate::services::accounts::SignInError;
+        match error {
+            SignInError::InvalidCredentials => ApiError::InvalidCredentials,
+            error @ SignInError::TooManyAttempts { retry_after_secs } => {
+                ApiError::TooManyRequests { message: error.to_string(), retry_after_secs }
+            }
+            SignInError::Internal(error) => ApiError::Internal(error),
+        }
+    }
+}
+
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, code: &'static str, param: Option<&'static str>) -> Self {
         ApiError::BadRequest { message: message.into(), code, param }
@@ -61,6 +81,8 @@ impl ApiError {
             ApiError::BadRequest { code, param, .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", code, *param),
             ApiError::NotFound(_, code) => (StatusCode::NOT_FOUND, "invalid_request_error", code, None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", None),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_credentials", None),
+            ApiError::CsrfRefused => (StatusCode::FORBIDDEN, "invalid_request_error", "csrf_failed", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "invalid_request_error", "permission_denied", None),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", None),
@@ -108,10 +130,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint".into(), "unknown_endpoint")
 }
 
 /// Rewrites error responses that carry no JSON (those made by tower layers and axum's

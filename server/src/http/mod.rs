@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod server;
 pub mod sessions;
 pub mod skills;
+pub mod web;
 pub mod workspace;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub evolver: Arc<crate::services::evolver::EvolverService>,
     /// Per-user rate limits and quotas.
     pub quotas: Arc<crate::services::quota::Quotas>,
+    /// Browser sign-in: passwords and browser sessions.
+    pub accounts: Arc<crate::services::accounts::Accounts>,
     /// Cancelled when the server begins to shut down: open feeds end and background tasks
     /// stop, so that a graceful shutdown waits for no client.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -72,6 +75,8 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/sessions", post(sessions::create_session).get(sessions::list_sessions))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
         .route("/api/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/api/tokens/{id}", axum::routing::delete(auth::revoke_token))
@@ -108,7 +113,7 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/v1/skills/{slug}/versions", get(clawhub::versions))
         .route("/api/v1/skills/{slug}/versions/{version}", get(clawhub::version))
         .route("/api/v1/skills/{slug}/file", get(clawhub::file))
-        .fallback(error::not_found)
+        .fallback(web::file_or_not_found)
         .with_state(state)
         // The body limit is tower-http's; axum's own default limit is lifted so that there
         // is exactly one, configurable, limit.
@@ -119,5 +124,6 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         // status codes and text; wrapping them all, this turns every non-JSON error into
         // the OpenAI error shape.
         .layer(axum::middleware::map_response(error::shape_bare_errors))
+        .layer(axum::middleware::map_response(web::security_headers))
         .layer(TraceLayer::new_for_http())
 }

@@ -2,6 +2,7 @@
 //! `migrations/postgres/` (compiled in); its blobs live in the database; a listener on
 //! channel `skillhive` turns notifications from any node into [`Signal`]s.
 
+mod accounts;
 pub mod blobs;
 pub mod evolver;
 pub mod skills;
@@ -277,7 +278,7 @@ impl Store for PgStore {
         }
         let row: Option<(String, String, bool)> = sqlx::query_as(
             "SELECT users.id, users.name, users.is_admin FROM api_tokens JOIN users ON users.id = api_tokens.user_id
-             WHERE api_tokens.token_hash = $1",
+             WHERE api_tokens.token_hash = $1 AND NOT users.disabled",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)

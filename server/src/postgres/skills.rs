@@ -247,6 +247,15 @@ impl SkillStore for PgSkillStore {
         Ok(())
     }
 
+    async fn remove_group_member(&self, group: &str, user_id: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_id = $2")
+            .bind(group)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn publish(&self, actor: &Actor, request: PublishRequest) -> Result<VersionInfo, RepoError> {
         if !actor.may_write(&request.scope) {
             return Err(RepoError::Forbidden(format!("you may not publish to scope `{}`", request.scope.label())));

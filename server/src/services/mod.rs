@@ -1,5 +1,6 @@
 //! Services: what sits between HTTP and storage.
 
+pub mod accounts;
 pub mod evolver;
 pub mod nodes;
 pub mod quota;

@@ -2,6 +2,7 @@
 //! migrations (`migrations/` at the repository root, compiled in), and the implementations
 //! of the storage traits on it.
 
+mod accounts;
 pub mod evolver;
 pub mod skills;
 
@@ -233,7 +234,7 @@ impl Store for SqliteStore {
         }
         let row: Option<(String, String, bool)> = sqlx::query_as(
             "SELECT users.id, users.name, users.is_admin FROM api_tokens JOIN users ON users.id = api_tokens.user_id
-             WHERE api_tokens.token_hash = ?",
+             WHERE api_tokens.token_hash = ? AND users.disabled = 0",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)

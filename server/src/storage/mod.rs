@@ -2,6 +2,7 @@
 //! knows a SQL driver or HTTP; each database backend (`crate::sqlite`, `crate::postgres`) implements
 //! these traits with its own SQL and migrations.
 
+pub mod accounts;
 pub mod blobs;
 pub mod evolver;
 pub mod skills;
@@ -248,7 +249,7 @@ impl TokenCache {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: accounts::AccountStore + Send + Sync {
     async fn create_user(&self, name: &str, is_admin: bool) -> Result<User, CreateUserError>;
     /// Stores the hash of a new API token for a user.
     async fn add_token(&self, user_id: &str, token_hash: &str) -> anyhow::Result<()>;

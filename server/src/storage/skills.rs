@@ -338,6 +338,8 @@ pub trait SkillStore: Send + Sync {
     /// A user as a reader of the repository: admin or not, and their groups.
     async fn viewer(&self, user_id: &str) -> anyhow::Result<Viewer>;
     async fn add_group_member(&self, group: &str, user_id: &str) -> anyhow::Result<()>;
+    /// Takes a user out of a group; false when they were not in it.
+    async fn remove_group_member(&self, group: &str, user_id: &str) -> anyhow::Result<bool>;
     /// Publishes a new immutable version; the new version's info.
     async fn publish(&self, actor: &Actor, request: PublishRequest) -> Result<VersionInfo, RepoError>;
     /// Publishes a copy of `version` as the new latest.
