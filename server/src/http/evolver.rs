@@ -67,6 +67,66 @@ pub async fn start_run(State(state): State<AppState>, user: AuthUser) -> Result<
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub struct CandidateFilter {
+    /// `pending_review` for the review queue; all candidates when absent.
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// `GET /api/evolver/candidates?status=`: the newest candidates, newest first.
+pub async fn candidates(
+    State(state): State<AppState>,
+    user: AuthUser,
+    axum::extract::Query(filter): axum::extract::Query<CandidateFilter>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let candidates = state.evolver.records.candidates(filter.status.as_deref(), 200).await?;
+    Ok(Json(json!({ "candidates": candidates })))
+}
+
+/// `GET /api/evolver/candidates/{id}`: one candidate with what an admin decides on: its
+/// verdict (each gate, the replay numbers per goal), the diff against the version it would
+/// replace, and the redacted summaries of the sessions behind it.
+pub async fn candidate(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let candidate =
+        state.evolver.records.candidate(&id).await?.ok_or_else(|| ApiError::NotFound("no such candidate".into(), "candidate_not_found"))?;
+    let viewer = state.skills.viewer(&user.0.id).await?;
+    let current = match &candidate.base_version {
+        Some(version) => state.skills.store.bundle(&viewer, &candidate.slug, version).await?.unwrap_or_default(),
+        None => Default::default(),
+    };
+    let mut proposed = current.clone();
+    proposed.insert("SKILL.md".to_string(), candidate.skill_md.clone().into_bytes());
+    let from = candidate.base_version.clone().unwrap_or_else(|| "none".into());
+    let diff = tokio::task::spawn_blocking(move || crate::http::skills::unified_diff(&current, &proposed, &from, "candidate"))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let evidence: Vec<Value> = state
+        .evolver
+        .records
+        .summaries_of(&candidate.evidence_sessions)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "request": s.request,
+                "goal": s.summary.goal,
+                "outcome": s.summary.outcome,
+                "helped": s.summary.helped,
+                "went_wrong": s.summary.went_wrong,
+                "score": s.score,
+                "score_source": s.score_source,
+            })
+        })
+        .collect();
+    let mut body = serde_json::to_value(&candidate).map_err(anyhow::Error::from)?;
+    body["diff"] = json!(diff);
+    body["evidence"] = json!(evidence);
+    Ok(Json(body))
+}
+
 async fn review(state: &AppState, user: &AuthUser, id: &str, approve: bool) -> Result<Json<Value>, ApiError> {
     require_admin(user)?;
     let evolver = state.evolver.evolver(state.engine.clone());

@@ -2,6 +2,7 @@
 //! per resource. Handlers translate requests into service and storage calls; they hold
 //! no SQL.
 
+pub mod admin;
 pub mod auth;
 pub mod clawhub;
 pub mod error;
@@ -78,12 +79,16 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
+        .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
+        .route("/api/admin/users/{id}", axum::routing::patch(admin::change_user))
+        .route("/api/admin/users/{id}/groups/{group}", axum::routing::put(admin::join_group).delete(admin::leave_group))
         .route("/api/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/api/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/api/sessions/{id}", get(sessions::get_session).patch(sessions::change_session).delete(sessions::delete_session))
         .route("/api/sessions/{id}/messages", post(sessions::post_message))
         .route("/api/sessions/{id}/cancel", post(sessions::cancel_turn))
         .route("/api/sessions/{id}/trajectory", get(sessions::trajectory))
+        .route("/api/sessions/{id}/events", get(sessions::session_feed))
         .route("/api/sessions/{id}/feedback", post(sessions::feedback).get(sessions::list_feedback))
         .route("/api/trajectories", get(sessions::trajectories_since))
         .route("/api/workspace/files", get(workspace::list_files))
@@ -101,6 +106,8 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/evolver/status", get(evolver::status))
         .route("/api/evolver/runs", get(evolver::runs).post(evolver::start_run))
         .route("/api/evolver/runs/{id}", get(evolver::run))
+        .route("/api/evolver/candidates", get(evolver::candidates))
+        .route("/api/evolver/candidates/{id}", get(evolver::candidate))
         .route("/api/evolver/candidates/{id}/approve", post(evolver::approve))
         .route("/api/evolver/candidates/{id}/reject", post(evolver::reject))
         .route("/.well-known/clawhub.json", get(clawhub::well_known))

@@ -63,7 +63,8 @@ pub async fn list_sessions(
     Query(filter): Query<SessionFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let words: Vec<String> = filter.q.unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
-    let sessions: Vec<Session> = state
+    let mut summaries = state.store.session_summaries(&user.0.id).await?;
+    let sessions: Vec<Value> = state
         .store
         .list_sessions(&user.0.id)
         .await?
@@ -72,6 +73,12 @@ pub async fn list_sessions(
         .filter(|s| {
             let title = s.title.to_lowercase();
             words.iter().all(|w| title.contains(w.as_str()))
+        })
+        .map(|session| {
+            let summary = summaries.remove(&session.id).unwrap_or_default();
+            let mut entry = json!(session);
+            entry["summary"] = json!(summary);
+            entry
         })
         .collect();
     Ok(Json(json!({ "sessions": sessions })))
@@ -307,6 +314,69 @@ pub async fn cancel_turn(
         return Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": true }))));
     }
     Err(ApiError::Conflict("no turn is running in this session".into()))
+}
+
+/// How often the session event feed looks for new events while a turn runs.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `GET /api/sessions/{id}/events`: the session's events as server-sent events (`id` is the
+/// event's `seq`), from after `Last-Event-ID` (or `?after=`), following a running turn
+/// until it ends; then `event: end` with the session's status. A page reloaded during a
+/// turn reattaches to it through this feed.
+pub async fn session_feed(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let session = own_session(&state, &user, &id).await?;
+    let header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+    let mut after = header.or(query.after).unwrap_or(0);
+    let user_id = user.0.id.clone();
+    let stream = async_stream::stream! {
+        loop {
+            // The status is read before the events: a turn that ends in between has all its
+            // events read on this pass, and the next pass ends the feed.
+            let status = match state.store.get_session(&user_id, &session.id).await {
+                Ok(Some(session)) => session.status,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(error = ?error, "session feed: cannot read the session");
+                    break;
+                }
+            };
+            match state.store.session_events(&user_id, &session.id).await {
+                Ok(events) => {
+                    let since = after;
+                    for event in events.into_iter().filter(|e| e.seq > since) {
+                        after = event.seq;
+                        let data = serde_json::to_string(&event).unwrap_or_default();
+                        yield Ok::<SseEvent, Infallible>(SseEvent::default().event("event").id(event.seq.to_string()).data(data));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = ?error, "session feed: cannot read events");
+                    break;
+                }
+            }
+            if status != SessionStatus::Running {
+                yield Ok(SseEvent::default().event("end").data(json!({ "status": status }).to_string()));
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FEED_POLL) => {}
+                () = state.shutdown.cancelled() => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    #[serde(default)]
+    after: Option<i64>,
 }
 
 pub async fn trajectory(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

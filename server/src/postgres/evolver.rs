@@ -163,6 +163,28 @@ impl EvolverRecords for PgEvolverRecords {
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 
+    async fn candidates(&self, status: Option<&str>, limit: i64) -> anyhow::Result<Vec<CandidateRecord>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT record FROM evolver_candidates WHERE ($1::text IS NULL OR status = $1::text) ORDER BY created_at DESC, id LIMIT $2",
+        )
+        .bind(status)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
+    }
+
+    async fn summaries_of(&self, session_ids: &[String]) -> anyhow::Result<Vec<SummaryRecord>> {
+        let mut found = Vec::new();
+        // One query per session: evidence lists are short (a few dozen sessions at most).
+        for id in session_ids {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT record FROM session_summaries WHERE session_id = $1").bind(id).fetch_optional(&self.pool).await?;
+            found.extend(row.and_then(|(r,)| serde_json::from_str(&r).ok()));
+        }
+        Ok(found)
+    }
+
     async fn pending_sessions(&self) -> anyhow::Result<i64> {
         let (count,): (i64,) =
             sqlx::query_as(&format!("SELECT COUNT(*) FROM sessions s WHERE {UNSUMMARIZED}")).fetch_one(&self.pool).await?;

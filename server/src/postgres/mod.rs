@@ -19,7 +19,7 @@ use crate::storage::{
     CompletionRecord, ConversationMatch, ConversationState, CreateUserError, EventRow, Feedback, Session, SessionChange, SessionRow,
     SessionStatus, Signal, Store, StoredEvent, TokenCache, User,
 };
-use crate::storage::{TokenInfo, TOKEN_ID_LEN};
+use crate::storage::{SessionSummary, SummaryRow, TokenInfo, TOKEN_ID_LEN};
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "skillhive";
@@ -427,6 +427,23 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    async fn session_summaries(&self, user_id: &str) -> anyhow::Result<std::collections::HashMap<String, SessionSummary>> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(
+            "SELECT session_id,
+                    COUNT(*) FILTER (WHERE kind = 'model_call'),
+                    COALESCE(SUM((payload::jsonb ->> 'prompt_tokens')::bigint) FILTER (WHERE kind = 'model_call'), 0)::bigint,
+                    COALESCE(SUM((payload::jsonb ->> 'completion_tokens')::bigint) FILTER (WHERE kind = 'model_output'), 0)::bigint,
+                    COALESCE(SUM((payload::jsonb ->> 'latency_ms')::bigint) FILTER (WHERE kind = 'model_call'), 0)::bigint,
+                    (SELECT s.payload::jsonb ->> 'reason' FROM events s
+                      WHERE s.session_id = e.session_id AND s.kind = 'stop' ORDER BY s.seq DESC LIMIT 1)
+             FROM events e WHERE user_id = $1 GROUP BY session_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(crate::storage::summary_entry).collect())
     }
 
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>> {

@@ -157,6 +157,28 @@ impl EvolverRecords for SqliteEvolverRecords {
         Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
     }
 
+    async fn candidates(&self, status: Option<&str>, limit: i64) -> anyhow::Result<Vec<CandidateRecord>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT record FROM evolver_candidates WHERE (? IS NULL OR status = ?) ORDER BY created_at DESC, id LIMIT ?")
+                .bind(status)
+                .bind(status)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().filter_map(|(r,)| serde_json::from_str(&r).ok()).collect())
+    }
+
+    async fn summaries_of(&self, session_ids: &[String]) -> anyhow::Result<Vec<SummaryRecord>> {
+        let mut found = Vec::new();
+        // One query per session: evidence lists are short (a few dozen sessions at most).
+        for id in session_ids {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT record FROM session_summaries WHERE session_id = ?").bind(id).fetch_optional(&self.pool).await?;
+            found.extend(row.and_then(|(r,)| serde_json::from_str(&r).ok()));
+        }
+        Ok(found)
+    }
+
     async fn pending_sessions(&self) -> anyhow::Result<i64> {
         let (count,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM sessions s WHERE s.status != 'running' \

@@ -17,7 +17,7 @@ use crate::storage::{
     CompletionRecord, ConversationMatch, ConversationState, CreateUserError, Feedback, Session, SessionChange, SessionStatus, Signal,
     Store, StoredEvent, TokenCache, User,
 };
-use crate::storage::{EventRow, SessionRow, TokenInfo, TOKEN_ID_LEN};
+use crate::storage::{EventRow, SessionRow, SessionSummary, SummaryRow, TokenInfo, TOKEN_ID_LEN};
 
 /// Fingerprints asked about in one query; SQLite bounds the parameters of a statement.
 const FINGERPRINTS_PER_QUERY: usize = 500;
@@ -389,6 +389,23 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    async fn session_summaries(&self, user_id: &str) -> anyhow::Result<std::collections::HashMap<String, SessionSummary>> {
+        let rows: Vec<SummaryRow> = sqlx::query_as(
+            "SELECT session_id,
+                    COALESCE(SUM(kind = 'model_call'), 0),
+                    COALESCE(SUM(CASE WHEN kind = 'model_call' THEN json_extract(payload, '$.prompt_tokens') END), 0),
+                    COALESCE(SUM(CASE WHEN kind = 'model_output' THEN json_extract(payload, '$.completion_tokens') END), 0),
+                    COALESCE(SUM(CASE WHEN kind = 'model_call' THEN json_extract(payload, '$.latency_ms') END), 0),
+                    (SELECT json_extract(s.payload, '$.reason') FROM events s
+                      WHERE s.session_id = e.session_id AND s.kind = 'stop' ORDER BY s.seq DESC LIMIT 1)
+             FROM events e WHERE user_id = ? GROUP BY session_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(crate::storage::summary_entry).collect())
     }
 
     async fn get_session(&self, user_id: &str, session_id: &str) -> anyhow::Result<Option<Session>> {

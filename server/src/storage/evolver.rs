@@ -49,6 +49,10 @@ pub trait EvolverRecords: Send + Sync {
     async fn save_candidate(&self, candidate: &CandidateRecord) -> anyhow::Result<()>;
     async fn candidate(&self, id: &str) -> anyhow::Result<Option<CandidateRecord>>;
     async fn published_candidates(&self) -> anyhow::Result<Vec<CandidateRecord>>;
+    /// The newest candidates (all, or those with `status`), newest first: the review queue.
+    async fn candidates(&self, status: Option<&str>, limit: i64) -> anyhow::Result<Vec<CandidateRecord>>;
+    /// The (redacted) summaries of these sessions, where there are any.
+    async fn summaries_of(&self, session_ids: &[String]) -> anyhow::Result<Vec<SummaryRecord>>;
     /// Finished sessions not yet summarized (for the "after K new sessions" trigger).
     async fn pending_sessions(&self) -> anyhow::Result<i64>;
     /// The newest runs, newest first.

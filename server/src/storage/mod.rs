@@ -91,6 +91,21 @@ pub struct Feedback {
     pub created_at: String,
 }
 
+/// What a session's trajectory adds up to, for listings: model steps, tokens, time spent
+/// in the model, and how its last turn ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SessionSummary {
+    pub steps: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub model_ms: i64,
+    pub stop_reason: Option<String>,
+}
+
+/// A session summary as every backend reads it: session id, steps, prompt tokens,
+/// completion tokens, model milliseconds, last stop reason.
+pub type SummaryRow = (String, i64, i64, i64, i64, Option<String>);
+
 /// One of a user's API tokens, as its owner may see it: never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {
@@ -127,6 +142,11 @@ pub struct StoredEvent {
 pub type SessionRow = (String, String, String, String, String, String, bool);
 /// An event as every backend reads it: id, session, seq, kind, payload (JSON text), created.
 pub type EventRow = (i64, String, i64, String, String, String);
+
+/// A summary row as the map entry listings use.
+pub fn summary_entry((session_id, steps, prompt_tokens, completion_tokens, model_ms, stop_reason): SummaryRow) -> (String, SessionSummary) {
+    (session_id, SessionSummary { steps, prompt_tokens, completion_tokens, model_ms, stop_reason })
+}
 
 impl From<SessionRow> for Session {
     fn from((id, title, model, status, created_at, updated_at, archived): SessionRow) -> Self {
@@ -259,6 +279,8 @@ pub trait Store: accounts::AccountStore + Send + Sync {
     // Every session query below filters by the owner: another user's session is absent.
     async fn create_session(&self, user_id: &str, title: &str, model: &str) -> anyhow::Result<Session>;
     async fn list_sessions(&self, user_id: &str) -> anyhow::Result<Vec<Session>>;
+    /// The summary of each of the user's sessions that has events, by session id.
+    async fn session_summaries(&self, user_id: &str) -> anyhow::Result<std::collections::HashMap<String, SessionSummary>>;
     /// A proxy session: the one named by the client's id (created on its first use), or,
     /// without an id, a new one.
     async fn proxy_session(&self, user_id: &str, external_id: Option<&str>, model: &str) -> anyhow::Result<Session>;
