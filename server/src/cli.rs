@@ -80,10 +80,29 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Work with skill folders offline.
+    Skills {
+        #[command(subcommand)]
+        command: SkillsCommand,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SkillsCommand {
+    /// Check a skill folder as the server checks a published bundle: each problem with its
+    /// file, line and rule. Exits 1 when there is any.
+    Validate {
+        dir: std::path::PathBuf,
+        /// Hold the skill to the AgentSkills reference validator's rules (`skills-ref
+        /// validate`) instead of this server's lenient ones, which accept OpenClaw-style
+        /// skills (flow-style `metadata`, extra frontmatter keys).
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -149,6 +168,7 @@ pub async fn main() -> ExitCode {
             add_user(&name, admin, password, &database).await
         }
         Command::User { command: UserCommand::Passwd { name, database } } => set_password(&name, &database).await,
+        Command::Skills { command: SkillsCommand::Validate { dir, strict } } => return validate_skill_dir(&dir, strict),
         Command::User { command: UserCommand::Join { name, group, database } } => join_group(&name, &group, &database).await,
         Command::User { command: UserCommand::Revoke { name, database } } => revoke(&name, &database).await,
         Command::Import { file, user, database } => import(&file, &user, &database).await,
@@ -195,6 +215,31 @@ async fn add_user(name: &str, admin: bool, password: bool, database: &DatabaseAr
     // Only the token goes to stdout, so that scripts can capture it.
     println!("{token}");
     Ok(())
+}
+
+/// Prints each problem of a skill folder; the exit code says whether there was any.
+fn validate_skill_dir(dir: &std::path::Path, strict: bool) -> ExitCode {
+    use agent::skills::format::Strictness;
+    let strictness = if strict { Strictness::Strict } else { Strictness::Lenient };
+    let slug = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
+    let files = match crate::storage::skills::read_skill_dir(dir) {
+        Ok(files) => files,
+        Err(error) => {
+            eprintln!("error: cannot read {}: {error:#}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    let problems = agent::skills::bundle::check_bundle(&slug, &files, strictness);
+    for problem in &problems {
+        println!("{problem}");
+    }
+    if problems.is_empty() {
+        println!("{slug}: valid{}", if strict { " (strict)" } else { "" });
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{slug}: {} problem(s)", problems.len());
+        ExitCode::FAILURE
+    }
 }
 
 async fn set_password(name: &str, database: &DatabaseArgs) -> anyhow::Result<()> {

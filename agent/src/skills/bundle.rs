@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::format::{parse_skill_md, FormatError, SkillManifest};
+use super::format::{check_skill_md, parse_skill_md, FormatError, SkillManifest, Strictness};
 
 /// Largest single file in a bundle.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -129,6 +129,55 @@ pub fn validate_bundle(slug: &str, files: &Files) -> Result<SkillManifest, Vec<F
     }
 }
 
+/// The rules a bundle is checked against, with what each asks, in the order an author
+/// meets them; every [`FormatError::rule`] is one of these.
+pub const RULES: &[(&str, &str)] = &[
+    ("skill-md-required", "a SKILL.md at the root"),
+    ("utf8", "SKILL.md is UTF-8 text"),
+    ("size", "SKILL.md is at most 64 KiB (not in strict mode)"),
+    ("frontmatter", "SKILL.md opens with `---` YAML frontmatter, closed by `---`, holding a mapping"),
+    ("yaml", "the frontmatter is valid YAML"),
+    ("yaml-flow-style", "block-style YAML only (strict mode)"),
+    ("fields-unexpected", "only the specification's frontmatter keys (strict mode)"),
+    ("type", "text fields are strings"),
+    ("name-required", "a `name`"),
+    ("name-length", "`name` is 1 to 64 characters"),
+    ("name-case", "`name` is lowercase (strict mode)"),
+    ("name-charset", "`name` has only lowercase letters, digits and `-`"),
+    ("name-hyphens", "`name` does not start or end with `-` or contain `--`"),
+    ("name-folder", "`name` equals the skill's folder (its slug)"),
+    ("description-required", "a `description`"),
+    ("description-length", "`description` is 1 to 1024 characters"),
+    ("compatibility-length", "`compatibility` is at most 500 characters"),
+    ("metadata-type", "`metadata` is a mapping"),
+    ("allowed-tools-type", "`allowed-tools` is a space-delimited string (or, strictly, a list of strings)"),
+    ("path", "file paths are relative, with no hidden or `..` segment"),
+    ("path-case", "no two paths differ only in case"),
+    ("path-file-and-folder", "no path is both a file and a folder"),
+    ("file-size", "each file is at most 1 MiB"),
+    ("bundle-files", "at most 256 files"),
+    ("bundle-size", "at most 8 MiB in all"),
+];
+
+/// Every problem of a skill folder's files under the given rules. Strict mode is the
+/// AgentSkills reference validator's check: its `SKILL.md` rules (it also finds a
+/// lowercase `skill.md`), none about other files.
+pub fn check_bundle(slug: &str, files: &Files, strictness: Strictness) -> Vec<FormatError> {
+    if strictness == Strictness::Lenient {
+        return validate_bundle(slug, files).err().unwrap_or_default();
+    }
+    let Some((name, bytes)) = ["SKILL.md", "skill.md"].iter().find_map(|name| files.get(*name).map(|bytes| (*name, bytes))) else {
+        let message = "a skill folder must have a SKILL.md".to_string();
+        return vec![FormatError { file: format!("{slug}/SKILL.md"), line: 1, rule: "skill-md-required", message }];
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => check_skill_md(&format!("{slug}/{name}"), Some(slug), text, strictness),
+        Err(_) => {
+            vec![FormatError { file: format!("{slug}/{name}"), line: 1, rule: "utf8", message: "SKILL.md must be UTF-8 text".into() }]
+        }
+    }
+}
+
 /// Each file's path, sha256 and size, in path order.
 pub fn file_entries(files: &Files) -> Vec<FileEntry> {
     files.iter().map(|(path, bytes)| FileEntry { path: path.clone(), sha256: sha256_hex(bytes), size: bytes.len() as u64 }).collect()
@@ -209,6 +258,70 @@ fn binary_on_path(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_rule_the_validator_breaks_is_listed_for_authors() {
+        // One bundle breaking each rule; a rule missing from RULES would fail a publish
+        // without the author seeing its verdict.
+        let skill = |frontmatter: &str| format!("---\n{frontmatter}\n---\nbody\n");
+        let md = |frontmatter: &str| Files::from([("SKILL.md".to_string(), skill(frontmatter).into_bytes())]);
+        let with = |extra: &[(&str, Vec<u8>)]| {
+            let mut files = md("name: s\ndescription: d");
+            files.extend(extra.iter().map(|(path, bytes)| (path.to_string(), bytes.clone())));
+            files
+        };
+        let mib = vec![b'x'; MAX_FILE_BYTES];
+        let cases: Vec<(Files, Strictness)> = vec![
+            (Files::new(), Strictness::Lenient),
+            (Files::from([("SKILL.md".to_string(), vec![0xff])]), Strictness::Lenient),
+            (
+                Files::from([(
+                    "SKILL.md".to_string(),
+                    format!("{}{}", skill("name: s\ndescription: d"), "x".repeat(64 * 1024)).into_bytes(),
+                )]),
+                Strictness::Lenient,
+            ),
+            (Files::from([("SKILL.md".to_string(), b"# no frontmatter".to_vec())]), Strictness::Lenient),
+            (md("name: [unclosed"), Strictness::Lenient),
+            (md("name: s\ndescription: d\nmetadata: {a: b}\nx-extra: 1"), Strictness::Strict),
+            (md("name: [s]\ndescription: d"), Strictness::Lenient),
+            (md("description: d"), Strictness::Lenient),
+            (md(&format!("name: {}\ndescription: d", "a".repeat(65))), Strictness::Lenient),
+            (md("name: S\ndescription: d"), Strictness::Strict),
+            (md("name: s_x\ndescription: d"), Strictness::Lenient),
+            (md("name: -s\ndescription: d"), Strictness::Lenient),
+            (md("name: other"), Strictness::Lenient),
+            (md(&format!("name: s\ndescription: {}", "d".repeat(1025))), Strictness::Lenient),
+            (md(&format!("name: s\ndescription: d\ncompatibility: {}", "c".repeat(501))), Strictness::Lenient),
+            (md("name: s\ndescription: d\nmetadata: [1]\nallowed-tools: [read]"), Strictness::Lenient),
+            (
+                with(&[("../x", vec![1]), ("a.md", vec![1]), ("A.md", vec![1]), ("refs", vec![1]), ("refs/x.md", vec![1])]),
+                Strictness::Lenient,
+            ),
+            (with(&[("big", vec![b'x'; MAX_FILE_BYTES + 1])]), Strictness::Lenient),
+            (
+                with(&(0..9).map(|i| (["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"][i], mib.clone())).collect::<Vec<_>>()),
+                Strictness::Lenient,
+            ),
+            (
+                (0..MAX_FILES + 1)
+                    .map(|i| (format!("f{i}"), vec![1]))
+                    .chain([("SKILL.md".to_string(), skill("name: s\ndescription: d").into_bytes())])
+                    .collect(),
+                Strictness::Lenient,
+            ),
+        ];
+        let listed: Vec<&str> = RULES.iter().map(|(rule, _)| *rule).collect();
+        let mut broken = std::collections::BTreeSet::new();
+        for (files, strictness) in &cases {
+            for problem in check_bundle("s", files, *strictness) {
+                assert!(listed.contains(&problem.rule), "rule `{}` is not in RULES", problem.rule);
+                broken.insert(problem.rule);
+            }
+        }
+        let never: Vec<&&str> = listed.iter().filter(|rule| !broken.contains(*rule)).collect();
+        assert!(never.is_empty(), "no case breaks {never:?}");
+    }
+
     use super::*;
 
     fn bundle(entries: &[(&str, &str)]) -> Files {

@@ -51,16 +51,84 @@ impl fmt::Display for FormatError {
     }
 }
 
+/// Which rules a `SKILL.md` is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// What this server accepts: OpenClaw-style skills pass (flow-style `metadata`, extra
+    /// frontmatter keys), names are ASCII (they become slugs and folder names), and the
+    /// file is size-capped (it is read into a small model's context).
+    Lenient,
+    /// The AgentSkills reference validator's rules (`skills-ref validate`): only the
+    /// specification's keys, block-style YAML whose scalars are all text, Unicode
+    /// lowercase names, `allowed-tools` as a string or a list of strings, no size cap.
+    Strict,
+}
+
 /// Parses `text`, the content of `file` (a path for messages) inside a folder named
 /// `folder` (the skill's name must equal it; `None` skips that check).
 pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<SkillManifest, Vec<FormatError>> {
-    let error = |line: usize, rule: &'static str, message: String| FormatError { file: file.to_string(), line, rule, message };
-    if text.len() > MAX_SKILL_MD_BYTES {
-        return Err(vec![error(1, "size", format!("SKILL.md is {} bytes; the limit is {MAX_SKILL_MD_BYTES}", text.len()))]);
+    parse_skill_md_with(file, folder, text, Strictness::Lenient)
+}
+
+/// Every problem of a `SKILL.md` under the given rules (empty when it is valid).
+pub fn check_skill_md(file: &str, folder: Option<&str>, text: &str, strictness: Strictness) -> Vec<FormatError> {
+    parse_skill_md_with(file, folder, text, strictness).err().unwrap_or_default()
+}
+
+/// The frontmatter keys whose value starts a flow-style collection (`key: {..}` or
+/// `key: [..]`, at any depth), with their 1-based line in the frontmatter. The reference
+/// validator reads YAML with strictyaml, which refuses flow style.
+fn flow_style_lines(yaml: &str) -> Vec<usize> {
+    yaml.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let line = line.trim_start().trim_start_matches("- ");
+            let value = match line.split_once(':') {
+                Some((key, value)) if !key.starts_with('#') && !key.starts_with('"') && !key.starts_with('\'') => value,
+                _ if line.starts_with('[') || line.starts_with('{') => line,
+                _ => return false,
+            };
+            value.trim_start().starts_with(['{', '['])
+        })
+        .map(|(index, _)| index + 1)
+        .collect()
+}
+
+/// A YAML scalar as the text strictyaml would read: every scalar is a string there.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
+}
+
+fn parse_skill_md_with(file: &str, folder: Option<&str>, text: &str, strictness: Strictness) -> Result<SkillManifest, Vec<FormatError>> {
+    let strict = strictness == Strictness::Strict;
+    let error = |line: usize, rule: &'static str, message: String| FormatError { file: file.to_string(), line, rule, message };
+    // An oversized file is reported with whatever else is wrong with it, so that an author
+    // fixes everything in one pass.
+    let mut errors = Vec::new();
+    if !strict && text.len() > MAX_SKILL_MD_BYTES {
+        errors.push(error(1, "size", format!("SKILL.md is {} bytes; the limit is {MAX_SKILL_MD_BYTES}", text.len())));
+    }
+    // Line endings as Python reads text (universal newlines): `\r\n` and a lone `\r` both
+    // end a line, so a file saved with old Mac line endings parses as the reference's does.
+    let normalized;
+    let text = if text.contains('\r') {
+        normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        text
+    };
+    let fail = |mut errors: Vec<FormatError>, last: FormatError| {
+        errors.push(last);
+        Err(errors)
+    };
     let mut lines = text.split_inclusive('\n');
     if lines.next().map(str::trim_end) != Some("---") {
-        return Err(vec![error(1, "frontmatter", "SKILL.md must start with a `---` line opening the YAML frontmatter".into())]);
+        return fail(errors, error(1, "frontmatter", "SKILL.md must start with a `---` line opening the YAML frontmatter".into()));
     }
     let mut yaml = String::new();
     let mut closing_line = None;
@@ -74,7 +142,7 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
         yaml.push_str(line);
     }
     if closing_line.is_none() {
-        return Err(vec![error(1, "frontmatter", "the frontmatter is never closed by a `---` line".into())]);
+        return fail(errors, error(1, "frontmatter", "the frontmatter is never closed by a `---` line".into()));
     }
     let body = text[consumed..].trim_start_matches(['\r', '\n']).to_string();
 
@@ -86,22 +154,37 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
     let value: Value = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&yaml) {
         Ok(parsed) => match serde_json::to_value(parsed) {
             Ok(v) => v,
-            Err(e) => return Err(vec![error(2, "yaml", format!("the frontmatter cannot be represented as data: {e}"))]),
+            Err(e) => return fail(errors, error(2, "yaml", format!("the frontmatter cannot be represented as data: {e}"))),
         },
         Err(e) => {
             let line = e.location().map(|l| l.line() + 1).unwrap_or(2);
-            return Err(vec![error(line, "yaml", format!("the frontmatter is not valid YAML: {e}"))]);
+            return fail(errors, error(line, "yaml", format!("the frontmatter is not valid YAML: {e}")));
         }
     };
     let Value::Object(mut fields) = value else {
-        return Err(vec![error(2, "frontmatter", "the frontmatter must be a mapping of keys to values".into())]);
+        return fail(errors, error(2, "frontmatter", "the frontmatter must be a mapping of keys to values".into()));
     };
 
-    let mut errors = Vec::new();
+    if strict {
+        for line in flow_style_lines(&yaml) {
+            errors.push(error(line + 1, "yaml-flow-style", "flow-style YAML (`{...}` or `[...]`) is not allowed; use block style".into()));
+        }
+        let mut unexpected: Vec<&String> = fields.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())).collect();
+        unexpected.sort();
+        if !unexpected.is_empty() {
+            let names: Vec<&str> = unexpected.iter().map(|k| k.as_str()).collect();
+            errors.push(error(
+                key_line(unexpected[0]),
+                "fields-unexpected",
+                format!("unexpected frontmatter keys: {}; only {} are allowed", names.join(", "), KNOWN_KEYS.join(", ")),
+            ));
+        }
+    }
     let text_field = |fields: &Map<String, Value>, key: &str, errors: &mut Vec<FormatError>| -> Option<String> {
         match fields.get(key) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
+            Some(other) if strict && scalar_text(other).is_some() => scalar_text(other),
             Some(_) => {
                 errors.push(error(key_line(key), "type", format!("`{key}` must be a string")));
                 None
@@ -115,6 +198,35 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
             errors.push(error(1, "name-required", "the frontmatter has no `name`".into()))
         }
         None => {}
+        Some(name) if strict => {
+            // The reference's name rules: NFKC-normalized, trimmed, Unicode letters and
+            // digits in lower case, and hyphens.
+            use unicode_normalization::UnicodeNormalization;
+            let line = key_line("name");
+            let name: String = name.trim().nfkc().collect();
+            if name.is_empty() {
+                errors.push(error(line, "name-length", "`name` must be a non-empty string".into()));
+            } else {
+                if name.chars().count() > MAX_NAME_CHARS {
+                    errors.push(error(line, "name-length", format!("`name` must be at most {MAX_NAME_CHARS} characters")));
+                }
+                if name != name.to_lowercase() {
+                    errors.push(error(line, "name-case", format!("`name` `{name}` must be lowercase")));
+                }
+                if name.starts_with('-') || name.ends_with('-') || name.contains("--") {
+                    errors.push(error(line, "name-hyphens", format!("`name` `{name}` must not start or end with `-` or contain `--`")));
+                }
+                if !name.chars().all(|c| c.is_alphanumeric() || c == '-') {
+                    errors.push(error(line, "name-charset", format!("`name` `{name}` may only contain letters, digits and `-`")));
+                }
+            }
+            if let Some(folder) = folder {
+                let folder: String = folder.nfkc().collect();
+                if folder != name {
+                    errors.push(error(line, "name-folder", format!("`name` `{name}` must equal its folder's name `{folder}`")));
+                }
+            }
+        }
         Some(name) => {
             let line = key_line("name");
             if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
@@ -149,7 +261,8 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
 
     let license = text_field(&fields, "license", &mut errors);
     let compatibility = text_field(&fields, "compatibility", &mut errors);
-    if compatibility.as_ref().is_some_and(|c| c.is_empty() || c.chars().count() > MAX_COMPATIBILITY_CHARS) {
+    // The reference lets `compatibility` be empty; it only caps its length.
+    if compatibility.as_ref().is_some_and(|c| (!strict && c.is_empty()) || c.chars().count() > MAX_COMPATIBILITY_CHARS) {
         errors.push(error(
             key_line("compatibility"),
             "compatibility-length",
@@ -160,6 +273,8 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
     let metadata = match fields.get("metadata") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map.clone(),
+        // The reference does not check `metadata` beyond reading it.
+        Some(_) if strict => Map::new(),
         Some(_) => {
             errors.push(error(key_line("metadata"), "metadata-type", "`metadata` must be a mapping".into()));
             Map::new()
@@ -169,6 +284,20 @@ pub fn parse_skill_md(file: &str, folder: Option<&str>, text: &str) -> Result<Sk
     let allowed_tools = match fields.get("allowed-tools") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(items)) if strict && items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_string).collect()
+        }
+        Some(other) if strict && scalar_text(other).is_some() => {
+            scalar_text(other).unwrap_or_default().split_whitespace().map(str::to_string).collect()
+        }
+        Some(_) if strict => {
+            errors.push(error(
+                key_line("allowed-tools"),
+                "allowed-tools-type",
+                "`allowed-tools` must be a string or a list of strings".into(),
+            ));
+            Vec::new()
+        }
         Some(_) => {
             errors.push(error(key_line("allowed-tools"), "allowed-tools-type", "`allowed-tools` must be a space-delimited string".into()));
             Vec::new()
@@ -257,6 +386,66 @@ mod tests {
         let (rule, line) = rules("---\nname: csv-inspect\ndescription: [unclosed\n---\n")[0];
         assert_eq!(rule, "yaml");
         assert!(line >= 3, "line {line}");
-        assert_eq!(rules(&format!("---\nname: a\ndescription: d\n---\n{}", "x".repeat(MAX_SKILL_MD_BYTES))), vec![("size", 1)]);
+        assert_eq!(rules(&format!("---\nname: csv-inspect\ndescription: d\n---\n{}", "x".repeat(MAX_SKILL_MD_BYTES))), vec![("size", 1)]);
+    }
+
+    fn strict_rules(text: &str) -> Vec<(&'static str, usize)> {
+        check_skill_md("csv-inspect/SKILL.md", Some("csv-inspect"), text, Strictness::Strict)
+            .into_iter()
+            .map(|e| (e.rule, e.line))
+            .collect()
+    }
+
+    #[test]
+    fn an_oversized_file_still_reports_its_other_problems() {
+        let long = "d".repeat(1025);
+        let text = format!("---\nname: csv-inspect\ndescription: {long}\n---\n{}", "x".repeat(MAX_SKILL_MD_BYTES));
+        assert_eq!(rules(&text), vec![("size", 1), ("description-length", 3)]);
+        // The reference has no size cap; its description rule still holds.
+        assert_eq!(strict_rules(&text), vec![("description-length", 3)]);
+    }
+
+    #[test]
+    fn lone_carriage_returns_end_lines_as_in_the_reference() {
+        let text = "---\rname: csv-inspect\rdescription: Inspect a CSV file.\r---\r# CSV\rRead the header.\r";
+        let skill = parse(text).unwrap();
+        assert_eq!(skill.description, "Inspect a CSV file.");
+        assert_eq!(skill.body, "# CSV\nRead the header.\n");
+        assert!(strict_rules(text).is_empty());
+        assert!(parse("---\r\nname: csv-inspect\r\ndescription: d\r\n---\r\nbody\r\n").is_ok());
+    }
+
+    #[test]
+    fn strict_mode_holds_skills_to_the_reference_validators_rules() {
+        // OpenClaw style: flow-style metadata and an extra key pass by default, not strictly.
+        let openclaw = "---\nname: csv-inspect\ndescription: d\nmetadata: {\"openclaw\": {\"requires\": {\"bins\": [\"python3\"]}}}\nuser-invocable: true\n---\n";
+        assert!(parse(openclaw).is_ok());
+        assert_eq!(strict_rules(openclaw), vec![("yaml-flow-style", 4), ("fields-unexpected", 5)]);
+        let block = "---\nname: csv-inspect\ndescription: d\nmetadata:\n  author: me\n  version: 1.0\n---\n";
+        assert!(strict_rules(block).is_empty());
+        // strictyaml reads every scalar as text, so a numeric description is a description.
+        assert!(strict_rules("---\nname: csv-inspect\ndescription: 42\n---\n").is_empty());
+        assert_eq!(rules("---\nname: csv-inspect\ndescription: 42\n---\n"), vec![("type", 3)]);
+        // allowed-tools may be a block list of strings.
+        assert!(strict_rules("---\nname: csv-inspect\ndescription: d\nallowed-tools:\n  - Read\n  - Bash\n---\n").is_empty());
+        // Names: Unicode lowercase letters pass, upper case does not, hyphens as before.
+        let named = |name: &str| {
+            check_skill_md("x/SKILL.md", Some(name), &format!("---\nname: {name}\ndescription: d\n---\n"), Strictness::Strict)
+                .into_iter()
+                .map(|e| e.rule)
+                .collect::<Vec<_>>()
+        };
+        assert!(named("café-tools").is_empty());
+        assert_eq!(named("Csv"), vec!["name-case"]);
+        assert_eq!(named("csv--x"), vec!["name-hyphens"]);
+        assert_eq!(named("csv_x"), vec!["name-charset"]);
+        // An empty compatibility passes the reference; a long one does not.
+        assert!(strict_rules("---\nname: csv-inspect\ndescription: d\ncompatibility: \"\"\n---\n").is_empty());
+        assert_eq!(
+            strict_rules(&format!("---\nname: csv-inspect\ndescription: d\ncompatibility: {}\n---\n", "c".repeat(501))),
+            vec![("compatibility-length", 4)]
+        );
+        assert_eq!(strict_rules("---\nname: other\ndescription: d\n---\n"), vec![("name-folder", 2)]);
+        assert_eq!(strict_rules("---\ndescription: d\n---\n"), vec![("name-required", 1)]);
     }
 }

@@ -101,6 +101,7 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/skills/{slug}/files/{*path}", get(skills::get_file))
         .route("/api/skills/{slug}/diff", get(skills::diff))
         .route("/api/skills/{slug}/rollback", post(skills::rollback))
+        .route("/api/skills/{slug}/validate", post(skills::validate))
         .route("/api/sync/manifest", get(skills::manifest))
         .route("/api/sync/events", get(skills::events))
         .route("/api/evolver/status", get(evolver::status))

@@ -251,8 +251,57 @@ pub async fn publish(
     let viewer = viewer_of(&state, &user).await?;
     let scope = Scope::parse_for(body.scope.as_deref().unwrap_or("private"), &viewer)
         .map_err(|m| ApiError::bad_request(m, "invalid_scope", Some("scope")))?;
+    let files = bundle_files(body.files)?;
+    let request = PublishRequest {
+        slug: body.slug,
+        scope,
+        version: body.version,
+        changelog: body.changelog.unwrap_or_default(),
+        files,
+        provenance: json!({ "source": "api" }),
+    };
+    let info = state.skills.store.publish(&Actor::User(viewer), request).await?;
+    state.skills.after_write().await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateBody {
+    files: Vec<BundleFile>,
+    /// `strict` for the AgentSkills reference validator's rules; this server's otherwise.
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// `POST /api/skills/{slug}/validate`: the validator's verdict on a bundle before it is
+/// published, rule by rule: each rule, whether it holds, and the problems that break it.
+/// Nothing is stored; the skill need not exist.
+pub async fn validate(_user: AuthUser, Path(slug): Path<String>, JsonBody(body): JsonBody<ValidateBody>) -> Result<Json<Value>, ApiError> {
+    use agent::skills::format::Strictness;
+    let strictness = match body.mode.as_deref() {
+        None | Some("lenient") => Strictness::Lenient,
+        Some("strict") => Strictness::Strict,
+        Some(_) => return Err(ApiError::bad_request("mode is `lenient` or `strict`", "invalid_value", Some("mode"))),
+    };
+    let files = bundle_files(body.files)?;
+    let problems = agent::skills::bundle::check_bundle(&slug, &files, strictness);
+    let rules: Vec<Value> = agent::skills::bundle::RULES
+        .iter()
+        .map(|(rule, asks)| {
+            let broken: Vec<String> = problems.iter().filter(|p| p.rule == *rule).map(ToString::to_string).collect();
+            json!({ "rule": rule, "asks": asks, "ok": broken.is_empty(), "problems": broken })
+        })
+        .collect();
+    let errors: Vec<Value> =
+        problems.iter().map(|p| json!({ "file": p.file, "line": p.line, "rule": p.rule, "message": p.message })).collect();
+    Ok(Json(json!({ "ok": problems.is_empty(), "rules": rules, "errors": errors })))
+}
+
+/// The files of a publish or validate request, decoded, each path once.
+fn bundle_files(listed: Vec<BundleFile>) -> Result<Files, ApiError> {
     let mut files = Files::new();
-    for file in body.files {
+    for file in listed {
         let bytes = match (file.content, file.content_base64) {
             (Some(text), None) => text.into_bytes(),
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| {
@@ -270,17 +319,7 @@ pub async fn publish(
             return Err(ApiError::bad_request(format!("`{}` is listed twice", file.path), "invalid_file", Some("files")));
         }
     }
-    let request = PublishRequest {
-        slug: body.slug,
-        scope,
-        version: body.version,
-        changelog: body.changelog.unwrap_or_default(),
-        files,
-        provenance: json!({ "source": "api" }),
-    };
-    let info = state.skills.store.publish(&Actor::User(viewer), request).await?;
-    state.skills.after_write().await;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
+    Ok(files)
 }
 
 #[derive(Deserialize)]
