@@ -14,6 +14,8 @@ pub mod server;
 pub mod sessions;
 pub mod skills;
 pub mod web;
+#[cfg(test)]
+mod web_api_tests;
 pub mod workspace;
 
 use std::sync::Arc;

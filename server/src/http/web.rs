@@ -36,6 +36,11 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// The bytes of one embedded UI file.
+pub fn file(path: &str) -> Option<&'static [u8]> {
+    WEB.get_file(path).map(|f| f.contents())
+}
+
 /// One embedded file, revalidated by its hash: a browser asks again on each load and gets
 /// a 304 while the binary (and so the file) is the same.
 fn serve(path: &str, request: &Request) -> Option<Response> {

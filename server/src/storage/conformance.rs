@@ -107,6 +107,9 @@ conformance!(
     a_turn_is_claimed_by_one_node_and_a_dead_nodes_turns_are_interrupted,
     a_cancel_reaches_the_node_running_the_turn,
     acknowledged_writes_survive_a_crash,
+    passwords_browser_sessions_and_disabled_users,
+    session_summaries_add_up_each_sessions_own_events,
+    group_members_leave_and_candidates_queue_by_status,
 );
 
 /// The crash check needs a server of its own to crash: a private cluster, whatever the
@@ -331,6 +334,143 @@ async fn sessions_are_renamed_archived_rated_and_deleted_by_their_owner_only(bac
     assert!(store.session_events(&alice.id, &session.id).await.unwrap().is_empty(), "its events went with it");
     assert_eq!(store.session_events(&alice.id, &kept.id).await.unwrap().len(), 1, "the other session keeps its own");
     assert!(!store.delete_session(&alice.id, &session.id).await.unwrap(), "deleting twice deletes nothing");
+}
+
+async fn passwords_browser_sessions_and_disabled_users(backend: Backend) {
+    use crate::storage::accounts::AccountChange;
+    let store = &backend.db.store;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let bob = store.create_user("bob", true).await.unwrap();
+    store.add_token(&alice.id, "alice-token").await.unwrap();
+    assert_eq!(store.credentials("alice").await.unwrap(), Some((alice.clone(), None)), "no password yet");
+    assert!(store.set_password(&alice.id, Some("$argon2id$hash")).await.unwrap());
+    assert!(!store.set_password("nobody", Some("x")).await.unwrap());
+    assert_eq!(store.credentials("alice").await.unwrap().unwrap().1.as_deref(), Some("$argon2id$hash"));
+    assert!(store.credentials("carol").await.unwrap().is_none());
+
+    store.add_web_session(&alice.id, "s-live", 2_000).await.unwrap();
+    store.add_web_session(&alice.id, "s-old", 1_000).await.unwrap();
+    assert_eq!(store.user_by_web_session("s-live", 1_500).await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.user_by_web_session("s-old", 1_500).await.unwrap(), None, "expired");
+    assert!(store.end_web_session("s-live").await.unwrap());
+    assert_eq!(store.user_by_web_session("s-live", 1_500).await.unwrap(), None, "signed out");
+    assert!(!store.end_web_session("s-live").await.unwrap());
+
+    // A new password ends every browser session of its user.
+    store.add_web_session(&alice.id, "s-2", 2_000).await.unwrap();
+    store.set_password(&alice.id, Some("$argon2id$other")).await.unwrap();
+    assert_eq!(store.user_by_web_session("s-2", 1_500).await.unwrap(), None);
+
+    // Disabled: refused by token, password lookup and browser session, on another node too.
+    store.add_web_session(&alice.id, "s-3", 2_000).await.unwrap();
+    let other = backend.another_node().await;
+    assert_eq!(other.store.user_by_token("alice-token").await.unwrap(), Some(alice.clone()), "cached on the other node");
+    let disable = AccountChange { disabled: Some(true), is_admin: None };
+    assert!(store.change_account(&alice.id, &disable).await.unwrap());
+    assert!(store.user_by_token("alice-token").await.unwrap().is_none());
+    assert!(store.credentials("alice").await.unwrap().is_none());
+    assert!(store.user_by_web_session("s-3", 1_500).await.unwrap().is_none());
+    let mut refused = false;
+    for _ in 0..40 {
+        if other.store.user_by_token("alice-token").await.unwrap().is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the other node still signs in a disabled user");
+    let accounts = store.accounts().await.unwrap();
+    let summary: Vec<(&str, bool, bool, bool)> =
+        accounts.iter().map(|a| (a.name.as_str(), a.is_admin, a.disabled, a.has_password)).collect();
+    assert_eq!(summary, [("alice", false, true, true), ("bob", true, false, false)]);
+    let enable_admin = AccountChange { disabled: Some(false), is_admin: Some(true) };
+    assert!(store.change_account(&alice.id, &enable_admin).await.unwrap());
+    assert!(store.user_by_token("alice-token").await.unwrap().unwrap().is_admin);
+    assert!(!store.change_account("nobody", &enable_admin).await.unwrap());
+    assert_eq!(store.account(&bob.id).await.unwrap().unwrap().name, "bob");
+    assert!(store.account("nobody").await.unwrap().is_none());
+}
+
+async fn session_summaries_add_up_each_sessions_own_events(backend: Backend) {
+    use serde_json::json;
+    let store = &backend.db.store;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let bob = store.create_user("bob", false).await.unwrap();
+    let first = store.create_session(&alice.id, "one", "m").await.unwrap();
+    let second = store.create_session(&alice.id, "two", "m").await.unwrap();
+    let bobs = store.create_session(&bob.id, "bob's", "m").await.unwrap();
+    for (user, session, steps, stop) in
+        [(&alice, &first, 2, "final_answer"), (&alice, &second, 1, "cancelled"), (&bob, &bobs, 3, "max_steps")]
+    {
+        for step in 0..steps {
+            store
+                .append_event(
+                    &user.id,
+                    &session.id,
+                    "model_call",
+                    &json!({"type": "model_call", "prompt_tokens": 100 + step, "latency_ms": 10}),
+                )
+                .await
+                .unwrap();
+            store
+                .append_event(
+                    &user.id,
+                    &session.id,
+                    "model_output",
+                    &json!({"type": "model_output", "text": "x", "tool_calls": [], "completion_tokens": 5}),
+                )
+                .await
+                .unwrap();
+        }
+        store.append_event(&user.id, &session.id, "stop", &json!({"type": "stop", "reason": "max_steps", "detail": null})).await.unwrap();
+        store.append_event(&user.id, &session.id, "stop", &json!({"type": "stop", "reason": stop, "detail": null})).await.unwrap();
+    }
+    let empty = store.create_session(&alice.id, "empty", "m").await.unwrap();
+    let summaries = store.session_summaries(&alice.id).await.unwrap();
+    assert_eq!(summaries.len(), 2, "bob's session and the empty one are not alice's summaries: {summaries:?}");
+    let one = &summaries[&first.id];
+    assert_eq!((one.steps, one.prompt_tokens, one.completion_tokens, one.model_ms), (2, 201, 10, 20));
+    assert_eq!(one.stop_reason.as_deref(), Some("final_answer"), "the last stop counts");
+    assert_eq!(summaries[&second.id].stop_reason.as_deref(), Some("cancelled"));
+    assert!(!summaries.contains_key(&empty.id));
+}
+
+async fn group_members_leave_and_candidates_queue_by_status(backend: Backend) {
+    let store = &backend.db.store;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let skills = &backend.db.skills;
+    skills.add_group_member("ops", &alice.id).await.unwrap();
+    assert_eq!(skills.viewer(&alice.id).await.unwrap().groups, ["ops"]);
+    assert!(!skills.remove_group_member("dev", &alice.id).await.unwrap());
+    assert!(skills.remove_group_member("ops", &alice.id).await.unwrap());
+    assert!(skills.viewer(&alice.id).await.unwrap().groups.is_empty());
+
+    let records = &backend.db.evolver;
+    let run = records.start_run("test").await.unwrap();
+    for (id, status) in [("c1", "pending_review"), ("c2", "rejected"), ("c3", "pending_review")] {
+        let candidate = evolver::CandidateRecord {
+            id: id.into(),
+            run_id: run.clone(),
+            slug: format!("skill-{id}"),
+            action: "create".into(),
+            base_version: None,
+            skill_md: "---\nname: x\ndescription: d\n---\n".into(),
+            rationale: "why".into(),
+            evidence_sessions: vec![],
+            distinct_users: 2,
+            status: status.into(),
+            verdict: serde_json::json!({}),
+            published_version: None,
+            writer: "mined".into(),
+        };
+        records.save_candidate(&candidate).await.unwrap();
+    }
+    let pending: Vec<String> = records.candidates(Some("pending_review"), 10).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(pending.len(), 2);
+    assert!(pending.contains(&"c1".to_string()) && pending.contains(&"c3".to_string()));
+    assert_eq!(records.candidates(None, 10).await.unwrap().len(), 3);
+    assert_eq!(records.candidates(None, 1).await.unwrap().len(), 1);
+    assert!(records.summaries_of(&["nope".to_string()]).await.unwrap().is_empty());
 }
 
 async fn an_import_is_all_or_nothing(backend: Backend) {
