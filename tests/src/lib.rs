@@ -152,6 +152,47 @@ fn add_user_with(data_dir: &Path, name: &str, flags: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("token is text").trim().to_string()
 }
 
+/// Creates a user who also signs in with `password` (read by `user add --password` from
+/// standard input, as a script would give it); returns its token.
+pub fn add_user_with_password(data_dir: &Path, name: &str, password: &str, admin: bool) -> String {
+    use std::io::Write;
+    let mut command = Command::new(skillhive_binary());
+    command.args(["user", "add", name, "--password", "--data-dir"]).arg(data_dir);
+    if admin {
+        command.arg("--admin");
+    }
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run skillhive user add");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password written");
+    let output = child.wait_with_output().expect("user add finished");
+    assert!(output.status.success(), "user add failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("token is text").trim().to_string()
+}
+
+/// Runs one browser scenario of `tests/web/ui_test.py` (Playwright driving Debian's
+/// Chromium) against the server at `base` with `fixture` (what the scenario needs to know:
+/// users, ids). Its screenshots go to `tests/web/artifacts/<scenario>/`. Panics with the
+/// scenario's output when it fails.
+pub fn browser_scenario(scenario: &str, base: &str, fixture: &serde_json::Value) {
+    let python =
+        std::env::var("SKILLHIVE_TEST_PYTHON").unwrap_or_else(|_| repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture_path = dir.path().join("fixture.json");
+    std::fs::write(&fixture_path, fixture.to_string()).expect("fixture written");
+    let artifacts = repo_root().join("tests/web/artifacts").join(scenario);
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let output = Command::new(&python)
+        .arg(repo_root().join("tests/web/ui_test.py"))
+        .args([scenario, "--base", base, "--fixture"])
+        .arg(&fixture_path)
+        .arg("--artifacts")
+        .arg(&artifacts)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} ({e}); scripts/test creates .venv with playwright"));
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{printed}");
+    assert!(output.status.success(), "browser scenario `{scenario}` failed:\n{printed}");
+}
+
 /// The model name the default server serves.
 pub const MODEL: &str = "SmolLM2-135M-Instruct-Q4_1";
 
