@@ -554,10 +554,22 @@ async fn generate(ctx: &TurnContext<'_>, request: GenerationRequest) -> Result<G
     let mut events = ctx.engine.generate_stream(request).await?;
     let mut choice = Choice::default();
     let mut usage = Usage::default();
+    // Text a watcher was already shown as a preview of this step's answer.
+    let mut shown = String::new();
     while let Some(event) = events.next().await {
         match event? {
-            StreamEvent::Delta { index: 0, text, .. } => {
+            StreamEvent::Preview { index: 0, text } => {
                 ctx.sink.delta(&text);
+                shown.push_str(&text);
+            }
+            StreamEvent::Delta { index: 0, text, .. } => {
+                // What was previewed is not shown twice; a reply that turns out not to be
+                // the previewed answer (cut off mid-string) adds nothing to what was shown.
+                let rest = if shown.is_empty() { text.as_str() } else { text.strip_prefix(shown.as_str()).unwrap_or("") };
+                if !rest.is_empty() {
+                    ctx.sink.delta(rest);
+                }
+                shown.clear();
                 choice.text.push_str(&text);
             }
             StreamEvent::ToolCalls { index: 0, calls } => choice.tool_calls.extend(calls),

@@ -432,6 +432,7 @@ impl MistralRsEngine {
                 StreamEvent::ToolCalls { index, calls } => choices[index].tool_calls.extend(calls),
                 StreamEvent::Finish { index, reason } => choices[index].finish_reason = Some(reason),
                 StreamEvent::Usage(u) => usage = u,
+                StreamEvent::Preview { .. } => {}
             }
         }
         for choice in &mut choices {
@@ -459,6 +460,8 @@ impl MistralRsEngine {
             // Tool-protocol replies are JSON that only means something once complete, so
             // they are buffered and sent as one event at the end of each choice.
             let mut buffered: Vec<String> = vec![String::new(); choices];
+            // How much of each choice's answer was shown as a preview.
+            let mut previewed: Vec<usize> = vec![0; choices];
             let mut finished = vec![false; choices];
             let mut usage: Option<Usage> = None;
             let mut tokens_seen = 0usize;
@@ -489,6 +492,14 @@ impl MistralRsEngine {
                     tokens_seen += 1;
                     if buffer_for_tools {
                         buffered[index].push_str(&text);
+                        // An answer is shown as it is written; a tool call only once whole.
+                        if let Some(answer) = tool_protocol::partial_answer(&buffered[index]) {
+                            if answer.len() > previewed[index] {
+                                let text = answer[previewed[index]..].to_string();
+                                previewed[index] = answer.len();
+                                yield Ok(StreamEvent::Preview { index, text });
+                            }
+                        }
                     } else if !text.is_empty() || logprob.is_some() {
                         let mut logprobs: Vec<TokenLogprob> = logprob.into_iter().map(convert_logprob).collect();
                         if let (Some(sampler), Some(token)) = (&seeded, logprobs.first_mut()) {

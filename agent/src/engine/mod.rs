@@ -258,6 +258,11 @@ impl Generation {
 pub enum StreamEvent {
     /// New text of choice `index`.
     Delta { index: usize, text: String, logprobs: Vec<TokenLogprob> },
+    /// Text to show a watcher while choice `index` is still being written, which is not
+    /// (yet) part of its reply: the answer inside a tool-protocol reply, decoded as the
+    /// JSON around it arrives. The reply itself comes later as a [`StreamEvent::Delta`];
+    /// a consumer that builds replies ignores previews.
+    Preview { index: usize, text: String },
     /// Complete tool calls of choice `index`.
     ToolCalls { index: usize, calls: Vec<ToolCall> },
     /// Choice `index` is finished.

@@ -153,6 +153,63 @@ pub enum ParsedReply {
     Unparsed(String),
 }
 
+/// The answer so far of a reply being written under [`reply_schema`], decoded from its
+/// JSON string: `Some` once the reply is recognizably an answer (`{"answer": "`), up to
+/// the last complete character (an escape still arriving is left for the next call).
+/// `None` for a tool call or anything else. The complete reply is still parsed by
+/// [`parse_reply`]; this only lets a watcher see the answer as it is generated.
+pub fn partial_answer(raw: &str) -> Option<String> {
+    let rest = raw.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest.strip_prefix(&format!("\"{ANSWER_KEY}\""))?.trim_start();
+    let body = rest.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let mut answer = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => {
+                let decoded = match chars.next() {
+                    None => break,
+                    Some('n') => '\n',
+                    Some('t') => '\t',
+                    Some('r') => '\r',
+                    Some('b') => '\u{8}',
+                    Some('f') => '\u{c}',
+                    Some('u') => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        let Ok(unit) = u16::from_str_radix(&hex, 16) else { break };
+                        if hex.len() < 4 {
+                            break;
+                        }
+                        if (0xD800..0xDC00).contains(&unit) {
+                            // A surrogate pair: the low half must follow as `\uXXXX`.
+                            let low: String = chars.by_ref().take(6).collect();
+                            let Some(low) =
+                                low.strip_prefix("\\u").and_then(|h| u16::from_str_radix(h, 16).ok()).filter(|_| low.len() == 6)
+                            else {
+                                break;
+                            };
+                            match char::decode_utf16([unit, low]).next() {
+                                Some(Ok(c)) => c,
+                                _ => break,
+                            }
+                        } else {
+                            match char::from_u32(unit as u32) {
+                                Some(c) => c,
+                                None => break,
+                            }
+                        }
+                    }
+                    Some(other) => other,
+                };
+                answer.push(decoded);
+            }
+            c => answer.push(c),
+        }
+    }
+    Some(answer)
+}
+
 /// Parses a reply written under [`reply_schema`].
 pub fn parse_reply(text: &str) -> ParsedReply {
     let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text.trim()) else {
@@ -182,6 +239,24 @@ mod tests {
             description: "Read a file.".into(),
             parameters: json!({"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}),
         }
+    }
+
+    #[test]
+    fn an_answer_is_decoded_as_it_arrives_and_a_tool_call_is_not() {
+        let reply = r#"{ "answer": "Line one\nsays \"hi\" \u00e9\ud83d\ude00 done" }"#;
+        let mut shown = String::new();
+        for end in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
+            if let Some(partial) = partial_answer(&reply[..end]) {
+                assert!(partial.starts_with(&shown), "{partial:?} does not extend {shown:?}");
+                shown = partial;
+            }
+        }
+        let ParsedReply::Answer(answer) = parse_reply(reply) else { panic!("an answer") };
+        assert_eq!(shown, answer);
+        assert_eq!(partial_answer(r#"{"answer": "half \u00"#).as_deref(), Some("half "));
+        assert_eq!(partial_answer(r#"{"answer": "cut \"#).as_deref(), Some("cut "));
+        assert_eq!(partial_answer(r#"{"tool": "read", "arguments": {"path": "a"}}"#), None);
+        assert_eq!(partial_answer(r#"{"ans"#), None);
     }
 
     #[test]

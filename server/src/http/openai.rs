@@ -526,6 +526,8 @@ async fn stream_completion(
                 Ok(StreamEvent::Finish { index, reason }) => {
                     chunk(json!([{ "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str() }]), None)
                 }
+                // The OpenAI shape has no place for text that is not yet the reply.
+                Ok(StreamEvent::Preview { .. }) => continue,
                 Ok(StreamEvent::Usage(u)) => {
                     usage = u;
                     if !include_usage {

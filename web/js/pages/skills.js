@@ -1,0 +1,79 @@
+// The skills the user may see: search, filter by scope, and publish a new one.
+
+import { api, query } from '../api.js';
+import { h, field, button, act, pageHeader, badge } from '../dom.js';
+import { href } from '../router.js';
+import { currentUser, isAdmin } from '../state.js';
+import { number, time } from '../format.js';
+import { skillEditor } from '../skill-editor.js';
+
+export function scopeBadge(scope) {
+  const kind = scope === 'shared' ? 'scope-shared' : scope && scope.startsWith('group:') ? 'scope-group' : 'scope-private';
+  const badgeElement = badge(scope, kind);
+  badgeElement.dataset.testid = 'scope-badge';
+  return badgeElement;
+}
+
+// The scopes the user may publish to.
+export function writableScopes() {
+  const user = currentUser();
+  const scopes = ['private', ...(user.groups || []).map((group) => `group:${group}`)];
+  if (isAdmin()) scopes.push('shared');
+  return scopes;
+}
+
+export async function render(ctx) {
+  const { root, signal, query: params } = ctx;
+  const user = currentUser();
+  const search = h('input', { type: 'search', name: 'q', testid: 'skill-search', value: params.get('q') || '', placeholder: 'Name or description' });
+  const scopes = ['shared', 'private', ...(user.groups || []).map((group) => `group:${group}`)];
+  const scope = h('select', { name: 'scope', testid: 'skill-scope' }, h('option', { value: '', text: 'All scopes' }), scopes.map((value) => h('option', { value, text: value, selected: params.get('scope') === value })));
+  const list = h('ul', { class: 'list skill-list', testid: 'skill-list' });
+  const editorSlot = h('div');
+  const newSkill = button('New skill', () => {
+    newSkill.hidden = true;
+    editorSlot.replaceChildren(h('section', { class: 'card' }, h('h2', { text: 'New skill' }), skillEditor({
+      scopes: writableScopes(),
+      onPublished: (published) => { location.hash = href(`/skills/${encodeURIComponent(published.slug)}`); },
+      onCancel: () => { editorSlot.replaceChildren(); newSkill.hidden = false; },
+    })));
+  }, { testid: 'new-skill', class: 'primary' });
+
+  root.append(
+    pageHeader('Skills', newSkill),
+    editorSlot,
+    h('div', { class: 'toolbar card' }, field('Search', search), field('Scope', scope)),
+    list,
+  );
+
+  function row(skill) {
+    const latest = skill.latest || {};
+    return h(
+      'li',
+      { class: 'card skill-row', testid: 'skill-row', dataset: { slug: skill.slug } },
+      h('div', { class: 'row-top' },
+        h('h2', { class: 'row-heading' }, h('a', { href: href(`/skills/${encodeURIComponent(skill.slug)}`), testid: 'skill-name' }, skill.slug)),
+        h('div', { class: 'badges' }, scopeBadge(skill.scope), badge(`v${latest.version}`), latest.author_kind === 'evolver' ? badge('evolved', 'evolved') : null)),
+      h('p', { class: 'description', text: latest.description || '' }),
+      h('p', { class: 'muted', text: `${number(skill.version_count)} version${skill.version_count === 1 ? '' : 's'} · updated ${time(skill.updated_at)}` }),
+    );
+  }
+
+  let loading = null;
+  async function load() {
+    if (loading) loading.abort();
+    loading = new AbortController();
+    signal.addEventListener('abort', () => loading.abort());
+    const { skills } = await api.get(`/api/skills${query({ q: search.value.trim(), scope: scope.value })}`, { signal: loading.signal });
+    list.replaceChildren(...skills.map(row));
+    if (!skills.length) list.append(h('li', { class: 'muted empty', text: 'No skill matches.' }));
+    root.dataset.ready = 'true';
+  }
+  let timer = null;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => act(null, load), 250);
+  });
+  scope.addEventListener('change', () => act(null, load));
+  await load();
+}
