@@ -546,11 +546,12 @@ async fn capture_inputs(ctx: &TurnContext<'_>, call: &ToolCall, turn: &mut TurnS
 
 /// One model step; streamed when the sink wants the text as it comes.
 async fn generate(ctx: &TurnContext<'_>, request: GenerationRequest) -> Result<Generation, EngineError> {
-    // A step under a JSON schema (the answer-only step) is not streamed: its text is JSON
-    // around the answer, and the answer reaches watchers as the recorded final answer.
-    if !ctx.sink.wants_deltas() || request.json_schema.is_some() {
+    if !ctx.sink.wants_deltas() {
         return ctx.engine.generate(request).await;
     }
+    // A step under a JSON schema (the answer-only step) writes JSON around its answer; a
+    // watcher is shown the answer inside it, decoded as it arrives, never the JSON.
+    let answer_only = request.json_schema.is_some();
     let mut events = ctx.engine.generate_stream(request).await?;
     let mut choice = Choice::default();
     let mut usage = Usage::default();
@@ -561,6 +562,15 @@ async fn generate(ctx: &TurnContext<'_>, request: GenerationRequest) -> Result<G
             StreamEvent::Preview { index: 0, text } => {
                 ctx.sink.delta(&text);
                 shown.push_str(&text);
+            }
+            StreamEvent::Delta { index: 0, text, .. } if answer_only => {
+                choice.text.push_str(&text);
+                if let Some(answer) = crate::engine::tool_protocol::partial_answer(&choice.text) {
+                    if answer.len() > shown.len() {
+                        ctx.sink.delta(&answer[shown.len()..]);
+                        shown = answer;
+                    }
+                }
             }
             StreamEvent::Delta { index: 0, text, .. } => {
                 // What was previewed is not shown twice; a reply that turns out not to be
