@@ -4,7 +4,10 @@ use agent::skills::format::parse_skill_md;
 
 #[test]
 fn every_starter_skill_is_valid_and_named_after_its_folder() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills");
+    // The checkout being tested (cargo sets this when it runs a test), not the one the
+    // binary may have been compiled in.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let root = std::path::Path::new(&manifest).join("../skills");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap() {
         let folder = entry.unwrap().path();

@@ -365,7 +365,9 @@ async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response>
     bail!("the server answered {status}: {message}")
 }
 
-fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
+/// The files of a skill zip, within a bundle's caps (checked on what is read, not on what
+/// the zip claims).
+pub fn unzip(bytes: &[u8]) -> anyhow::Result<Files> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))?;
     // A zip's own size says nothing of what it expands to: the bundle's caps (files,
     // bytes per file, bytes in all) are checked on what is actually read, so a zip bomb

@@ -198,7 +198,10 @@ pub const MODEL: &str = "SmolLM2-135M-Instruct-Q4_1";
 
 /// The repository root, for scripts and fixtures.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    // Cargo sets CARGO_MANIFEST_DIR for the tests it runs; the one compiled in may name
+    // another checkout that shared this target directory.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("repo root").to_path_buf()
 }
 
 /// An HTTP client for the tests; generous timeout, since turns run on the real model.

@@ -265,6 +265,63 @@ pub async fn publish(
     Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZipPublish {
+    /// `shared`, `private` (the default) or `group:<name>`.
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    changelog: Option<String>,
+}
+
+/// `POST /api/skills/{slug}/zip?scope=&version=&changelog=`: publishes a new version from
+/// a zip of the skill's folder (the body). A zip of the folder itself (`my-skill/SKILL.md`)
+/// is read as its contents.
+pub async fn publish_zip(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Query(query): Query<ZipPublish>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let viewer = viewer_of(&state, &user).await?;
+    let scope = Scope::parse_for(query.scope.as_deref().unwrap_or("private"), &viewer)
+        .map_err(|m| ApiError::bad_request(m, "invalid_scope", Some("scope")))?;
+    let files = tokio::task::spawn_blocking(move || crate::sync_client::unzip(&body))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(|e| ApiError::bad_request(format!("the body is not a usable skill zip: {e:#}"), "invalid_zip", None))?;
+    let request = PublishRequest {
+        slug,
+        scope,
+        version: query.version,
+        changelog: query.changelog.unwrap_or_default(),
+        files: without_top_folder(files),
+        provenance: json!({ "source": "zip" }),
+    };
+    let info = state.skills.store.publish(&Actor::User(viewer), request).await?;
+    state.skills.after_write().await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(info).map_err(anyhow::Error::from)?)))
+}
+
+/// A zip made of a folder holds every path under that folder's name; the bundle is what
+/// is inside it.
+fn without_top_folder(files: Files) -> Files {
+    if files.contains_key("SKILL.md") {
+        return files;
+    }
+    let top: std::collections::BTreeSet<String> =
+        files.keys().filter_map(|path| path.split_once('/').map(|(top, _)| top.to_string())).collect();
+    let single = top.len() == 1 && files.keys().all(|path| path.contains('/'));
+    match top.into_iter().next().map(|t| format!("{t}/")) {
+        Some(prefix) if single => files.into_iter().map(|(path, bytes)| (path[prefix.len()..].to_string(), bytes)).collect(),
+        _ => files,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateBody {

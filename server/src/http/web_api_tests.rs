@@ -330,3 +330,79 @@ fn regex_like_inline_handler(page: &str) -> bool {
     page.split(['<', ' ', '\n', '\t'])
         .any(|word| word.starts_with("on") && word.split_once('=').is_some_and(|(name, _)| name.chars().all(|c| c.is_ascii_lowercase())))
 }
+
+/// A zip of `files` (path, text), as a user's archiver would make it.
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, text) in files {
+        zip.start_file(*path, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_zip_of_a_skill_folder_publishes_a_version_and_a_bad_one_publishes_nothing() {
+    let app = harness().await;
+    let (_, alice) = app.user("alice", false).await.unwrap();
+    let router = app.router();
+    let upload = |bytes: Vec<u8>, query: &'static str| {
+        let router = router.clone();
+        let alice = alice.clone();
+        async move {
+            let request = Request::builder()
+                .method("POST")
+                .uri(format!("/api/skills/csv-tools/zip{query}"))
+                .header("authorization", format!("Bearer {alice}"))
+                .header("content-type", "application/zip")
+                .body(Body::from(bytes))
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let skill_md = "---\nname: csv-tools\ndescription: Count rows of a CSV file.\n---\nRun `wc -l`.\n";
+    let folder = zip_of(&[("csv-tools/SKILL.md", skill_md), ("csv-tools/scripts/count.sh", "wc -l \"$1\"\n")]);
+    let (code, published) = upload(folder, "?changelog=first").await;
+    assert_eq!(code, StatusCode::CREATED, "{published}");
+    let (_, version) = request(&router, &alice, "GET", "/api/skills/csv-tools/versions/1.0.0", None).await;
+    let paths: Vec<&str> = version["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["SKILL.md", "scripts/count.sh"], "{version}");
+
+    for (bytes, why) in [
+        (b"not a zip".to_vec(), "not a zip"),
+        (zip_of(&[("SKILL.md", skill_md), ("../escape.sh", "x")]), "a path out of the folder"),
+        (zip_of(&[("notes.md", "no SKILL.md")]), "no SKILL.md"),
+    ] {
+        let (code, refused) = upload(bytes, "").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{why}: {refused}");
+    }
+    let (_, versions) = request(&router, &alice, "GET", "/api/skills/csv-tools/versions", None).await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "nothing refused was published");
+}
+
+#[tokio::test]
+async fn a_user_empties_their_own_workspace_and_no_one_elses() {
+    let app = harness().await;
+    let (_, alice) = app.user("alice", false).await.unwrap();
+    let (_, bob) = app.user("bob", false).await.unwrap();
+    let router = app.router();
+    for (token, path) in [(&alice, "notes.txt"), (&alice, "data/rows.csv"), (&bob, "keep.txt")] {
+        let request = Request::builder()
+            .method("PUT")
+            .uri(format!("/api/workspace/files/{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from("a,b\n"))
+            .unwrap();
+        assert_eq!(router.clone().oneshot(request).await.unwrap().status(), StatusCode::OK);
+    }
+    let (code, cleared) = request(&router, &alice, "DELETE", "/api/workspace/files", None).await;
+    assert_eq!((code, cleared["removed"].as_u64()), (StatusCode::OK, Some(2)));
+    let (_, left) = request(&router, &alice, "GET", "/api/workspace/files", None).await;
+    assert_eq!(left["files"], json!([]));
+    let (_, kept) = request(&router, &bob, "GET", "/api/workspace/files", None).await;
+    assert_eq!(kept["files"].as_array().unwrap().len(), 1, "bob's workspace is untouched: {kept}");
+}

@@ -56,6 +56,22 @@ pub async fn put_file(
     Ok((StatusCode::OK, Json(json!({ "path": path, "bytes": bytes }))))
 }
 
+/// `DELETE /api/workspace/files`: empties the caller's workspace, so that a new session
+/// starts from a clean one. Refused while a turn of theirs runs: it works in these files.
+pub async fn clear_files(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    let sessions = state.store.list_sessions(&user.0.id).await?;
+    if sessions.iter().any(|s| s.status == crate::storage::SessionStatus::Running) {
+        return Err(ApiError::Conflict("a turn is running in your workspace; stop it first".into()));
+    }
+    let workspace = workspace(&state, &user)?;
+    let mut removed = 0;
+    for (path, _) in workspace.files() {
+        workspace.remove(&path).map_err(api_error)?;
+        removed += 1;
+    }
+    Ok(Json(json!({ "removed": removed })))
+}
+
 pub async fn delete_file(State(state): State<AppState>, user: AuthUser, Path(path): Path<String>) -> Result<StatusCode, ApiError> {
     let workspace = workspace(&state, &user)?;
     workspace.remove(&path).map_err(api_error)?;

@@ -159,10 +159,15 @@ export async function render(ctx) {
   const send = h('button', { type: 'submit', class: 'primary', testid: 'send' }, 'Send');
   const stop = button('Stop', () => act(null, stopTurn), { testid: 'stop', class: 'danger', disabled: true });
   const fileInput = h('input', { type: 'file', multiple: true, testid: 'attach-file' });
+  // A new session may start from an empty workspace: the files earlier sessions left are
+  // removed first (the user is asked to confirm in the browser's own dialog).
+  const clean = h('input', { type: 'checkbox', name: 'clean', testid: 'clean-workspace' });
+  const cleanField = h('label', { class: 'field checkbox', hidden: Boolean(session) }, clean, ' Start from a clean workspace');
   const composer = h(
     'form',
     { class: 'composer card', testid: 'composer' },
     field('Message', input),
+    cleanField,
     h('div', { class: 'composer-actions' }, field('Attach files', fileInput), h('div', { class: 'buttons' }, stop, send)),
   );
 
@@ -262,6 +267,11 @@ export async function render(ctx) {
 
   async function sendMessage(text) {
     if (!sessionId) {
+      if (clean.checked) {
+        if (!window.confirm('Remove every file in your workspace before this chat starts?')) return;
+        await api.del('/api/workspace/files');
+      }
+      cleanField.hidden = true;
       session = await api.post('/api/sessions', { title: text.slice(0, 60) });
       sessionId = session.id;
       replaceQuietly(`/chat/${encodeURIComponent(sessionId)}`);

@@ -104,13 +104,15 @@ export async function renderDesk(ctx) {
   const statusSlot = h('div');
   const queue = h('ul', { class: 'list', testid: 'review-queue' });
   const runs = h('ul', { class: 'list', testid: 'runs' });
+  const rollbacks = h('ul', { class: 'list', testid: 'rollback-log' });
   const start = button('Start a run', () => act(start, async () => {
     await api.post('/api/evolver/runs');
     showNotice('A run has started; it yields to users and goes on in the pauses.');
     await load();
   }), { class: 'primary', testid: 'evolver-start' });
 
-  root.append(pageHeader('Evolver', start), card('Status', statusSlot), card('Waiting for review', queue), card('Runs', runs));
+  root.append(pageHeader('Evolver', start), card('Status', statusSlot), card('Waiting for review', queue), card('Runs', runs),
+    card('Automatic rollbacks', rollbacks));
 
   const reviewed = (item, candidate) => {
     const published = candidate.published_version;
@@ -119,10 +121,11 @@ export async function renderDesk(ctx) {
   };
 
   async function load() {
-    const [status, pending, history] = await Promise.all([
+    const [status, pending, history, undone] = await Promise.all([
       api.get('/api/evolver/status', { signal }),
       api.get('/api/evolver/candidates?status=pending_review', { signal }),
       api.get('/api/evolver/runs', { signal }),
+      api.get('/api/evolver/candidates?status=rolled_back', { signal }),
     ]);
     const last = status.last_run;
     statusSlot.replaceChildren(facts([
@@ -143,6 +146,19 @@ export async function renderDesk(ctx) {
       runSummary(run),
       h('details', { class: 'steps-details' }, h('summary', { text: 'Steps' }), stepsTable(run.report)))));
     if (!list.length) runs.append(h('li', { class: 'muted empty', text: 'No run yet.' }));
+    // A publication whose sessions did worse than on the version before was undone by the
+    // evolver itself; each entry says which version came back and the numbers behind it.
+    const undoneList = undone.candidates || [];
+    rollbacks.replaceChildren(...undoneList.map((candidate) => {
+      const rollback = (candidate.verdict && candidate.verdict.rollback) || {};
+      return h('li', { class: 'card', testid: 'rollback-row' },
+        h('div', { class: 'row-top' },
+          h('a', { href: candidateHref(candidate.id) }, `${candidate.slug} ${candidate.published_version || ''}`.trim()),
+          statusBadge(candidate.status)),
+        h('p', { text: rollback.reason || 'Rolled back.' }),
+        rollback.version ? h('p', { class: 'muted' }, 'Restored as ', h('a', { href: href(`/skills/${encodeURIComponent(candidate.slug)}`, { version: rollback.version }) }, rollback.version)) : null);
+    }));
+    if (!undoneList.length) rollbacks.append(h('li', { class: 'muted empty', text: 'No publication has been rolled back.' }));
   }
   await load();
   root.dataset.ready = 'true';

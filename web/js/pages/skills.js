@@ -1,6 +1,6 @@
 // The skills the user may see: search, filter by scope, and publish a new one.
 
-import { api, query } from '../api.js';
+import { api, apiPath, query, request } from '../api.js';
 import { h, field, button, act, pageHeader, badge } from '../dom.js';
 import { href } from '../router.js';
 import { currentUser, isAdmin } from '../state.js';
@@ -39,9 +39,30 @@ export async function render(ctx) {
     })));
   }, { testid: 'new-skill', class: 'primary' });
 
+  // Publishing a zip of a skill's folder: the server unpacks it, checks it as a bundle and
+  // publishes it as the next version of that slug (or its first).
+  const zipSlug = h('input', { name: 'slug', testid: 'zip-slug', required: true, autocomplete: 'off', placeholder: 'csv-tools' });
+  const zipScope = h('select', { name: 'zip-scope', testid: 'zip-scope' }, writableScopes().map((value) => h('option', { value, text: value })));
+  const zipFile = h('input', { type: 'file', name: 'zip', accept: '.zip,application/zip', testid: 'zip-file' });
+  const zipPublish = button('Publish the zip', () => act(zipPublish, async () => {
+    const file = zipFile.files && zipFile.files[0];
+    const slug = zipSlug.value.trim();
+    if (!slug || !file) throw new Error('Name the skill and choose a zip of its folder.');
+    const published = await request('POST', `${apiPath('api', 'skills', slug, 'zip')}${query({ scope: zipScope.value })}`, {
+      body: file,
+      headers: { 'Content-Type': 'application/zip' },
+    });
+    location.hash = href(`/skills/${encodeURIComponent(published.slug || slug)}`);
+  }), { testid: 'zip-publish' });
+  const zipForm = h('details', { class: 'card zip-upload' },
+    h('summary', { text: 'Publish from a zip' }),
+    h('div', { class: 'toolbar' }, field('Skill name', zipSlug), field('Scope', zipScope), field('Zip of the folder', zipFile)),
+    h('div', { class: 'buttons' }, zipPublish));
+
   root.append(
     pageHeader('Skills', newSkill),
     editorSlot,
+    zipForm,
     h('div', { class: 'toolbar card' }, field('Search', search), field('Scope', scope)),
     list,
   );
