@@ -54,17 +54,17 @@ export async function render(ctx) {
     });
     location.hash = href(`/skills/${encodeURIComponent(published.slug || slug)}`);
   }), { testid: 'zip-publish' });
-  const zipForm = h('details', { class: 'card zip-upload' },
-    h('summary', { text: 'Publish from a zip' }),
+  const zipForm = h('section', { class: 'card zip-upload', testid: 'zip-upload' },
+    h('h2', { text: 'Publish from a zip' }),
     h('div', { class: 'toolbar' }, field('Skill name', zipSlug), field('Scope', zipScope), field('Zip of the folder', zipFile)),
     h('div', { class: 'buttons' }, zipPublish));
 
   root.append(
     pageHeader('Skills', newSkill),
     editorSlot,
-    zipForm,
     h('div', { class: 'toolbar card' }, field('Search', search), field('Scope', scope)),
     list,
+    zipForm,
   );
 
   function row(skill) {
