@@ -115,3 +115,30 @@ async fn an_agent_turn_on_the_real_model_records_what_it_did() {
         }
     }
 }
+
+#[tokio::test]
+async fn greedy_logprobs_are_natural_log_probabilities_that_teacher_forcing_reproduces() {
+    let engine = engine().await;
+    let mut request = GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 10);
+    request.logprobs = Some(5);
+    let generation = engine.generate(request.clone()).await.unwrap();
+    let choice = &generation.choices[0];
+    let logprobs = choice.logprobs.as_ref().expect("logprobs were asked for");
+    assert_eq!(logprobs.len(), choice.token_ids.len(), "one logprob per generated token");
+    for (i, token) in logprobs.iter().enumerate() {
+        assert!(token.logprob <= 0.0, "token {i}: logprob {} above 0", token.logprob);
+        assert_eq!(token.top.len(), 5, "token {i}: {:?}", token.top);
+        let mass: f32 = token.top.iter().map(|(_, lp)| lp.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "token {i}: the top 5 hold {mass} of the probability");
+        // Greedy decoding takes the most likely token: it is the first alternative.
+        assert!((token.top[0].1 - token.logprob).abs() < 1e-6, "token {i}: {:?} vs {}", token.top, token.logprob);
+        assert!(token.top.windows(2).all(|w| w[0].1 >= w[1].1), "most likely first: {:?}", token.top);
+    }
+    // The trainer's recomputation (teacher forcing the same tokens) gives the same values.
+    let scored = engine.score(PREFIX, &choice.token_ids).await.unwrap();
+    for (i, (s, g)) in scored.iter().zip(logprobs).enumerate() {
+        assert!((s - g.logprob).abs() < 1e-3, "token {i}: scored {s}, generated with {}", g.logprob);
+    }
+    // The same request gives the same tokens, now that greedy decoding is ours.
+    assert_eq!(engine.generate(request).await.unwrap().choices[0].token_ids, choice.token_ids);
+}

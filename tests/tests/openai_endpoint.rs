@@ -234,6 +234,65 @@ async fn a_seed_makes_sampling_reproducible() {
 }
 
 #[tokio::test]
+async fn logprobs_are_natural_log_probabilities_greedy_or_sampled_streamed_or_not() {
+    let server = Server::start(&[]);
+    let request = |extra: Value| {
+        let mut body = json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8, "logprobs": true, "top_logprobs": 3
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let check = |content: &[Value], what: &str| {
+        assert!(!content.is_empty(), "{what}: no logprobs");
+        for token in content {
+            let logprob = token["logprob"].as_f64().unwrap();
+            assert!(logprob <= 0.0, "{what}: logprob {logprob} above 0: {token}");
+            let top = token["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3, "{what}: {token}");
+            let mass: f64 = top.iter().map(|t| t["logprob"].as_f64().unwrap().exp()).sum();
+            assert!(mass <= 1.0 + 1e-4, "{what}: the top 3 hold {mass}: {token}");
+            assert!(top.iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0 && t["token"].is_string()), "{what}: {token}");
+        }
+    };
+    for (extra, what) in
+        [(json!({}), "greedy"), (json!({"temperature": 0.8, "seed": 3}), "seeded"), (json!({"temperature": 0.8}), "sampled")]
+    {
+        let (status, body) = post(&server, request(extra)).await;
+        assert_eq!(status, 200, "{body}");
+        check(body["choices"][0]["logprobs"]["content"].as_array().unwrap(), what);
+    }
+    // Greedy: the chosen token is the most likely alternative.
+    let (_, greedy) = post(&server, request(json!({}))).await;
+    for token in greedy["choices"][0]["logprobs"]["content"].as_array().unwrap() {
+        assert!((token["logprob"].as_f64().unwrap() - token["top_logprobs"][0]["logprob"].as_f64().unwrap()).abs() < 1e-6, "{token}");
+    }
+    // Streamed, each chunk carries its token's values.
+    let response = client()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(&server.token)
+        .json(&request(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let streamed: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| chunk["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    check(&streamed, "streamed");
+    // n > 1 with logprobs is refused with a clear error rather than answered wrongly.
+    let (status, refused) = post(&server, request(json!({"n": 2, "temperature": 0.8}))).await;
+    assert_eq!(status, 400, "{refused}");
+}
+
+#[tokio::test]
 async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     let server = Server::start(&["--max-tokens", "64", "--body-limit", "4096"]);
 

@@ -78,6 +78,17 @@ async fn find_special_stops(runner: &MistralRs) -> Vec<String> {
     stops
 }
 
+/// The text of one token as the tokenizer decodes it alone (special tokens included), or
+/// `None` when the engine cannot say.
+async fn token_text(runner: &MistralRs, token: u32) -> Option<String> {
+    let engine = runner.get_sender(None).ok()?;
+    let (sender, mut receiver) = mpsc::channel(1);
+    let request =
+        Request::Detokenize(mistralrs::core::DetokenizationRequest { tokens: vec![token], skip_special_tokens: false, response: sender });
+    engine.send(request).await.ok()?;
+    receiver.recv().await?.ok()
+}
+
 /// Tokenizes on the engine: plain text as it is, chat messages through the chat template
 /// with the generation prompt, as a request would be.
 async fn tokenize(
@@ -187,17 +198,19 @@ impl MistralRsEngine {
     /// seeded sampler when one was installed (its picks carry the true log-probabilities).
     async fn submit(&self, request: &GenerationRequest) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>), EngineError> {
         validate_request(request)?;
-        let seeded = match (request.seed, request.is_greedy()) {
-            (Some(seed), false) => {
-                if request.n > 1 && request.logprobs.is_some() {
-                    return Err(EngineError::InvalidRequest(
-                        "logprobs with a seed and n > 1 is not supported by the embedded backend".into(),
-                    ));
-                }
-                if request.logprobs.is_some_and(|k| k > 0) {
-                    return Err(EngineError::InvalidRequest("top_logprobs with a seed is not supported by the embedded backend".into()));
-                }
-                Some(Arc::new(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p)))
+        // Logprobs are computed by our own sampler (see `seeded`): mistral.rs's are base-10,
+        // and on its greedy path not even of probabilities. One sampler serves one sequence.
+        let top_k = request.logprobs.unwrap_or(0);
+        if request.logprobs.is_some() && request.n > 1 {
+            return Err(EngineError::InvalidRequest("logprobs with n > 1 is not supported by the embedded backend".into()));
+        }
+        let seeded = match (request.seed, request.is_greedy(), request.logprobs.is_some()) {
+            (_, true, true) => Some(Arc::new(SeededSampler::greedy().with_top(top_k))),
+            (Some(seed), false, _) => {
+                Some(Arc::new(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k)))
+            }
+            (None, false, true) => {
+                Some(Arc::new(SeededSampler::new(rand::random(), request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k)))
             }
             _ => None,
         };
@@ -228,7 +241,8 @@ impl MistralRsEngine {
         let mut sampling = SamplingParams::neutral();
         sampling.max_len = Some(request.max_tokens);
         sampling.n_choices = request.n;
-        sampling.top_n_logprobs = request.logprobs.unwrap_or(0);
+        // mistral.rs is asked for no alternatives: its values are replaced by the sampler's.
+        sampling.top_n_logprobs = 0;
         let stops: Vec<String> = request.stop.iter().chain(&self.special_stops).cloned().collect();
         if !stops.is_empty() {
             sampling.stop_toks = Some(StopTokens::Seqs(stops));
@@ -450,6 +464,7 @@ impl MistralRsEngine {
     async fn events(&self, request: &GenerationRequest) -> Result<(EventStream, Option<Arc<SeededSampler>>), EngineError> {
         let (mut receiver, seeded) = self.submit(request).await?;
         let sampler = seeded.clone();
+        let runner = self.runner.clone();
         let buffer_for_tools = request.offers_tools();
         let choices = request.n;
         let prompt_tokens_known = match &request.prompt {
@@ -466,6 +481,8 @@ impl MistralRsEngine {
             let mut usage: Option<Usage> = None;
             let mut tokens_seen = 0usize;
             let mut position = 0usize;
+            // Texts of the alternative tokens named so far.
+            let mut token_texts: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
             while let Some(response) = receiver.recv().await {
                 // Each chunk is (choice index, text, logprob, finish reason).
                 let pieces: Vec<(usize, String, Option<mistralrs::core::ResponseLogprob>, Option<String>)> = match response {
@@ -503,8 +520,16 @@ impl MistralRsEngine {
                     } else if !text.is_empty() || logprob.is_some() {
                         let mut logprobs: Vec<TokenLogprob> = logprob.into_iter().map(convert_logprob).collect();
                         if let (Some(sampler), Some(token)) = (&seeded, logprobs.first_mut()) {
-                            if let Some(pick) = sampler.picks().get(position) {
+                            if let Some(pick) = sampler.pick(position) {
                                 token.logprob = pick.logprob;
+                                token.top.clear();
+                                for (id, logprob) in pick.top {
+                                    if !token_texts.contains_key(&id) {
+                                        let text = token_text(&runner, id).await.unwrap_or_default();
+                                        token_texts.insert(id, text);
+                                    }
+                                    token.top.push((token_texts[&id].clone(), logprob));
+                                }
                             }
                         }
                         yield Ok(StreamEvent::Delta { index, text, logprobs });

@@ -7,6 +7,12 @@
 //! hands mistral.rs logits in which only the chosen token is finite; the engine's greedy
 //! pick then takes exactly that token. It also records the log-probability of each pick,
 //! because the logits mistral.rs sees afterwards no longer carry it.
+//!
+//! It is also how every logprob the embedded backend reports is computed: mistral.rs 0.8.1
+//! reports base-10 logarithms, and on its greedy path the logarithm of a raw logit rather
+//! than of a probability (values above 0). A request for logprobs is therefore sampled
+//! here, greedily when it asks for greedy decoding, and its natural-log values and top
+//! alternatives come from these picks.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,16 +21,23 @@ use mistralrs::{CustomLogitsProcessor, DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// One sampled token and its log-probability under the sampling distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One sampled token and its log-probability under the sampling distribution, with the
+/// most likely alternatives (token, log-probability), most likely first, when asked for.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SampledToken {
     pub token: u32,
     pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 pub struct SeededSampler {
     temperature: f64,
     top_p: f64,
+    /// Takes the most likely token; logprobs are then those of the model's distribution
+    /// (temperature 1).
+    greedy: bool,
+    /// How many alternatives each pick records.
+    top_k: usize,
     state: Mutex<SamplerState>,
 }
 
@@ -41,29 +54,58 @@ impl SeededSampler {
         Self {
             temperature,
             top_p: top_p.unwrap_or(1.0),
+            greedy: false,
+            top_k: 0,
             state: Mutex::new(SamplerState { rng: StdRng::seed_from_u64(seed), picks: BTreeMap::new() }),
         }
+    }
+
+    /// A sampler that decodes greedily and records the model's logprobs (temperature 1).
+    pub fn greedy() -> Self {
+        Self { greedy: true, ..Self::new(0, 1.0, None) }
+    }
+
+    /// Records the `k` most likely alternatives of each pick.
+    pub fn with_top(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
     }
 
     /// The picks in generation order.
     pub fn picks(&self) -> Vec<SampledToken> {
         let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.picks.values().copied().collect()
+        state.picks.values().cloned().collect()
+    }
+
+    /// The pick at position `index` of the generation (0 for the first new token).
+    pub fn pick(&self, index: usize) -> Option<SampledToken> {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.picks.values().nth(index).cloned()
     }
 
     /// Samples one token index from raw logits. Pure so that it can be tested without a
     /// model.
     pub fn sample(&self, logits: &[f32], rng: &mut StdRng) -> SampledToken {
-        let temperature = self.temperature.max(1e-5) as f32;
+        let temperature = if self.greedy { 1.0 } else { self.temperature.max(1e-5) as f32 };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
         let total: f32 = weights.iter().sum();
+        // The first token with the highest logit: what greedy decoding picks.
+        let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0;
         if !(total.is_finite() && total > 0.0) {
-            // Every token is masked or the logits are broken: fall back to the first token
-            // with the highest logit, which is what greedy decoding would pick.
-            let token =
-                logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0 as u32;
-            return SampledToken { token, logprob: 0.0 };
+            // Every token is masked or the logits are broken: fall back to greedy.
+            return SampledToken { token: argmax() as u32, logprob: 0.0, top: Vec::new() };
+        }
+        let top = if self.top_k == 0 {
+            Vec::new()
+        } else {
+            let mut order: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
+            order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+            order.into_iter().take(self.top_k).map(|i| (i as u32, (weights[i] / total).ln())).collect()
+        };
+        if self.greedy {
+            let chosen = argmax();
+            return SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln(), top };
         }
         // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.
         let mut order: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
@@ -88,7 +130,7 @@ impl SeededSampler {
                 break;
             }
         }
-        SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln() }
+        SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln(), top }
     }
 }
 
@@ -98,9 +140,10 @@ impl CustomLogitsProcessor for SeededSampler {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let SamplerState { rng, picks } = &mut *state;
         let pick = self.sample(&values, rng);
+        let token = pick.token as usize;
         picks.insert(context.len(), pick);
         let mut forced = vec![f32::NEG_INFINITY; values.len()];
-        forced[pick.token as usize] = 0.0;
+        forced[token] = 0.0;
         Tensor::from_vec(forced, values.len(), logits.device())?.to_dtype(logits.dtype())
     }
 }
@@ -128,7 +171,7 @@ impl ForcedContinuation {
     }
 
     pub fn picks(&self) -> Vec<SampledToken> {
-        self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).values().copied().collect()
+        self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect()
     }
 }
 
@@ -144,7 +187,7 @@ impl CustomLogitsProcessor for ForcedContinuation {
             // the token as outside the vocabulary.
             return Ok(logits.clone());
         }
-        let pick = SampledToken { token, logprob: log_softmax_at(&values, token as usize) };
+        let pick = SampledToken { token, logprob: log_softmax_at(&values, token as usize), top: Vec::new() };
         self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(context.len(), pick);
         let mut forced = vec![f32::NEG_INFINITY; values.len()];
         forced[token as usize] = 0.0;
@@ -179,6 +222,22 @@ mod tests {
             assert!(pick.token == 1 || pick.token == 2);
             assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn greedy_picks_the_most_likely_token_with_its_natural_log_probability_and_the_top_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, f32::NEG_INFINITY];
+        let sampler = SeededSampler::greedy().with_top(3);
+        let mut rng = StdRng::seed_from_u64(0);
+        let pick = sampler.sample(&logits, &mut rng);
+        assert_eq!(pick.token, 1);
+        assert!((pick.logprob - log_softmax_at(&logits, 1)).abs() < 1e-6);
+        let tokens: Vec<u32> = pick.top.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tokens, [1, 2, 0]);
+        assert!(pick.top.iter().all(|(_, lp)| *lp <= 0.0));
+        let mass: f32 = pick.top.iter().map(|(_, lp)| lp.exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-5, "the three finite tokens hold all the mass: {mass}");
+        assert_eq!(pick.top[0].1, pick.logprob);
     }
 
     #[test]
