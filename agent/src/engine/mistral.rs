@@ -524,9 +524,8 @@ impl MistralRsEngine {
                                 token.logprob = pick.logprob;
                                 token.top.clear();
                                 for (id, logprob) in pick.top {
-                                    if !token_texts.contains_key(&id) {
-                                        let text = token_text(&runner, id).await.unwrap_or_default();
-                                        token_texts.insert(id, text);
+                                    if let std::collections::hash_map::Entry::Vacant(slot) = token_texts.entry(id) {
+                                        slot.insert(token_text(&runner, id).await.unwrap_or_default());
                                     }
                                     token.top.push((token_texts[&id].clone(), logprob));
                                 }
