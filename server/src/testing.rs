@@ -67,6 +67,39 @@ impl TestApp {
     pub async fn user(&self, name: &str, admin: bool) -> anyhow::Result<(User, String)> {
         crate::http::auth::create_user_with_token(self.db.store.as_ref(), name, admin).await
     }
+
+    /// For each `(user name, file, lines)`, a finished session of that (existing) user who
+    /// counted the data rows of a CSV file with `wc -l`, answered right and rated the answer
+    /// up: verifiable successes of several users, the pattern the evolver mines a new
+    /// skill from.
+    pub async fn counted_rows_sessions(&self, counts: &[(&str, &str, usize)]) -> anyhow::Result<()> {
+        use agent::trajectory::{Event, StopReason};
+        let store = &self.db.store;
+        for &(name, file, lines) in counts {
+            let owner = store.user_by_name(name).await?.ok_or_else(|| anyhow::anyhow!("no user `{name}`"))?;
+            let session = store.create_session(&owner.id, "rows", "m").await?;
+            let content: String = (0..lines).map(|i| format!("r{i},x\n")).collect();
+            let arguments = serde_json::json!({ "command": format!("wc -l {file}") }).to_string();
+            for event in [
+                Event::UserMessage { text: format!("How many data rows does {file} have?") },
+                Event::ToolCall { call_id: "c1".into(), name: "exec".into(), arguments },
+                Event::InputFile { path: file.into(), content },
+                Event::ToolResult {
+                    call_id: "c1".into(),
+                    name: "exec".into(),
+                    ok: true,
+                    exit_code: Some(0),
+                    excerpt: format!("exit code 0\n{lines} {file}\n"),
+                },
+                Event::FinalAnswer { text: (lines - 1).to_string() },
+                Event::Stop { reason: StopReason::FinalAnswer, detail: None },
+            ] {
+                store.append_event(&owner.id, &session.id, event.kind(), &serde_json::to_value(&event)?).await?;
+            }
+            store.add_feedback(&owner.id, &session.id, None, "up", None).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A private PostgreSQL server for tests and benchmarks: a fresh cluster in a temporary

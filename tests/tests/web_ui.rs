@@ -125,32 +125,7 @@ async fn admins_review_skills_in_a_real_browser_and_payloads_stay_text() {
 
     // Two users counted data rows the same verifiable way: the evolver proposes a skill,
     // and review holds it.
-    for (name, file, lines) in [("admin", "orders.csv", 5usize), ("user", "people.csv", 8)] {
-        let owner = store.user_by_name(name).await.unwrap().unwrap();
-        let rows = store.create_session(&owner.id, "rows", "m").await.unwrap();
-        let content: String = (0..lines).map(|i| format!("r{i},x\n")).collect();
-        for event in [
-            Event::UserMessage { text: format!("How many data rows does {file} have?") },
-            Event::ToolCall {
-                call_id: "c1".into(),
-                name: "exec".into(),
-                arguments: json!({ "command": format!("wc -l {file}") }).to_string(),
-            },
-            Event::InputFile { path: file.into(), content },
-            Event::ToolResult {
-                call_id: "c1".into(),
-                name: "exec".into(),
-                ok: true,
-                exit_code: Some(0),
-                excerpt: format!("exit code 0\n{lines} {file}\n"),
-            },
-            Event::FinalAnswer { text: (lines - 1).to_string() },
-            Event::Stop { reason: StopReason::FinalAnswer, detail: None },
-        ] {
-            store.append_event(&owner.id, &rows.id, event.kind(), &serde_json::to_value(&event).unwrap()).await.unwrap();
-        }
-        store.add_feedback(&owner.id, &rows.id, None, "up", None).await.unwrap();
-    }
+    harness.counted_rows_sessions(&[("admin", "orders.csv", 5), ("user", "people.csv", 8)]).await.unwrap();
     let (status, _) = api(&url, &tokens["admin"], Method::POST, "/api/evolver/runs", None).await;
     assert_eq!(status, 202);
     let mut queue = Value::Null;

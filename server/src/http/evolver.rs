@@ -153,7 +153,6 @@ pub async fn reject(State(state): State<AppState>, user: AuthUser, Path(id): Pat
 mod tests {
     use super::*;
     use crate::testing::TestApp;
-    use agent::trajectory::{Event, StopReason};
     use evolver::testing::RuleEngine;
     use evolver::EvolverConfig;
     use std::time::Duration;
@@ -166,37 +165,11 @@ mod tests {
     async fn admins_start_runs_and_approve_held_candidates() {
         let engine = Arc::new(RuleEngine::default());
         let harness = TestApp::new(engine.clone()).await.unwrap().with_evolver(EvolverConfig { review: true, ..Default::default() });
-        let store = harness.db.store.clone();
         let (_, admin) = harness.user("admin", true).await.unwrap();
         let (_, user) = harness.user("user", false).await.unwrap();
         // Two users counted data rows without a skill, verifiably (each rated the answer
         // up): a pattern for a new skill, mined from what they did.
-        for (name, file, lines) in [("admin", "orders.csv", 5usize), ("user", "people.csv", 8)] {
-            let owner = store.user_by_name(name).await.unwrap().unwrap();
-            let session = store.create_session(&owner.id, "rows", "m").await.unwrap();
-            let content: String = (0..lines).map(|i| format!("r{i},x\n")).collect();
-            for event in [
-                Event::UserMessage { text: format!("How many data rows does {file} have?") },
-                Event::ToolCall {
-                    call_id: "c1".into(),
-                    name: "exec".into(),
-                    arguments: json!({ "command": format!("wc -l {file}") }).to_string(),
-                },
-                Event::InputFile { path: file.into(), content },
-                Event::ToolResult {
-                    call_id: "c1".into(),
-                    name: "exec".into(),
-                    ok: true,
-                    exit_code: Some(0),
-                    excerpt: format!("exit code 0\n{lines} {file}\n"),
-                },
-                Event::FinalAnswer { text: (lines - 1).to_string() },
-                Event::Stop { reason: StopReason::FinalAnswer, detail: None },
-            ] {
-                store.append_event(&owner.id, &session.id, event.kind(), &serde_json::to_value(&event).unwrap()).await.unwrap();
-            }
-            store.add_feedback(&owner.id, &session.id, None, "up", None).await.unwrap();
-        }
+        harness.counted_rows_sessions(&[("admin", "orders.csv", 5), ("user", "people.csv", 8)]).await.unwrap();
         let router = harness.router();
 
         for path in ["/api/evolver/status", "/api/evolver/runs"] {
