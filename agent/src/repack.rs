@@ -125,13 +125,19 @@ pub fn repack_to(source: &Path, target: &Path, dtype: GgmlDType) -> anyhow::Resu
         .collect();
     metadata.sort_by_key(|(key, _)| *key);
 
-    let dir = target.parent().context("repack target has no parent directory")?;
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    write_gguf(target, &metadata, &tensor_refs)
+}
+
+/// Writes a GGUF file under a temporary name and renames it into place, so that a crash
+/// (or a reader loading it at the same moment) never sees a partial model.
+pub fn write_gguf(target: &Path, metadata: &[(&str, &gguf_file::Value)], tensors: &[(&str, &QTensor)]) -> anyhow::Result<()> {
+    let dir = target.parent().context("the GGUF target has no parent directory")?;
     std::fs::create_dir_all(dir)?;
-    let staged = tempfile::Builder::new().prefix(".repack-").suffix(".gguf").tempfile_in(dir)?;
+    let staged = tempfile::Builder::new().prefix(".gguf-").suffix(".gguf").tempfile_in(dir)?;
     {
         let mut writer = BufWriter::new(staged.as_file());
-        let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-        gguf_file::write(&mut writer, &metadata, &tensor_refs)?;
+        gguf_file::write(&mut writer, metadata, tensors)?;
     }
     staged.as_file().sync_all()?;
     staged.persist(target).map_err(|e| e.error)?;

@@ -3,7 +3,7 @@
 //! several samples per prompt, teacher-forced scoring).
 
 use agent::engine::mistral::{MistralRsEngine, MistralRsOptions};
-use agent::engine::{Engine, GenerationRequest, Prompt};
+use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
 use agent::model;
 
 async fn engine() -> MistralRsEngine {
@@ -141,4 +141,19 @@ async fn greedy_logprobs_are_natural_log_probabilities_that_teacher_forcing_repr
     }
     // The same request gives the same tokens, now that greedy decoding is ours.
     assert_eq!(engine.generate(request).await.unwrap().choices[0].token_ids, choice.token_ids);
+}
+
+#[tokio::test]
+async fn concurrent_chats_get_the_replies_they_would_get_alone() {
+    let engine = engine().await;
+    let prompts = ["Name a colour.", "What is 2+2?", "Say hello.", "Name a fruit."];
+    let request = |prompt: &str| GenerationRequest::chat(vec![ChatMessage::user(prompt)], 12);
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        alone.push(engine.generate(request(prompt)).await.unwrap().text().to_string());
+    }
+    let together = futures::future::join_all(prompts.iter().map(|p| engine.generate(request(p)))).await;
+    for ((prompt, alone), together) in prompts.iter().zip(&alone).zip(together) {
+        assert_eq!(together.unwrap().text(), alone, "the reply to {prompt:?} changed when other chats ran at the same time");
+    }
 }

@@ -175,6 +175,27 @@ pub fn aggregate(losses: &[Vec<f64>], masks: &[Vec<bool>], mode: Aggregation) ->
     }
 }
 
+/// The weight of each token's loss under `mode`: every aggregation is a weighted sum of
+/// token losses, `aggregate(l) = Σ weight · l`, which is what a trainer back-propagates.
+/// Tokens that do not count weigh 0.
+pub fn aggregation_weights(masks: &[Vec<bool>], mode: Aggregation) -> Vec<Vec<f64>> {
+    let sequences = masks.len().max(1) as f64;
+    let total: usize = masks.iter().map(|m| m.iter().filter(|c| **c).count()).sum();
+    masks
+        .iter()
+        .map(|mask| {
+            let count = mask.iter().filter(|c| **c).count();
+            let weight = match mode {
+                Aggregation::TokenMean => 1.0 / total.max(1) as f64,
+                Aggregation::SeqMeanTokenMean => 1.0 / (count.max(1) as f64 * sequences),
+                Aggregation::SeqMeanTokenSum => 1.0 / sequences,
+                Aggregation::SeqMeanTokenSumNorm { max_tokens } => 1.0 / (max_tokens.max(1) as f64 * sequences),
+            };
+            mask.iter().map(|counts| if *counts { weight } else { 0.0 }).collect()
+        })
+        .collect()
+}
+
 /// What a training step is watched by.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -332,6 +353,18 @@ mod tests {
         assert!(close(aggregate(&losses, &masks, Aggregation::SeqMeanTokenSum), (1.0 + 9.0) / 2.0, 1e-12));
         assert!(close(aggregate(&losses, &masks, Aggregation::SeqMeanTokenSumNorm { max_tokens: 10 }), (0.1 + 0.9) / 2.0, 1e-12));
         assert_eq!(aggregate(&[vec![1.0]], &[vec![false]], Aggregation::TokenMean), 0.0);
+
+        // The trainer's token weights give the same numbers as a weighted sum.
+        for mode in [
+            Aggregation::TokenMean,
+            Aggregation::SeqMeanTokenMean,
+            Aggregation::SeqMeanTokenSum,
+            Aggregation::SeqMeanTokenSumNorm { max_tokens: 10 },
+        ] {
+            let weights = aggregation_weights(&masks, mode);
+            let weighted: f64 = weights.iter().flatten().zip(losses.iter().flatten()).map(|(w, l)| w * l).sum();
+            assert!(close(weighted, aggregate(&losses, &masks, mode), 1e-12), "{mode:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl MistralRsOptions {
 
 pub struct MistralRsEngine {
     runner: Arc<MistralRs>,
+    /// Admits one generation into the engine at a time; see [`MistralRsEngine::admit`].
+    admission: Arc<tokio::sync::Semaphore>,
     info: ModelInfo,
     /// End-of-text markers of this model that its chat template does not stop on; see
     /// [`find_special_stops`].
@@ -146,7 +148,12 @@ impl MistralRsEngine {
         let context_window = runner.max_sequence_length(None).ok().flatten();
         let special_stops = find_special_stops(&runner).await;
         tracing::debug!(?special_stops, "end-of-text markers");
-        Ok(Self { runner, info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" }, special_stops })
+        Ok(Self {
+            runner,
+            admission: Arc::new(tokio::sync::Semaphore::new(1)),
+            info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" },
+            special_stops,
+        })
     }
 
     /// Refuses a prompt that, with `max_tokens` more, does not fit the context window, before
@@ -196,7 +203,24 @@ impl MistralRsEngine {
 
     /// Builds a generation request and sends it; returns the receiver of its responses, plus the
     /// seeded sampler when one was installed (its picks carry the true log-probabilities).
-    async fn submit(&self, request: &GenerationRequest) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>), EngineError> {
+    /// Waits until no other generation runs in the engine, and holds it until the permit is
+    /// dropped.
+    ///
+    /// mistral.rs 0.8.1 corrupts sequences that run concurrently: its engine loop reloads
+    /// the running sequences' KV caches into the model only when the set of decoding
+    /// sequences changed since the last decode step, but a prompt step of a newly arrived
+    /// request in between overwrites the model's cache. The decoding sequences then
+    /// continue from the newcomer's cache, and a user's reply turns into another user's
+    /// (measured: of four concurrent greedy chats, two returned another prompt's text).
+    /// One request at a time (its `n` choices share one prompt step) is correct.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
+        self.admission.clone().acquire_owned().await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))
+    }
+
+    async fn submit(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>, tokio::sync::OwnedSemaphorePermit), EngineError> {
         validate_request(request)?;
         // Logprobs are computed by our own sampler (see `seeded`): mistral.rs's are base-10,
         // and on its greedy path not even of probabilities. One sampler serves one sequence.
@@ -266,8 +290,9 @@ impl MistralRsEngine {
             processors,
             logprobs: request.logprobs.is_some(),
         };
+        let admitted = self.admit().await?;
         let receiver = self.send(outgoing).await?;
-        Ok((receiver, seeded))
+        Ok((receiver, seeded, admitted))
     }
 }
 
@@ -373,6 +398,20 @@ impl Engine for MistralRsEngine {
         }
     }
 
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        match prompt {
+            Prompt::Tokens(tokens) => Ok(tokens.clone()),
+            Prompt::Messages(messages) => match chat_message(messages) {
+                RequestMessage::Chat { messages, .. } => tokenize(&self.runner, Either::Left(messages)).await,
+                _ => unreachable!("chat_message builds a chat request"),
+            },
+        }
+    }
+
+    async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        tokenize(&self.runner, Either::Right(text.to_string())).await
+    }
+
     async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
         if prefix.is_empty() {
             return Err(EngineError::InvalidRequest("scoring needs a non-empty prefix".into()));
@@ -388,6 +427,7 @@ impl Engine for MistralRsEngine {
             let mut sampling = SamplingParams::neutral();
             sampling.max_len = Some(remaining.len());
             sampling.temperature = Some(0.0);
+            let _admitted = self.admit().await?;
             let mut receiver = self
                 .send(Outgoing {
                     messages: RequestMessage::CompletionTokens(context),
@@ -455,14 +495,16 @@ impl MistralRsEngine {
             choice.text.drain(..choice.text.len() - trimmed);
         }
         if let (Some(sampler), [choice]) = (&seeded, choices.as_mut_slice()) {
-            choice.token_ids = sampler.picks().iter().map(|p| p.token).collect();
+            let picks = sampler.picks();
+            choice.token_ids = picks.iter().map(|p| p.token).collect();
+            choice.token_logprobs = picks.iter().map(|p| p.logprob).collect();
         }
         Ok(Generation { choices, usage })
     }
 
     /// Submits a request and returns its events, plus the seeded sampler if one was installed.
     async fn events(&self, request: &GenerationRequest) -> Result<(EventStream, Option<Arc<SeededSampler>>), EngineError> {
-        let (mut receiver, seeded) = self.submit(request).await?;
+        let (mut receiver, seeded, admitted) = self.submit(request).await?;
         let sampler = seeded.clone();
         let runner = self.runner.clone();
         let buffer_for_tools = request.offers_tools();
@@ -472,6 +514,8 @@ impl MistralRsEngine {
             Prompt::Messages(_) => None,
         };
         let stream = async_stream::stream! {
+            // The engine stays this request's until the stream ends or is dropped.
+            let _admitted = admitted;
             // Tool-protocol replies are JSON that only means something once complete, so
             // they are buffered and sent as one event at the end of each choice.
             let mut buffered: Vec<String> = vec![String::new(); choices];

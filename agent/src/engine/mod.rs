@@ -224,6 +224,10 @@ pub struct Choice {
     /// The generated token ids, where the backend knows them (the embedded backend does
     /// for seeded sampling). RL training continues from and scores these exact tokens.
     pub token_ids: Vec<u32>,
+    /// The log-probability each of `token_ids` was sampled with (natural log), one per id.
+    /// Unlike `logprobs`, which follows the streamed text, this also covers tokens that
+    /// print nothing (an end-of-turn token, half of a multi-byte character).
+    pub token_logprobs: Vec<f32>,
 }
 
 /// Token counts of one request.
@@ -334,6 +338,22 @@ pub trait Engine: Send + Sync {
     /// sampled. Backends that cannot see token-level probabilities of given text refuse
     /// with [`EngineError::InvalidRequest`].
     async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError>;
+
+    /// The exact tokens the model would read for `prompt`: a conversation rendered by the
+    /// chat template with the generation prompt (as a request would be), a token prompt as
+    /// it is. RL rollouts sample from, train on and branch from these tokens, token in and
+    /// token out, instead of re-rendering text. Backends that cannot see tokens refuse.
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        match prompt {
+            Prompt::Tokens(tokens) => Ok(tokens.clone()),
+            Prompt::Messages(_) => Err(EngineError::InvalidRequest("this backend does not expose its tokenizer".into())),
+        }
+    }
+
+    /// The tokens of plain text, without the chat template or special tokens added.
+    async fn tokenize_text(&self, _text: &str) -> Result<Vec<u32>, EngineError> {
+        Err(EngineError::InvalidRequest("this backend does not expose its tokenizer".into()))
+    }
 }
 
 /// Checks what every backend requires of a request, so that they all reject the same things

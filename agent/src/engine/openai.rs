@@ -226,6 +226,7 @@ impl Engine for OpenAiEngine {
                 finish_reason: c["finish_reason"].as_str().map(FinishReason::parse),
                 logprobs: c.get("logprobs").filter(|l| !l.is_null()).map(parse_logprobs),
                 token_ids: Vec::new(),
+                token_logprobs: Vec::new(),
             })
             .collect();
         Ok(Generation { choices, usage: parse_usage(&response["usage"]).unwrap_or_default() })

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent::engine::{Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, StreamEvent};
+use agent::engine::{Engine, EngineError, EventStream, Generation, GenerationRequest, ModelInfo, Prompt, StreamEvent};
 use futures::StreamExt;
 
 /// The limits every user has.
@@ -223,6 +223,14 @@ impl Engine for MeteredEngine {
         self.quotas.add_tokens(&self.user_id, (prefix.len() + continuation.len()) as u64);
         Ok(scores)
     }
+
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenize(prompt).await
+    }
+
+    async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenize_text(text).await
+    }
 }
 
 /// An engine for background work (the evolver): each call first waits until no user's
@@ -258,6 +266,14 @@ impl Engine for YieldingEngine {
     async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
         self.quotas.wait_until_idle().await;
         self.inner.score(prefix, continuation).await
+    }
+
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenize(prompt).await
+    }
+
+    async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenize_text(text).await
     }
 }
 

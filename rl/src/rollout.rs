@@ -1,0 +1,76 @@
+//! Rollouts through the shared engine, token in and token out: the prompt is tokenized once
+//! by the engine's own chat template, every sample continues from those exact tokens with
+//! its own seed, and comes back as token ids with the logprobs it was sampled with.
+
+use agent::engine::{Engine, FinishReason, GenerationRequest, Prompt};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// One sampled continuation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub seed: u64,
+    pub completion: Vec<u32>,
+    /// The behaviour policy's logprob of each completion token (temperature 1: the model's
+    /// own distribution, which the trainer recomputes).
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// How samples are drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// 1.0 samples the model's own distribution; other values make the behaviour policy
+    /// differ from the trained one (the gap metric then shows it).
+    pub temperature: f64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { max_new_tokens: 24, temperature: 1.0 }
+    }
+}
+
+/// The seed of sample `index` of a group seeded with `group_seed`: distinct per sample and
+/// reproducible, so a resumed run samples exactly what the uninterrupted one would have.
+pub fn sample_seed(group_seed: u64, index: usize) -> u64 {
+    group_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64)
+}
+
+/// `group` samples continuing `prompt`, sent together so that the engine batches them.
+pub async fn sample_group(
+    engine: &dyn Engine,
+    prompt: &[u32],
+    group: usize,
+    sampling: &SamplingConfig,
+    group_seed: u64,
+) -> anyhow::Result<Vec<Sample>> {
+    let requests = (0..group).map(|index| {
+        let seed = sample_seed(group_seed, index);
+        let mut request = GenerationRequest::new(Prompt::Tokens(prompt.to_vec()), sampling.max_new_tokens);
+        request.temperature = Some(sampling.temperature);
+        request.seed = Some(seed);
+        request.logprobs = Some(0);
+        async move {
+            let generation = engine.generate(request).await?;
+            let choice = generation.choices.into_iter().next().context("the engine returned no choice")?;
+            let logprobs = choice.token_logprobs;
+            anyhow::ensure!(
+                logprobs.len() == choice.token_ids.len(),
+                "the engine returned {} token ids but {} logprobs",
+                choice.token_ids.len(),
+                logprobs.len()
+            );
+            Ok::<_, anyhow::Error>(Sample {
+                seed,
+                completion: choice.token_ids,
+                logprobs,
+                text: choice.text,
+                finish_reason: choice.finish_reason,
+            })
+        }
+    });
+    futures::future::try_join_all(requests).await
+}

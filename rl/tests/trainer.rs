@@ -1,0 +1,119 @@
+//! The trainer on the real default model, against the engine that serves it.
+
+use std::sync::Arc;
+
+use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
+use agent::model;
+use rl::grpo::{GrpoConfig, GrpoRun};
+use rl::policy::{BaseModel, LoraConfig, LoraTarget};
+use rl::publish;
+use rl::rollout::SamplingConfig;
+use rl::task::Task;
+use rl::trainer::{Trainer, TrainerConfig, TrainingSequence};
+
+fn model_path() -> std::path::PathBuf {
+    let path = model::default_model_path(&model::cache_dir());
+    assert!(path.exists(), "{} is missing: run `skillhive model pull` (scripts/test does)", path.display());
+    path
+}
+
+#[tokio::test]
+async fn the_trainer_recomputes_the_engines_sampled_logprobs() {
+    // The engine serves the policy as published: every tensor F32.
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.gguf");
+    publish::write_policy(&base, Some(&trainer.adapters), &path).unwrap();
+    let engine = publish::load_policy_engine(&path, "policy").await.unwrap();
+    let prompt = engine.tokenize(&Prompt::Messages(vec![ChatMessage::user("Name a colour.")])).await.unwrap();
+    let mut sequences = Vec::new();
+    for seed in 0..3 {
+        let mut request = GenerationRequest::new(Prompt::Tokens(prompt.clone()), 16);
+        request.temperature = Some(1.0);
+        request.seed = Some(seed);
+        request.logprobs = Some(0);
+        let choice = engine.generate(request).await.unwrap().choices.remove(0);
+        assert_eq!(choice.token_logprobs.len(), choice.token_ids.len());
+        sequences.push(TrainingSequence::completion(&prompt, &choice.token_ids, choice.token_logprobs, 0.0));
+    }
+    let started = std::time::Instant::now();
+    let recomputed = trainer.logprobs(&sequences).unwrap();
+    eprintln!("scored in {:?}", started.elapsed());
+    for (sequence, trainer_values) in sequences.iter().zip(&recomputed) {
+        assert_eq!(trainer_values.len(), sequence.engine_logprobs.len());
+        for (i, (t, e)) in trainer_values.iter().zip(&sequence.engine_logprobs).enumerate() {
+            assert!(*e <= 0.0, "token {i}: engine logprob {e} above 0");
+            assert!((t - e).abs() < 1e-3, "token {i}: trainer {t}, engine {e}");
+        }
+    }
+}
+
+#[test]
+fn every_adapter_tensor_gets_a_gradient() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let lora = LoraConfig { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec() };
+    let mut trainer = Trainer::new(base, lora, TrainerConfig::default(), 7).unwrap();
+    let sequences = vec![
+        TrainingSequence::completion(&[1, 4093, 198, 31530], &[549, 253, 1740], vec![0.0; 3], 1.0),
+        TrainingSequence::completion(&[1, 4093, 198], &[31530, 549], vec![0.0; 2], -1.0),
+    ];
+    let started = std::time::Instant::now();
+    let first = trainer.update(&sequences).unwrap();
+    eprintln!("update in {:?}", started.elapsed());
+    // B starts at zero, so only the B half has a gradient before the first update.
+    assert_eq!(first.tensors, 30 * 7 * 2);
+    assert_eq!(first.tensors_with_gradient, first.tensors / 2, "{first:?}");
+    let second = trainer.update(&sequences).unwrap();
+    assert_eq!(second.tensors_with_gradient, second.tensors);
+}
+
+/// The toy task's GRPO run of the issue, as a user would check it: the share of rewarded
+/// answers rises from the base model's measured rate to at least one half, and a run
+/// resumed from a checkpoint makes exactly the update the uninterrupted run made.
+#[tokio::test]
+async fn grpo_on_the_real_model_raises_the_rewarded_probability_and_resumes_exactly() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        GrpoConfig { group_size: 16, seed: 3, sampling: SamplingConfig { max_new_tokens: 8, temperature: 1.0 }, ..Default::default() };
+    let trainer_config = TrainerConfig { learning_rate: 5e-3, ..Default::default() };
+    let trainer = Trainer::new(base.clone(), LoraConfig::default(), trainer_config, 11).unwrap();
+    let mut run = GrpoRun::start(trainer, config.clone(), "demo", &dir.path().join("policies")).await.unwrap();
+    let tasks = [Task::pick_a_number()];
+
+    let mut rewards = Vec::new();
+    let checkpoint = dir.path().join("checkpoint");
+    let mut after_checkpoint = None;
+    for step in 1..=5 {
+        let report = run.step(&tasks).await.unwrap();
+        eprintln!("{}", report.line());
+        assert!(report.metrics.logprob_gap < 1e-3, "the engine sampled from another distribution than the trainer's: {}", report.line());
+        rewards.push(report.metrics.reward_mean);
+        if step == 2 {
+            run.trainer.save_checkpoint(&checkpoint).unwrap();
+        }
+        if step == 3 {
+            after_checkpoint = Some((report.clone(), run.trainer.adapters.named_tensors().unwrap()));
+        }
+    }
+    // The first step's samples come from the base model: its measured rate is the anchor.
+    let base_rate = rewards[0];
+    assert!(base_rate < 0.5, "the base model already answers 2-9 with rate {base_rate}: the task teaches nothing");
+    let best = rewards[1..].iter().copied().fold(0.0, f64::max);
+    assert!(best >= 0.5 && best > base_rate, "the rewarded share did not rise to 0.5: {rewards:?}");
+
+    // Resumed from the checkpoint after step 2, step 3 is the same update.
+    let resumed = Trainer::resume(base, &checkpoint).unwrap();
+    assert_eq!(resumed.step(), 2);
+    let mut rerun = GrpoRun::start(resumed, config, "resumed", &dir.path().join("resumed")).await.unwrap();
+    let report = rerun.step(&tasks).await.unwrap();
+    let (uninterrupted, tensors) = after_checkpoint.unwrap();
+    assert_eq!((report.metrics.reward_mean, report.loss), (uninterrupted.metrics.reward_mean, uninterrupted.loss));
+    for (name, tensor) in rerun.trainer.adapters.named_tensors().unwrap() {
+        let expected: Vec<f32> = tensors[&name].flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+        let largest = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert_eq!(largest, 0.0, "{name} differs after resuming by up to {largest}");
+    }
+}
