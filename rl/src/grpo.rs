@@ -59,6 +59,8 @@ pub struct StepReport {
     /// Rewards and the other metrics of the samples this step trained on, which the
     /// policy before the update produced.
     pub metrics: StepMetrics,
+    /// The share of samples that earned the full reward (1).
+    pub success_rate: f64,
     pub loss: f64,
     pub grad_norm: f64,
     pub trained_tokens: usize,
@@ -75,9 +77,10 @@ impl StepReport {
         let m = &self.metrics;
         let t = &self.timings;
         format!(
-            "step {:>3}  reward {:.3} ± {:.3}  kl {:.4}  entropy {:.3}  clip {:.3}  gap {:.4}  len {:.1}  |g| {:.3}  \
+            "step {:>3}  success {:.3}  reward {:.3} ± {:.3}  kl {:.4}  entropy {:.3}  clip {:.3}  gap {:.4}  len {:.1}  |g| {:.3}  \
              {:.1}s (rollout {:.1} ref {:.1} train {:.1} publish {:.1})",
             self.step,
+            self.success_rate,
             m.reward_mean,
             m.reward_std,
             m.approx_kl,
@@ -174,9 +177,12 @@ impl GrpoRun {
         let lengths: Vec<usize> = sequences.iter().map(|s| s.trained_tokens()).collect();
         metrics.length_mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         metrics.length_max = lengths.iter().copied().max().unwrap_or(0);
+        let rewards: Vec<f64> = groups.iter().flatten().copied().collect();
+        let success_rate = rewards.iter().filter(|r| **r >= 1.0).count() as f64 / rewards.len().max(1) as f64;
         Ok(StepReport {
             step,
             metrics,
+            success_rate,
             loss: stats.loss,
             grad_norm: stats.grad_norm,
             trained_tokens: stats.trained_tokens,

@@ -5,11 +5,19 @@
 //!   so that it is tested number by number, independently of any tensor library.
 //! - [`policy`]: a differentiable Llama forward over a GGUF model with LoRA adapters.
 //! - [`trainer`]: one update (clipped objective, AdamW, gradient clipping) and checkpoints.
+//! - [`rollout`]: seeded samples through the shared engine, token in and token out.
+//! - [`task`]: prompts with verifiable rewards; [`evaluate`]: held-out mean reward.
+//! - [`grpo`]: the training loop, publishing each update back into an engine.
+//! - [`publish`]: adapters merged into an all-F32 GGUF file the engine loads.
+//! - [`registry`]: published policies, the default among them, promotion and rollback.
 
+pub mod evaluate;
 pub mod grpo;
 pub mod math;
 pub mod policy;
 pub mod publish;
+pub mod registry;
 pub mod rollout;
+pub mod runs;
 pub mod task;
 pub mod trainer;

@@ -3,12 +3,20 @@
 use agent::engine::ChatMessage;
 use serde::{Deserialize, Serialize};
 
-/// How an answer is checked; each gives reward 1 for a pass and 0 otherwise.
+/// How an answer is checked; each gives reward 1 for a pass and less (0 unless stated)
+/// otherwise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Verifier {
-    /// The first integer in the answer lies in `[min, max]`.
-    IntegerInRange { min: i64, max: i64 },
+    /// The first integer in the answer lies in `[min, max]`. An answer whose first integer
+    /// lies outside earns `other_integer` (a format reward: with it, a model that rarely
+    /// hits the range still gets a signal from the answers that are at least numbers).
+    IntegerInRange {
+        min: i64,
+        max: i64,
+        #[serde(default)]
+        other_integer: f64,
+    },
     /// The answer, trimmed and without a final period, is exactly this (case-insensitive).
     ExactAnswer { answer: String },
     /// The answer contains this text (case-insensitive).
@@ -18,7 +26,11 @@ pub enum Verifier {
 impl Verifier {
     pub fn reward(&self, answer: &str) -> f64 {
         let pass = match self {
-            Verifier::IntegerInRange { min, max } => first_integer(answer).is_some_and(|n| (*min..=*max).contains(&n)),
+            Verifier::IntegerInRange { min, max, other_integer } => match first_integer(answer) {
+                Some(n) if (*min..=*max).contains(&n) => true,
+                Some(_) => return *other_integer,
+                None => false,
+            },
             Verifier::ExactAnswer { answer: expected } => answer.trim().trim_end_matches('.').trim().eq_ignore_ascii_case(expected.trim()),
             Verifier::Contains { text } => answer.to_lowercase().contains(&text.to_lowercase()),
         };
@@ -48,13 +60,14 @@ pub struct Task {
 }
 
 impl Task {
-    /// The toy task of the RL demo: the base model names a number from 2 to 9 about a
-    /// sixth of the time, so one verifiable reward has plenty to teach.
+    /// The toy task of the RL demo. Measured on the default model (48 samples, at most 8
+    /// tokens): about half of its answers contain a number, and only 2-4 % a number from
+    /// 2 to 9, so the format reward of 0.2 is what first gives the groups variance.
     pub fn pick_a_number() -> Self {
         Task {
             id: "pick-a-number".into(),
             messages: vec![ChatMessage::user("Pick a number from 1 to 10. Reply with the number only.")],
-            verifier: Verifier::IntegerInRange { min: 2, max: 9 },
+            verifier: Verifier::IntegerInRange { min: 2, max: 9, other_integer: 0.2 },
         }
     }
 }
@@ -65,12 +78,12 @@ mod tests {
 
     #[test]
     fn verifiers_check_answers_as_written() {
-        let range = Verifier::IntegerInRange { min: 2, max: 9 };
+        let range = Verifier::IntegerInRange { min: 2, max: 9, other_integer: 0.2 };
         assert_eq!(range.reward("7"), 1.0);
         assert_eq!(range.reward("I pick 9!"), 1.0);
-        assert_eq!(range.reward("10"), 0.0);
-        assert_eq!(range.reward("1, then 5"), 0.0);
-        assert_eq!(range.reward("-3"), 0.0);
+        assert_eq!(range.reward("10"), 0.2);
+        assert_eq!(range.reward("1, then 5"), 0.2);
+        assert_eq!(range.reward("-3"), 0.2);
         assert_eq!(range.reward("seven"), 0.0);
         let exact = Verifier::ExactAnswer { answer: "Paris".into() };
         assert_eq!(exact.reward(" paris. "), 1.0);

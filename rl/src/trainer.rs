@@ -175,8 +175,31 @@ fn positions(sequences: &[&TrainingSequence], time: usize, first: usize) -> Posi
     out
 }
 
+/// Makes glibc's allocator keep freed memory for reuse instead of handing it back to the
+/// kernel at once.
+///
+/// A training step allocates and frees activations of megabytes each, hundreds of times.
+/// With glibc's defaults most of them are fresh pages from the kernel, zeroed and faulted
+/// in one by one: profiled on a step of the default model, page faults and page clearing
+/// took about 40 % of the time. Allocations up to glibc's largest mmap threshold (32 MiB)
+/// now come from the heap, and the heap is not trimmed below 1 GiB of free space.
+fn reuse_freed_memory() {
+    static TUNED: std::sync::Once = std::sync::Once::new();
+    TUNED.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        #[allow(unsafe_code)]
+        // SAFETY: `mallopt` only sets two of glibc's allocator parameters; it takes plain
+        // integers, touches no memory of ours, and is documented as callable at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
+    });
+}
+
 impl Trainer {
     pub fn new(base: std::sync::Arc<BaseModel>, lora: LoraConfig, config: TrainerConfig, seed: u64) -> anyhow::Result<Self> {
+        reuse_freed_memory();
         let adapters = Adapters::new(&base, lora, seed)?;
         let optimizer = AdamW::new(&adapters.vars())?;
         Ok(Self { base, adapters, config, seed, optimizer })

@@ -89,7 +89,7 @@ async fn grpo_on_the_real_model_raises_the_rewarded_probability_and_resumes_exac
         let report = run.step(&tasks).await.unwrap();
         eprintln!("{}", report.line());
         assert!(report.metrics.logprob_gap < 1e-3, "the engine sampled from another distribution than the trainer's: {}", report.line());
-        rewards.push(report.metrics.reward_mean);
+        rewards.push(report.success_rate);
         if step == 2 {
             run.trainer.save_checkpoint(&checkpoint).unwrap();
         }
@@ -101,7 +101,7 @@ async fn grpo_on_the_real_model_raises_the_rewarded_probability_and_resumes_exac
     let base_rate = rewards[0];
     assert!(base_rate < 0.5, "the base model already answers 2-9 with rate {base_rate}: the task teaches nothing");
     let best = rewards[1..].iter().copied().fold(0.0, f64::max);
-    assert!(best >= 0.5 && best > base_rate, "the rewarded share did not rise to 0.5: {rewards:?}");
+    assert!(best >= 0.5 && best > base_rate, "the share of answers from 2 to 9 did not rise to 0.5: {rewards:?}");
 
     // Resumed from the checkpoint after step 2, step 3 is the same update.
     let resumed = Trainer::resume(base, &checkpoint).unwrap();

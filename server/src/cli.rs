@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Reinforcement learning on the engine: train, list, promote and roll back policies.
+    Rl {
+        #[command(subcommand)]
+        command: crate::rl_commands::RlCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +177,7 @@ pub async fn main() -> ExitCode {
         Command::User { command: UserCommand::Join { name, group, database } } => join_group(&name, &group, &database).await,
         Command::User { command: UserCommand::Revoke { name, database } } => revoke(&name, &database).await,
         Command::Import { file, user, database } => import(&file, &user, &database).await,
+        Command::Rl { command } => crate::rl_commands::run(command).await,
         Command::Sync { server, token, dir, force, push, watch } => sync(SyncOptions { server, token, dir, force, push, watch }).await,
         Command::Model { command: ModelCommand::Path } => {
             println!("{}", model::default_model_path(&model::cache_dir()).display());
@@ -518,7 +524,7 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
 }
 
 /// The default model's path, fetched first when absent and verified when present.
-async fn ensure_default_model() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) async fn ensure_default_model() -> anyhow::Result<std::path::PathBuf> {
     let cache = model::cache_dir();
     let path = model::default_model_path(&cache);
     if path.exists() {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod database;
 pub mod http;
 pub mod postgres;
+pub mod rl_commands;
 pub mod services;
 pub mod sqlite;
 pub mod storage;

@@ -1,0 +1,296 @@
+//! `skillhive rl …`: train a policy on the shared engine, list the published policies, and
+//! promote or roll back the one that serves the default model id.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use agent::engine::Engine;
+use agent::model;
+use agent::repack::{self, WeightFormat};
+use rl::grpo::{GrpoConfig, GrpoRun};
+use rl::policy::{BaseModel, LoraConfig, LoraTarget};
+use rl::registry::{Gate, PolicyRegistry, PolicyState, Promotion};
+use rl::rollout::SamplingConfig;
+use rl::runs::RunDir;
+use rl::task::Task;
+use rl::trainer::{Trainer, TrainerConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum RlCommand {
+    /// Train a policy with GRPO on tasks with verifiable rewards. Each step samples from the
+    /// engine serving the current policy, updates LoRA adapters on the CPU and publishes the
+    /// update back into the engine. A run with a checkpoint resumes where it stopped; the
+    /// final policy is published as a candidate.
+    Train(TrainArgs),
+    /// List the published policies and which one serves the default model id.
+    Policies(RlDir),
+    /// Make a policy the default, if it scores at least as well as the current default on
+    /// held-out tasks (the same draws for both).
+    Promote {
+        /// The policy's id (see `skillhive rl policies`).
+        id: String,
+        #[command(flatten)]
+        tasks: TaskArgs,
+        /// Samples per held-out task and side.
+        #[arg(long, default_value_t = 16)]
+        samples: usize,
+        #[arg(long, default_value_t = 8)]
+        max_new_tokens: usize,
+        #[command(flatten)]
+        dir: RlDir,
+    },
+    /// Restore the default before the current one (the base model if there was none).
+    Rollback(RlDir),
+}
+
+#[derive(Debug, Args)]
+pub struct RlDir {
+    /// The server's data directory; RL state lives in its `rl` folder.
+    #[arg(long, env = "SKILLHIVE_DATA", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+impl RlDir {
+    fn rl(&self) -> PathBuf {
+        self.data_dir.join("rl")
+    }
+    fn registry(&self) -> anyhow::Result<PolicyRegistry> {
+        PolicyRegistry::open(&self.rl().join("policies"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// A built-in task: `pick-a-number` (answer with a number from 2 to 9).
+    #[arg(long)]
+    task: Option<String>,
+    /// A JSON Lines file of tasks: `{"id", "messages": [{"role", "content"}], "verifier":
+    /// {"kind": "exact_answer", "answer"} | {"kind": "contains", "text"} | {"kind":
+    /// "integer_in_range", "min", "max"}}`.
+    #[arg(long, conflicts_with = "task")]
+    tasks: Option<PathBuf>,
+}
+
+impl TaskArgs {
+    fn load(&self) -> anyhow::Result<Vec<Task>> {
+        match (&self.task, &self.tasks) {
+            (Some(name), None) => match name.as_str() {
+                "pick-a-number" => Ok(vec![Task::pick_a_number()]),
+                other => bail!("no built-in task `{other}`; the built-in task is `pick-a-number`"),
+            },
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let tasks: Vec<Task> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, line)| !line.trim().is_empty())
+                    .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{} line {}: not a task", path.display(), i + 1)))
+                    .collect::<anyhow::Result<_>>()?;
+                if tasks.is_empty() {
+                    bail!("{} holds no tasks", path.display());
+                }
+                Ok(tasks)
+            }
+            _ => bail!("name the tasks: --task pick-a-number or --tasks FILE.jsonl"),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's name; its metrics, checkpoint and plot go to `{data}/rl/runs/{run}`.
+    #[arg(long)]
+    run: String,
+    #[command(flatten)]
+    tasks: TaskArgs,
+    /// Updates to make in this invocation.
+    #[arg(long, default_value_t = 4)]
+    steps: u64,
+    /// Samples per task and step.
+    #[arg(long, default_value_t = 16)]
+    group: usize,
+    #[arg(long, default_value_t = 5e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Layers that get adapters: q, k, v, o, gate, up, down (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    targets: Vec<String>,
+    /// Weight of the KL penalty against the base model (it is measured either way).
+    #[arg(long, default_value_t = 0.0)]
+    kl_coef: f64,
+    #[arg(long, default_value_t = 8)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The base model (default: the default model, fetched if absent).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    dir: RlDir,
+}
+
+pub async fn run(command: RlCommand) -> anyhow::Result<()> {
+    match command {
+        RlCommand::Train(args) => train(args).await,
+        RlCommand::Policies(dir) => policies(&dir),
+        RlCommand::Promote { id, tasks, samples, max_new_tokens, dir } => promote(&id, &tasks, samples, max_new_tokens, &dir).await,
+        RlCommand::Rollback(dir) => {
+            match dir.registry()?.rollback()? {
+                Some(id) => println!("the default is `{id}` again"),
+                None => println!("the base model serves the default id again"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn base_model_path(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(path) => {
+            model::check_gguf_file(path)?;
+            Ok(path.clone())
+        }
+        None => crate::cli::ensure_default_model().await,
+    }
+}
+
+async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let tasks = args.tasks.load()?;
+    let targets: Vec<LoraTarget> = args
+        .targets
+        .iter()
+        .map(|t| LoraTarget::parse(t.trim()).with_context(|| format!("`{t}` is not a layer (q, k, v, o, gate, up, down)")))
+        .collect::<anyhow::Result<_>>()?;
+    if args.group < 2 {
+        bail!("--group must be at least 2: advantages compare samples within a group");
+    }
+    let path = base_model_path(&args.model).await?;
+    let run_dir = RunDir::open(&args.dir.rl(), &args.run)?;
+    eprintln!("loading {} for training", path.display());
+    let load = path.clone();
+    let base = Arc::new(tokio::task::spawn_blocking(move || BaseModel::load(&load)).await??);
+
+    let checkpoint = run_dir.checkpoint();
+    let trainer = if checkpoint.join("state.json").exists() {
+        let trainer = Trainer::resume(base.clone(), &checkpoint)?;
+        eprintln!("resuming run `{}` after step {}", args.run, trainer.step());
+        trainer
+    } else {
+        let lora = LoraConfig { rank: args.rank, alpha: args.alpha, targets };
+        let config = TrainerConfig { learning_rate: args.lr, kl_coef: args.kl_coef, ..Default::default() };
+        Trainer::new(base.clone(), lora, config, args.seed)?
+    };
+    let config = GrpoConfig {
+        group_size: args.group,
+        sampling: SamplingConfig { max_new_tokens: args.max_new_tokens, temperature: 1.0 },
+        seed: args.seed,
+        ..Default::default()
+    };
+    let mut run = GrpoRun::start(trainer, config, &args.run, &run_dir.scratch()).await?;
+
+    let bar = indicatif::ProgressBar::new(args.steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {elapsed_precise} elapsed, {eta} left  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for _ in 0..args.steps {
+        let report = run.step(&tasks).await?;
+        run.trainer.save_checkpoint(&checkpoint)?;
+        run_dir.record(&report)?;
+        // Without a terminal the bar draws nothing, and neither would its println.
+        if bar.is_hidden() {
+            eprintln!("{}", report.line());
+        } else {
+            bar.println(report.line());
+        }
+        bar.set_message(format!("reward {:.2}", report.metrics.reward_mean));
+        bar.inc(1);
+    }
+    bar.finish();
+
+    let step = run.trainer.step();
+    let id = format!("{}-step{step}", args.run);
+    let registry = args.dir.registry()?;
+    if registry.get(&id)?.is_some() {
+        println!("policy `{id}` was published before; nothing new to publish");
+        return Ok(());
+    }
+    let staged = registry.dir().join(format!(".{id}.staged"));
+    rl::publish::write_policy(&base, Some(&run.trainer.adapters), &staged)?;
+    registry.register(&staged, &id, &path, &args.run, step)?;
+    println!("published `{id}` as a candidate (metrics: {})", run_dir.metrics_path().display());
+    println!("promote it with: skillhive rl promote {id} --task … (or --tasks held-out.jsonl)");
+    Ok(())
+}
+
+fn policies(dir: &RlDir) -> anyhow::Result<()> {
+    let registry = dir.registry()?;
+    let policies = registry.list()?;
+    if policies.is_empty() {
+        println!("no policies published; train one with `skillhive rl train`");
+        return Ok(());
+    }
+    println!("{:<32} {:<10} {:<20} {:>6}  gate (candidate vs incumbent)", "id", "state", "run", "step");
+    for policy in policies {
+        let state = match policy.state {
+            PolicyState::Candidate => "candidate",
+            PolicyState::Default => "default",
+            PolicyState::Previous => "previous",
+            PolicyState::Retired => "retired",
+        };
+        let gate =
+            policy.gate.map(|g| format!("{:.3} vs {:.3} over {}", g.candidate_reward, g.incumbent_reward, g.samples)).unwrap_or_default();
+        println!("{:<32} {:<10} {:<20} {:>6}  {gate}", policy.id, state, policy.run, policy.step);
+    }
+    Ok(())
+}
+
+async fn load_engine(path: &Path, id: &str) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(Arc::new(rl::publish::load_policy_engine(path, id).await?))
+}
+
+async fn promote(id: &str, tasks: &TaskArgs, samples: usize, max_new_tokens: usize, dir: &RlDir) -> anyhow::Result<()> {
+    let tasks = tasks.load()?;
+    let registry = dir.registry()?;
+    let candidate = registry.get(id)?.with_context(|| format!("no policy `{id}` (see `skillhive rl policies`)"))?;
+    let incumbent_path = match registry.default_policy()? {
+        Some(current) => registry.path_of(&current),
+        // The base model as the server serves it by default.
+        None => {
+            let base = candidate.base_model.clone();
+            tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &base, WeightFormat::Auto)).await??
+        }
+    };
+    let sampling = SamplingConfig { max_new_tokens, temperature: 1.0 };
+    let seed = 0x5eed;
+    eprintln!("scoring `{id}` on {} held-out task(s) × {samples} samples", tasks.len());
+    let candidate_reward = {
+        let engine = load_engine(&registry.path_of(&candidate), id).await?;
+        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, seed).await?
+    };
+    eprintln!("scoring the incumbent ({}) on the same draws", incumbent_path.display());
+    let incumbent_reward = {
+        let engine = load_engine(&incumbent_path, "incumbent").await?;
+        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, seed).await?
+    };
+    let gate = Gate { samples: tasks.len() * samples, candidate_reward, incumbent_reward };
+    match registry.promote(id, gate)? {
+        Promotion::Promoted { id, gate } => {
+            println!("promoted `{id}`: held-out reward {:.3} vs {:.3}", gate.candidate_reward, gate.incumbent_reward);
+            Ok(())
+        }
+        Promotion::Refused { id, gate } => {
+            bail!(
+                "`{id}` stays a candidate: held-out reward {:.3} is below the incumbent's {:.3}",
+                gate.candidate_reward,
+                gate.incumbent_reward
+            )
+        }
+    }
+}
