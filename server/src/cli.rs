@@ -363,7 +363,15 @@ pub async fn run_server(
     let interval = crate::database::HEARTBEAT;
     tokio::spawn(crate::services::nodes::keep_alive(db.store.clone(), node.clone(), interval, db.node_timeout(), shutdown.clone()));
 
-    let engine = build_engine(&config).await?;
+    let base = build_engine(&config).await?;
+    // The embedded backend also serves the RL policies published in the data directory,
+    // and the promoted one behind the default model id.
+    let models = Arc::new(match config.backend {
+        Backend::Mistralrs => crate::services::models::ModelRouter::with_policies(base, &config.data_dir.join("rl"))?,
+        Backend::Openai => crate::services::models::ModelRouter::fixed(base),
+    });
+    tokio::spawn(models.clone().watch(Duration::from_secs(5), shutdown.clone()));
+    let engine: Arc<dyn agent::engine::Engine> = models.clone();
     let exec_sandbox = exec_sandbox(&config);
     let evolver = EvolverService::scheduled(db.evolver.clone(), &skills, &config.evolver, exec_sandbox.clone());
     let quotas = Arc::new(crate::services::quota::Quotas::new(crate::services::quota::UsageLimits {
@@ -378,6 +386,7 @@ pub async fn run_server(
     let state = AppState {
         accounts: Arc::new(crate::services::accounts::Accounts::new(db.store.clone())?),
         engine,
+        models,
         store: db.store.clone(),
         // A default above the cap would make every request without a limit fail; the cap wins.
         limits: GenerationLimits {

@@ -29,6 +29,7 @@ impl TestApp {
         let db = Database::sqlite(&dir.path().join("skillhive.db"), &dir.path().join("blobs")).await?;
         let skills = Arc::new(SkillRepo::new(db.skills.clone()));
         let state = AppState {
+            models: Arc::new(crate::services::models::ModelRouter::fixed(engine.clone())),
             engine,
             store: db.store.clone(),
             limits: GenerationLimits { max_tokens_cap: 100, default_max_tokens: 16 },

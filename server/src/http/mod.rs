@@ -10,6 +10,7 @@ pub mod evolver;
 pub mod json;
 pub mod openai;
 pub mod proxy;
+pub mod rl;
 pub mod server;
 pub mod sessions;
 pub mod skills;
@@ -42,7 +43,11 @@ pub struct GenerationLimits {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The engine behind the server's default model id (in a running server, the model
+    /// router: the base model or the promoted RL policy).
     pub engine: Arc<dyn Engine>,
+    /// The published RL policies, served by their own ids.
+    pub models: Arc<crate::services::models::ModelRouter>,
     pub store: Arc<dyn crate::storage::Store>,
     pub limits: GenerationLimits,
     pub agent: Arc<crate::services::turns::AgentRuntime>,
@@ -84,6 +89,10 @@ pub fn app(state: AppState, http: HttpLimits) -> Router {
         .route("/api/admin/users", get(admin::list_users).post(admin::create_user))
         .route("/api/admin/users/{id}", axum::routing::patch(admin::change_user))
         .route("/api/admin/users/{id}/groups/{group}", axum::routing::put(admin::join_group).delete(admin::leave_group))
+        .route("/api/admin/rl/policies", get(rl::policies))
+        .route("/api/admin/rl/runs", get(rl::runs))
+        .route("/api/admin/rl/runs/{name}", get(rl::run))
+        .route("/api/admin/rl/rollback", post(rl::rollback))
         .route("/api/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/api/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/api/sessions/{id}", get(sessions::get_session).patch(sessions::change_session).delete(sessions::delete_session))

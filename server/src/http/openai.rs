@@ -7,6 +7,7 @@
 //! `metadata`, penalties, ...).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -20,7 +21,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use agent::engine::{
-    ChatMessage, FinishReason, Generation, GenerationRequest, Prompt, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice, ToolSpec,
+    ChatMessage, Engine, FinishReason, Generation, GenerationRequest, Prompt, Role, StreamEvent, TokenLogprob, ToolCall, ToolChoice,
+    ToolSpec,
 };
 use axum::http::HeaderMap;
 
@@ -44,18 +46,36 @@ fn model_object(state: &AppState) -> Value {
         "owned_by": "skillhive",
         "backend": info.backend,
         "context_window": info.context_window,
+        // The RL policy behind the default id, when one was promoted.
+        "policy": state.models.default_policy(),
+    })
+}
+
+fn policy_object(policy: &crate::services::models::ServedModel) -> Value {
+    json!({
+        "id": policy.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "skillhive-rl",
+        "backend": policy.backend,
+        "context_window": policy.context_window,
     })
 }
 
 pub async fn list_models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
-    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+    let mut data = vec![model_object(&state)];
+    data.extend(state.models.policies().iter().map(policy_object));
+    Json(json!({ "object": "list", "data": data }))
 }
 
 pub async fn get_model(State(state): State<AppState>, _user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    if id != state.engine.info().id {
-        return Err(unknown_model(&id, &state));
+    if id == state.engine.info().id {
+        return Ok(Json(model_object(&state)));
     }
-    Ok(Json(model_object(&state)))
+    match state.models.policies().iter().find(|p| p.id == id) {
+        Some(policy) => Ok(Json(policy_object(policy))),
+        None => Err(unknown_model(&id, &state)),
+    }
 }
 
 fn unknown_model(id: &str, state: &AppState) -> ApiError {
@@ -63,6 +83,14 @@ fn unknown_model(id: &str, state: &AppState) -> ApiError {
         format!("The model `{id}` does not exist; this server serves `{}` (see GET /v1/models)", state.engine.info().id),
         "model_not_found",
     )
+}
+
+/// The engine serving a request's model id: the default, or a published policy.
+async fn engine_for(state: &AppState, id: &str) -> Result<Arc<dyn Engine>, ApiError> {
+    if id == state.engine.info().id {
+        return Ok(state.engine.clone());
+    }
+    state.models.engine_for(id).await?.ok_or_else(|| unknown_model(id, state))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -240,6 +268,8 @@ fn convert_tool_choice(value: Option<Value>) -> Result<ToolChoice, ApiError> {
 /// Parses and checks a request body, returning the engine request and the wire options
 /// that only matter to the response.
 struct ParsedRequest {
+    /// The requested model id.
+    model: String,
     generation: GenerationRequest,
     stream: bool,
     include_usage: bool,
@@ -250,9 +280,6 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiErro
         let code = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_request" };
         ApiError::bad_request(format!("could not parse the request body: {e}"), code, None)
     })?;
-    if request.model != state.engine.info().id {
-        return Err(unknown_model(&request.model, state));
-    }
     let limits = state.limits;
     let asked = request.max_completion_tokens.or(request.max_tokens);
     let max_tokens = match asked {
@@ -318,7 +345,12 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<ParsedRequest, ApiErro
         Some(StopField::Many(v)) => v,
     };
     agent::engine::validate_request(&generation)?;
-    Ok(ParsedRequest { generation, stream: request.stream, include_usage: request.stream_options.is_some_and(|o| o.include_usage) })
+    Ok(ParsedRequest {
+        model: request.model,
+        generation,
+        stream: request.stream,
+        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -397,6 +429,7 @@ pub async fn chat_completions(
     let body = body?;
     let catalog = CatalogMode::from_headers(&headers)?;
     let mut parsed = parse_request(&state, &body)?;
+    let engine = engine_for(&state, &parsed.model).await?;
     let permit = state.quotas.begin_generation(&user.0.id)?;
     // Proxy mode: the exchange joins the caller's trajectory, and a model that may call
     // tools sees the skills the caller may use (see `proxy` for the rules).
@@ -411,12 +444,12 @@ pub async fn chat_completions(
         inject_catalog(messages, &entries, state.agent.config.catalog_budget);
     }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let model = state.engine.info().id.clone();
+    let model = parsed.model.clone();
     let started = Instant::now();
     if parsed.stream {
-        return stream_completion(state, parsed, id, model, started, recorder, permit).await;
+        return stream_completion(state, engine, parsed, id, model, started, recorder, permit).await;
     }
-    let result = state.engine.generate(parsed.generation).await;
+    let result = engine.generate(parsed.generation).await;
     if let Ok(generation) = &result {
         permit.add_tokens(generation.usage.total_tokens() as u64);
     }
@@ -461,8 +494,10 @@ async fn record(state: &AppState, id: &str, model: &str, streamed: bool, usage: 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream_completion(
     state: AppState,
+    engine: Arc<dyn Engine>,
     parsed: ParsedRequest,
     id: String,
     model: String,
@@ -475,7 +510,7 @@ async fn stream_completion(
     let session_id = recorder.session_id.clone();
     // Errors before the first token (a bad schema, an unreachable backend) still get a
     // proper status code; only later errors have to travel inside the stream.
-    let mut events = state.engine.generate_stream(parsed.generation).await?;
+    let mut events = engine.generate_stream(parsed.generation).await?;
     // The first event decides the status: a request the engine refuses at once (a schema
     // it cannot compile, a prompt past the window) is a 4xx, not a 200 with an error in it.
     let first = events.next().await;

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod evolver;
+pub mod models;
 pub mod nodes;
 pub mod quota;
 pub mod skills;
