@@ -10,10 +10,17 @@
 //! - [`grpo`]: the training loop, publishing each update back into an engine.
 //! - [`publish`]: adapters merged into an all-F32 GGUF file the engine loads.
 //! - [`registry`]: published policies, the default among them, promotion and rollback.
+//! - [`runs`]: a training run's folder: metrics, checkpoint, plot.
+//! - [`harvest`]: RL tasks and rated answers from users' sessions, under the evolver's
+//!   invariants; [`export`]: rows for verl and TRL; [`peft`]: LoRA adapters in PEFT's
+//!   format, in and out.
 
 pub mod evaluate;
+pub mod export;
 pub mod grpo;
+pub mod harvest;
 pub mod math;
+pub mod peft;
 pub mod policy;
 pub mod publish;
 pub mod registry;

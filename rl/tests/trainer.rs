@@ -117,3 +117,23 @@ async fn grpo_on_the_real_model_raises_the_rewarded_probability_and_resumes_exac
         assert_eq!(largest, 0.0, "{name} differs after resuming by up to {largest}");
     }
 }
+
+#[test]
+fn adapters_go_out_to_peft_and_come_back_unchanged() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let lora = LoraConfig { rank: 4, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::Down] };
+    let mut trainer = Trainer::new(base.clone(), lora, TrainerConfig::default(), 5).unwrap();
+    // One update, so that B is no longer zero and the q/k row permutation matters.
+    trainer.update(&[TrainingSequence::completion(&[1, 4093, 198], &[31530, 549], vec![0.0; 2], 1.0)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rl::peft::export(&trainer.adapters, &base, "HuggingFaceTB/SmolLM2-135M-Instruct", dir.path()).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "k_proj", "v_proj", "down_proj"]));
+    let imported = rl::peft::import(dir.path(), &base).unwrap();
+    let before = trainer.adapters.named_tensors().unwrap();
+    for (name, tensor) in imported.named_tensors().unwrap() {
+        let a: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = before[&name].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(a == b, "{name} changed on the way through PEFT's format");
+    }
+}

@@ -44,6 +44,55 @@ pub enum RlCommand {
     },
     /// Restore the default before the current one (the base model if there was none).
     Rollback(RlDir),
+    /// Publish a LoRA adapter trained elsewhere (PEFT's format: `adapter_config.json`,
+    /// `adapter_model.safetensors`) as a candidate policy.
+    ImportPeft {
+        /// The adapter's folder.
+        dir: PathBuf,
+        /// The policy id to publish it under.
+        #[arg(long)]
+        id: String,
+        /// The base model it was trained on (default: the default model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        dir_args: RlDir,
+    },
+    /// Write a run's adapter in PEFT's format, to continue training it with TRL or verl.
+    ExportPeft {
+        #[arg(long)]
+        run: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The Hugging Face name of the base model, recorded in the adapter's configuration.
+        #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
+        base_name: String,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        dir_args: RlDir,
+    },
+    /// Write training data for verl or TRL as JSON Lines: tasks from a file, or harvested
+    /// from users' rated sessions (only requests at least `--min-users` users asked, with
+    /// the answer that many users' successes agree on; anything secret dropped).
+    Export {
+        /// `verl` (RL tasks), `trl-grpo` (RL prompts) or `trl-kto` (rated answers; harvest only).
+        #[arg(long)]
+        format: String,
+        /// Export the tasks of this JSON Lines file.
+        #[arg(long, conflicts_with = "harvest")]
+        tasks: Option<PathBuf>,
+        /// Harvest from the sessions the evolver recorded.
+        #[arg(long)]
+        harvest: bool,
+        #[arg(long, default_value_t = 3)]
+        min_users: usize,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        database: crate::config::DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +189,32 @@ pub async fn run(command: RlCommand) -> anyhow::Result<()> {
         RlCommand::Train(args) => train(args).await,
         RlCommand::Policies(dir) => policies(&dir),
         RlCommand::Promote { id, tasks, samples, max_new_tokens, dir } => promote(&id, &tasks, samples, max_new_tokens, &dir).await,
+        RlCommand::Export { format, tasks, harvest, min_users, out, database } => {
+            export(&format, tasks.as_deref(), harvest, min_users, &out, &database).await
+        }
+        RlCommand::ImportPeft { dir, id, model, dir_args } => {
+            let path = base_model_path(&model).await?;
+            let base = BaseModel::load(&path)?;
+            let adapters = rl::peft::import(&dir, &base)?;
+            let registry = dir_args.registry()?;
+            let staged = registry.dir().join(format!(".{id}.staged"));
+            rl::publish::write_policy(&base, Some(&adapters), &staged)?;
+            registry.register(&staged, &id, &path, "peft-import", 0)?;
+            println!("published `{id}` as a candidate from {}", dir.display());
+            Ok(())
+        }
+        RlCommand::ExportPeft { run, out, base_name, model, dir_args } => {
+            let path = base_model_path(&model).await?;
+            let base = Arc::new(BaseModel::load(&path)?);
+            let checkpoint = RunDir::open(&dir_args.rl(), &run)?.checkpoint();
+            if !checkpoint.join("state.json").exists() {
+                bail!("run `{run}` has no checkpoint to export");
+            }
+            let trainer = Trainer::resume(base.clone(), &checkpoint)?;
+            rl::peft::export(&trainer.adapters, &base, &base_name, &out)?;
+            println!("wrote the adapter of `{run}` after step {} to {}", trainer.step(), out.display());
+            Ok(())
+        }
         RlCommand::Rollback(dir) => {
             match dir.registry()?.rollback()? {
                 Some(id) => println!("the default is `{id}` again"),
@@ -292,5 +367,111 @@ async fn promote(id: &str, tasks: &TaskArgs, samples: usize, max_new_tokens: usi
                 gate.incumbent_reward
             )
         }
+    }
+}
+
+async fn export(
+    format: &str,
+    tasks: Option<&Path>,
+    harvest: bool,
+    min_users: usize,
+    out: &Path,
+    database: &crate::config::DatabaseArgs,
+) -> anyhow::Result<()> {
+    use rl::export::{self, Format};
+    let format = Format::parse(format).with_context(|| format!("`{format}` is not a format: verl, trl-grpo or trl-kto"))?;
+    let (tasks, rated) = match (tasks, harvest) {
+        (Some(path), false) => (TaskArgs { task: None, tasks: Some(path.to_path_buf()) }.load()?, Vec::new()),
+        (None, true) => {
+            let db = database.open().await?;
+            let records = db.evolver.summaries_since(0).await?;
+            let harvested = rl::harvest::harvest(&records, min_users);
+            eprintln!(
+                "harvested {} task(s) and {} rated answer(s) from {} recorded session(s)",
+                harvested.tasks.len(),
+                harvested.rated.len(),
+                records.len()
+            );
+            for (reason, sessions) in &harvested.dropped {
+                eprintln!("  dropped {sessions} session(s): {reason}");
+            }
+            (harvested.tasks.into_iter().map(|h| h.task).collect(), harvested.rated)
+        }
+        _ => bail!("name the source: --tasks FILE or --harvest"),
+    };
+    let rows: Vec<serde_json::Value> = match format {
+        Format::Verl => tasks.iter().enumerate().map(|(i, task)| export::verl_row(task, i, "train")).collect(),
+        Format::TrlGrpo => tasks.iter().map(export::trl_grpo_row).collect(),
+        Format::TrlKto if harvest => rated.iter().map(export::trl_kto_row).collect(),
+        Format::TrlKto => bail!("trl-kto rows come from users' ratings: use --harvest"),
+    };
+    std::fs::write(out, export::to_jsonl(&rows)).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("wrote {} row(s) to {}", rows.len(), out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evolver::store::{ReplayCase, SummaryRecord, Verdict};
+
+    fn record(session: &str, user: &str, request: &str, answer: &str) -> SummaryRecord {
+        SummaryRecord {
+            session_id: session.into(),
+            user_id: user.into(),
+            run_id: "run".into(),
+            updated_at: 1,
+            request: request.into(),
+            summary: Default::default(),
+            skills_read: Vec::new(),
+            score: 1.0,
+            score_source: "feedback".into(),
+            verdict: Verdict::Success,
+            observed: true,
+            summary_discarded: None,
+            replay: ReplayCase { answer: Some(answer.into()), ..Default::default() },
+        }
+    }
+
+    /// Harvest from a real database file: the shared pattern is exported in every format;
+    /// a planted secret and one user's own request never are.
+    #[tokio::test]
+    async fn export_harvests_only_shared_patterns_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = crate::config::DatabaseArgs { data_dir: dir.path().to_path_buf(), database_url: None };
+        let db = database.open().await.unwrap();
+        let run = db.evolver.start_run("test").await.unwrap();
+        // Each recorded summary belongs to a real user's real session.
+        let mut save = async |user: &str, request: &str, answer: &str| {
+            let user_id = match db.store.user_by_name(user).await.unwrap() {
+                Some(existing) => existing.id,
+                None => db.store.create_user(user, false).await.unwrap().id,
+            };
+            let session = db.store.create_session(&user_id, "t", "m").await.unwrap();
+            let mut summary = record(&session.id, &user_id, request, answer);
+            summary.run_id = run.clone();
+            db.evolver.save_summary(&summary).await.unwrap();
+        };
+        for user in ["ada", "bo", "cy"] {
+            save(user, "What is 6 times 7?", "42").await;
+            save(user, "Deploy with token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "deployed").await;
+        }
+        for _ in 0..3 {
+            save("ada", "Rename my file notes-for-dr-who.txt", "done").await;
+        }
+        drop(db);
+
+        for format in ["verl", "trl-grpo", "trl-kto"] {
+            let out = dir.path().join(format!("{format}.jsonl"));
+            export(format, None, true, 3, &out, &database).await.unwrap();
+            let text = std::fs::read_to_string(&out).unwrap();
+            let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(rows.len(), 1, "{format}: {text}");
+            assert!(text.contains("What is 6 times 7?"), "{text}");
+            assert!(!text.contains("ghp_") && !text.contains("dr-who"), "{format} leaked: {text}");
+        }
+        let verl = std::fs::read_to_string(dir.path().join("verl.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(verl.lines().next().unwrap()).unwrap();
+        assert_eq!(row["reward_model"]["ground_truth"], "42");
     }
 }

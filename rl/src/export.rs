@@ -1,0 +1,160 @@
+//! Data for scale-out trainers, as JSON Lines rows in their documented shapes.
+//!
+//! - verl's RL datasets: `data_source`, `prompt` (chat messages), `ability`,
+//!   `reward_model` (`style`, `ground_truth`), `extra_info` (`split`, `index`, and what a
+//!   reward function needs: here the task's verifier).
+//! - TRL, conversational: GRPO prompts (`prompt`, plus extra columns that TRL passes to
+//!   reward functions as keyword arguments) and KTO's unpaired preferences (`prompt`,
+//!   `completion`, `label`).
+
+use serde_json::{json, Value};
+
+use crate::harvest::RatedAnswer;
+use crate::task::{Task, Verifier};
+
+/// The formats `skillhive rl export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Verl,
+    TrlGrpo,
+    TrlKto,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "verl" => Some(Self::Verl),
+            "trl-grpo" => Some(Self::TrlGrpo),
+            "trl-kto" => Some(Self::TrlKto),
+            _ => None,
+        }
+    }
+}
+
+fn messages(task: &Task) -> Value {
+    Value::Array(task.messages.iter().map(|m| json!({ "role": m.role().as_str(), "content": m.content })).collect())
+}
+
+/// What a rule-based reward compares an answer with.
+fn ground_truth(verifier: &Verifier) -> String {
+    match verifier {
+        Verifier::ExactAnswer { answer } => answer.clone(),
+        Verifier::Contains { text } => text.clone(),
+        Verifier::IntegerInRange { min, max, .. } => format!("{min}..={max}"),
+    }
+}
+
+/// One row of a verl RL dataset.
+pub fn verl_row(task: &Task, index: usize, split: &str) -> Value {
+    json!({
+        "data_source": format!("skillhive/{}", task.id),
+        "prompt": messages(task),
+        "ability": "agent",
+        "reward_model": { "style": "rule", "ground_truth": ground_truth(&task.verifier) },
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "task_id": task.id,
+            "verifier": serde_json::to_value(&task.verifier).unwrap_or(Value::Null),
+        },
+    })
+}
+
+/// One row of a TRL GRPO dataset; `ground_truth` and `verifier` reach reward functions.
+pub fn trl_grpo_row(task: &Task) -> Value {
+    json!({
+        "prompt": messages(task),
+        "task_id": task.id,
+        "ground_truth": ground_truth(&task.verifier),
+        "verifier": serde_json::to_value(&task.verifier).unwrap_or(Value::Null),
+    })
+}
+
+/// One row of a TRL KTO dataset (unpaired preference).
+pub fn trl_kto_row(rated: &RatedAnswer) -> Value {
+    json!({
+        "prompt": [{ "role": "user", "content": rated.prompt }],
+        "completion": [{ "role": "assistant", "content": rated.answer }],
+        "label": rated.desirable,
+    })
+}
+
+/// Rows as JSON Lines.
+pub fn to_jsonl(rows: &[Value]) -> String {
+    rows.iter().map(|row| format!("{row}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON type of a field as the documented schemas name them.
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::String(_) => "string",
+            Value::Number(n) if n.is_u64() || n.is_i64() => "int",
+            Value::Number(_) => "float",
+            Value::Bool(_) => "bool",
+            Value::Array(_) => "list",
+            Value::Object(_) => "struct",
+            Value::Null => "null",
+        }
+    }
+
+    /// Checks a row against `(path, type)` pairs; `[]` in a path checks every element.
+    fn check(row: &Value, schema: &[(&str, &str)]) {
+        for (path, expected) in schema {
+            let mut values = vec![row];
+            for part in path.split('.') {
+                values = values
+                    .into_iter()
+                    .flat_map(|v| if part == "[]" { v.as_array().map(|a| a.iter().collect()).unwrap_or_default() } else { vec![&v[part]] })
+                    .collect();
+            }
+            assert!(!values.is_empty(), "{path} is missing in {row}");
+            for value in values {
+                assert_eq!(kind(value), *expected, "{path} in {row}");
+            }
+        }
+    }
+
+    fn task() -> Task {
+        Task {
+            id: "capital".into(),
+            messages: vec![agent::engine::ChatMessage::user("What is the capital of France?")],
+            verifier: Verifier::ExactAnswer { answer: "Paris".into() },
+        }
+    }
+
+    #[test]
+    fn rows_have_the_fields_and_types_the_trainers_document() {
+        // verl's RL dataset columns (its data preparation examples and parquet features).
+        check(
+            &verl_row(&task(), 3, "train"),
+            &[
+                ("data_source", "string"),
+                ("prompt", "list"),
+                ("prompt.[].role", "string"),
+                ("prompt.[].content", "string"),
+                ("ability", "string"),
+                ("reward_model", "struct"),
+                ("reward_model.style", "string"),
+                ("reward_model.ground_truth", "string"),
+                ("extra_info", "struct"),
+                ("extra_info.split", "string"),
+                ("extra_info.index", "int"),
+            ],
+        );
+        // TRL's conversational prompt-only (GRPO) and unpaired preference (KTO) formats.
+        check(&trl_grpo_row(&task()), &[("prompt", "list"), ("prompt.[].role", "string"), ("prompt.[].content", "string")]);
+        let rated = RatedAnswer { prompt: "What is the capital of France?".into(), answer: "Paris".into(), desirable: true, users: 3 };
+        check(
+            &trl_kto_row(&rated),
+            &[("prompt.[].role", "string"), ("prompt.[].content", "string"), ("completion.[].role", "string"), ("label", "bool")],
+        );
+        assert_eq!(trl_kto_row(&rated)["completion"][0]["role"], "assistant");
+        let lines = to_jsonl(&[verl_row(&task(), 0, "train"), verl_row(&task(), 1, "test")]);
+        assert_eq!(lines.lines().count(), 2);
+        assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    }
+}

@@ -1,0 +1,203 @@
+//! RL tasks from live multi-user traffic, under the evolver's invariants.
+//!
+//! The input is what the evolver recorded of finished sessions ([`SummaryRecord`]: the
+//! user's first request, redacted, the verdict of the user's rating, and what the session
+//! answered), read through the evolver's storage trait. The rules:
+//! - only sessions this server observed, with a verdict from a verifiable signal;
+//! - a pattern is one request (compared case- and space-insensitively) asked by at least
+//!   `min_users` distinct users; a request fewer users asked is dropped, so that no text
+//!   in the exported data is one user's: every prompt was written by `min_users` users,
+//!   and every answer given in `min_users` users' sessions;
+//! - a task's check is the answer that `min_users` distinct users' successful sessions
+//!   agree on; without such an answer the pattern gives feedback rows only;
+//! - everything is redacted again, and a row with anything the redactor would remove is
+//!   dropped rather than cleaned.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agent::engine::ChatMessage;
+use evolver::redact::contains_secret;
+use evolver::store::{SummaryRecord, Verdict};
+use serde::Serialize;
+
+use crate::task::{Task, Verifier};
+
+/// A request or answer as compared across users: lower case, single spaces, no final
+/// punctuation.
+pub fn normalize(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.join(" ").to_lowercase().trim_end_matches(['.', '!', '?']).trim().to_string()
+}
+
+/// A feedback row (TRL's unpaired preference format, KTO): an answer the users rated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatedAnswer {
+    pub prompt: String,
+    pub answer: String,
+    /// Whether most of the sessions that gave this answer were rated a success.
+    pub desirable: bool,
+    pub users: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HarvestedTask {
+    pub task: Task,
+    /// Distinct users who asked it, and of them, who were answered as the check says.
+    pub users: usize,
+    pub agreeing_users: usize,
+}
+
+/// What a harvest found, and what it dropped and why (counts of sessions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Harvest {
+    pub tasks: Vec<HarvestedTask>,
+    pub rated: Vec<RatedAnswer>,
+    pub dropped: BTreeMap<&'static str, usize>,
+}
+
+struct Pattern<'a> {
+    /// The request as the earliest session wrote it (every user wrote it, up to case and
+    /// spacing).
+    text: &'a str,
+    sessions: Vec<&'a SummaryRecord>,
+}
+
+pub fn harvest(records: &[SummaryRecord], min_users: usize) -> Harvest {
+    let min_users = min_users.max(2);
+    let mut out = Harvest::default();
+    let mut patterns: BTreeMap<String, Pattern<'_>> = BTreeMap::new();
+    for record in records {
+        let reason = if !record.observed {
+            Some("not observed by this server")
+        } else if record.verdict == Verdict::Unknown {
+            Some("no verifiable verdict")
+        } else if record.request.trim().is_empty() {
+            Some("no request")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            *out.dropped.entry(reason).or_default() += 1;
+            continue;
+        }
+        let key = normalize(&record.request);
+        patterns.entry(key).or_insert_with(|| Pattern { text: record.request.trim(), sessions: Vec::new() }).sessions.push(record);
+    }
+    for (id, pattern) in patterns.values().enumerate() {
+        let users: BTreeSet<&str> = pattern.sessions.iter().map(|s| s.user_id.as_str()).collect();
+        if users.len() < min_users {
+            *out.dropped.entry("asked by fewer than min_users users").or_default() += pattern.sessions.len();
+            continue;
+        }
+        if contains_secret(pattern.text).is_some() {
+            *out.dropped.entry("request holds a secret").or_default() += pattern.sessions.len();
+            continue;
+        }
+        // Answers by the distinct users who gave them, split by verdict.
+        let mut answers: BTreeMap<String, (String, BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+        for session in &pattern.sessions {
+            let Some(answer) = session.replay.answer.as_deref().map(str::trim).filter(|a| !a.is_empty()) else { continue };
+            let entry = answers.entry(normalize(answer)).or_insert_with(|| (answer.to_string(), BTreeSet::new(), BTreeSet::new()));
+            match session.verdict {
+                Verdict::Success => entry.1.insert(session.user_id.as_str()),
+                _ => entry.2.insert(session.user_id.as_str()),
+            };
+        }
+        let mut agreed: Option<(String, usize)> = None;
+        for (answer, succeeded, failed) in answers.values() {
+            let givers: BTreeSet<&str> = succeeded.union(failed).copied().collect();
+            if givers.len() < min_users {
+                continue;
+            }
+            if contains_secret(answer).is_some() {
+                *out.dropped.entry("answer holds a secret").or_default() += givers.len();
+                continue;
+            }
+            out.rated.push(RatedAnswer {
+                prompt: pattern.text.to_string(),
+                answer: answer.clone(),
+                desirable: succeeded.len() > failed.len(),
+                users: givers.len(),
+            });
+            if succeeded.len() >= min_users && agreed.as_ref().is_none_or(|(_, n)| succeeded.len() > *n) {
+                agreed = Some((answer.clone(), succeeded.len()));
+            }
+        }
+        match agreed {
+            Some((answer, agreeing_users)) => out.tasks.push(HarvestedTask {
+                task: Task {
+                    id: format!("harvested-{id}"),
+                    messages: vec![ChatMessage::user(pattern.text)],
+                    verifier: Verifier::ExactAnswer { answer },
+                },
+                users: users.len(),
+                agreeing_users,
+            }),
+            None => *out.dropped.entry("no answer that enough users' successes agree on").or_default() += pattern.sessions.len(),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user: &str, request: &str, answer: &str, verdict: Verdict) -> SummaryRecord {
+        SummaryRecord {
+            session_id: format!("{user}-{request}"),
+            user_id: user.into(),
+            run_id: "run".into(),
+            updated_at: 0,
+            request: request.into(),
+            summary: Default::default(),
+            skills_read: Vec::new(),
+            score: verdict.score().unwrap_or(0.5),
+            score_source: "feedback".into(),
+            verdict,
+            observed: true,
+            summary_discarded: None,
+            replay: evolver::store::ReplayCase { answer: Some(answer.into()), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn only_patterns_of_enough_users_without_secrets_become_tasks() {
+        let mut records = vec![
+            session("ada", "What is the capital of France?", "Paris", Verdict::Success),
+            session("bo", "what is the capital of  France", "Paris.", Verdict::Success),
+            session("cy", "What is the capital of France?", "paris", Verdict::Success),
+            session("dee", "What is the capital of France?", "Lyon", Verdict::Failure),
+            // One user's own request, however often asked: never exported.
+            session("ada", "Summarise my diary entry about Tuesday", "ok", Verdict::Success),
+            session("ada", "Summarise my diary entry about Tuesday", "ok", Verdict::Success),
+            session("ada", "Summarise my diary entry about Tuesday", "ok", Verdict::Success),
+        ];
+        // A planted secret, asked by three users: dropped, never cleaned and kept.
+        for user in ["ada", "bo", "cy"] {
+            records.push(session(user, "Use key sk-proj-abcdefghijklmnopqrstuv to call the API", "done", Verdict::Success));
+        }
+        // Not observed or not rated: no evidence.
+        let mut unobserved = session("eve", "What is the capital of France?", "Rome", Verdict::Success);
+        unobserved.observed = false;
+        records.push(unobserved);
+        records.push(session("fay", "What is the capital of France?", "Paris", Verdict::Unknown));
+
+        let harvest = harvest(&records, 3);
+        assert_eq!(harvest.tasks.len(), 1);
+        let task = &harvest.tasks[0];
+        assert_eq!(task.users, 4);
+        assert_eq!(task.agreeing_users, 3);
+        assert_eq!(task.task.verifier, Verifier::ExactAnswer { answer: "Paris".into() });
+        assert_eq!(task.task.messages[0].content, "What is the capital of France?");
+        assert_eq!(harvest.rated.len(), 1, "Lyon was given by one user only");
+        assert!(harvest.rated[0].desirable);
+
+        let exported = serde_json::to_string(&harvest).unwrap();
+        assert!(!exported.contains("sk-proj") && !exported.contains("diary") && !exported.contains("Rome"), "{exported}");
+        assert_eq!(harvest.dropped["asked by fewer than min_users users"], 3);
+        assert_eq!(harvest.dropped["request holds a secret"], 3);
+        assert_eq!(harvest.dropped["not observed by this server"], 1);
+        assert_eq!(harvest.dropped["no verifiable verdict"], 1);
+    }
+}
