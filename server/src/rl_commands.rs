@@ -442,7 +442,7 @@ mod tests {
         let db = database.open().await.unwrap();
         let run = db.evolver.start_run("test").await.unwrap();
         // Each recorded summary belongs to a real user's real session.
-        let mut save = async |user: &str, request: &str, answer: &str| {
+        let save = async |user: &str, request: &str, answer: &str| {
             let user_id = match db.store.user_by_name(user).await.unwrap() {
                 Some(existing) => existing.id,
                 None => db.store.create_user(user, false).await.unwrap().id,
