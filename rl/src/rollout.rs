@@ -74,3 +74,72 @@ pub async fn sample_group(
     });
     futures::future::try_join_all(requests).await
 }
+
+/// How a branch changes the exact token prefix it continues from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PrefixEdit {
+    /// Continue from the prefix as it is.
+    Keep,
+    /// Insert tokens at a position (a hint, a corrected step).
+    Insert { at: usize, tokens: Vec<u32> },
+    /// Remove the tokens in `start..end` (a wrong step, a summarized span).
+    Delete { start: usize, end: usize },
+}
+
+impl PrefixEdit {
+    /// The edited prefix; an edit outside the prefix is refused, not clamped.
+    pub fn apply(&self, prefix: &[u32]) -> anyhow::Result<Vec<u32>> {
+        let mut tokens = prefix.to_vec();
+        match self {
+            PrefixEdit::Keep => {}
+            PrefixEdit::Insert { at, tokens: inserted } => {
+                anyhow::ensure!(*at <= tokens.len(), "cannot insert at {at}: the prefix has {} tokens", tokens.len());
+                tokens.splice(*at..*at, inserted.iter().copied());
+            }
+            PrefixEdit::Delete { start, end } => {
+                anyhow::ensure!(
+                    start <= end && *end <= tokens.len(),
+                    "cannot delete {start}..{end} of a prefix of {} tokens",
+                    tokens.len()
+                );
+                tokens.drain(*start..*end);
+            }
+        }
+        anyhow::ensure!(!tokens.is_empty(), "the edit leaves no prefix to continue from");
+        Ok(tokens)
+    }
+}
+
+/// `group` samples continuing `prefix` after `edit`: the branches the next issue's
+/// algorithms compare (a trajectory resumed from a summary, a step re-taken with a hint).
+/// Returns the edited prefix with the samples.
+pub async fn branch(
+    engine: &dyn Engine,
+    prefix: &[u32],
+    edit: &PrefixEdit,
+    group: usize,
+    sampling: &SamplingConfig,
+    group_seed: u64,
+) -> anyhow::Result<(Vec<u32>, Vec<Sample>)> {
+    let edited = edit.apply(prefix)?;
+    let samples = sample_group(engine, &edited, group, sampling, group_seed).await?;
+    Ok((edited, samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_edits_keep_insert_and_delete_exact_tokens() {
+        let prefix = [1, 2, 3, 4];
+        assert_eq!(PrefixEdit::Keep.apply(&prefix).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(PrefixEdit::Insert { at: 2, tokens: vec![9, 9] }.apply(&prefix).unwrap(), vec![1, 2, 9, 9, 3, 4]);
+        assert_eq!(PrefixEdit::Insert { at: 4, tokens: vec![7] }.apply(&prefix).unwrap(), vec![1, 2, 3, 4, 7]);
+        assert_eq!(PrefixEdit::Delete { start: 1, end: 3 }.apply(&prefix).unwrap(), vec![1, 4]);
+        assert!(PrefixEdit::Insert { at: 5, tokens: vec![7] }.apply(&prefix).is_err());
+        assert!(PrefixEdit::Delete { start: 3, end: 2 }.apply(&prefix).is_err());
+        assert!(PrefixEdit::Delete { start: 0, end: 4 }.apply(&prefix).is_err(), "nothing left to continue from");
+    }
+}

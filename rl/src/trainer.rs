@@ -55,6 +55,8 @@ pub struct TrainerConfig {
     /// also at 0, because the KL is watched from the first step either way.
     pub kl_coef: f64,
     pub aggregation: Aggregation,
+    /// What the clipped ratio compares the policy with.
+    pub old_policy: OldPolicy,
     /// Most tokens one forward pass holds; a step's sequences are split into micro-batches
     /// of at most this many (padded) tokens and their gradients summed.
     pub micro_batch_tokens: usize,
@@ -72,9 +74,25 @@ impl Default for TrainerConfig {
             clip: Clip::default(),
             kl_coef: 0.0,
             aggregation: Aggregation::TokenMean,
+            old_policy: OldPolicy::Recomputed,
             micro_batch_tokens: 1024,
         }
     }
+}
+
+/// The "old" policy of PPO's ratio `π_θ / π_old`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OldPolicy {
+    /// The trainer's own logprobs before the update. On-policy (samples from the policy
+    /// being updated) the ratio starts at 1 and clipping never binds in a single epoch.
+    #[default]
+    Recomputed,
+    /// The logprobs the engine sampled with. For samples drawn by an older policy (an
+    /// asynchronous rollout, a replayed buffer) the ratio measures how far the policy has
+    /// moved since, and the clip bounds the update; this is also how the behaviour
+    /// policy's grammar masking, if any, enters the ratio.
+    Behaviour,
 }
 
 /// AdamW over the adapters, with its moments kept as tensors so that a checkpoint holds
@@ -291,7 +309,20 @@ impl Trainer {
             let advantages: Vec<f32> = at.owners.iter().map(|o| sequences[o.sequence].advantage as f32).collect();
             // Token weights of the aggregation: every mode is a weighted sum of token losses.
             let token_weights: Vec<f32> = at.owners.iter().map(|o| weights[o.sequence][o.position - 1] as f32).collect();
-            let old = scored.logprobs.detach();
+            let recomputed = scored.logprobs.detach();
+            let old = match self.config.old_policy {
+                OldPolicy::Recomputed => recomputed.clone(),
+                OldPolicy::Behaviour => {
+                    let mut values = Vec::with_capacity(n);
+                    for owner in &at.owners {
+                        let value = sequences[owner.sequence].engine_logprobs.get(owner.index).copied();
+                        values.push(value.ok_or_else(|| {
+                            anyhow::anyhow!("sequence {} lacks the engine's logprob of its trained token {}", owner.sequence, owner.index)
+                        })?);
+                    }
+                    Tensor::from_vec(values, n, &Device::Cpu)?
+                }
+            };
             let advantage = Tensor::from_vec(advantages.clone(), n, &Device::Cpu)?;
             let ratio = (&scored.logprobs - &old)?.exp()?;
             let clip = self.config.clip;
@@ -304,6 +335,7 @@ impl Trainer {
                 loss = loss.minimum(&Tensor::from_vec(bounds, n, &Device::Cpu)?)?;
             }
             let old_values: Vec<f32> = old.to_vec1()?;
+            let current_values: Vec<f32> = recomputed.to_vec1()?;
             if let Some(reference) = &reference {
                 let ref_values: Vec<f32> = at.owners.iter().map(|o| reference[o.sequence][o.index]).collect();
                 let ref_logprobs = Tensor::from_vec(ref_values.clone(), n, &Device::Cpu)?;
@@ -314,7 +346,7 @@ impl Trainer {
                     loss = (loss + (kl * self.config.kl_coef)?)?;
                 }
                 for (k, owner) in at.owners.iter().enumerate() {
-                    ref_ratio[owner.sequence].push((old_values[k] - ref_values[k]) as f64);
+                    ref_ratio[owner.sequence].push((current_values[k] - ref_values[k]) as f64);
                 }
             }
             let weighted = (loss * Tensor::from_vec(token_weights, n, &Device::Cpu)?)?.sum_all()?;
@@ -331,11 +363,10 @@ impl Trainer {
             let entropy: Vec<f32> = scored.entropy.to_vec1()?;
             for (k, owner) in at.owners.iter().enumerate() {
                 let s = owner.sequence;
-                trainer_logprobs[s].push(old_values[k]);
+                trainer_logprobs[s].push(current_values[k]);
                 entropies[s].push(entropy[k]);
-                // On-policy, the ratio is 1 at the update: a token is clipped only by the
-                // dual bound, which cannot bind at ratio 1; recorded for off-policy reuse.
-                clipped[s].push(math::ppo_token_loss(0.0, advantages[k] as f64, clip).clipped);
+                let log_ratio = (current_values[k] - old_values[k]) as f64;
+                clipped[s].push(math::ppo_token_loss(log_ratio, advantages[k] as f64, clip).clipped);
             }
         }
 

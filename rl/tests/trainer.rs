@@ -7,9 +7,9 @@ use agent::model;
 use rl::grpo::{GrpoConfig, GrpoRun};
 use rl::policy::{BaseModel, LoraConfig, LoraTarget};
 use rl::publish;
-use rl::rollout::SamplingConfig;
+use rl::rollout::{PrefixEdit, SamplingConfig};
 use rl::task::Task;
-use rl::trainer::{Trainer, TrainerConfig, TrainingSequence};
+use rl::trainer::{OldPolicy, Trainer, TrainerConfig, TrainingSequence};
 
 fn model_path() -> std::path::PathBuf {
     let path = model::default_model_path(&model::cache_dir());
@@ -136,4 +136,59 @@ fn adapters_go_out_to_peft_and_come_back_unchanged() {
         let b: Vec<f32> = before[&name].flatten_all().unwrap().to_vec1().unwrap();
         assert!(a == b, "{name} changed on the way through PEFT's format");
     }
+}
+
+#[tokio::test]
+async fn a_branch_continues_from_the_exact_edited_prefix() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.gguf");
+    publish::write_policy(&base, Some(&trainer.adapters), &path).unwrap();
+    let engine = publish::load_policy_engine(&path, "policy").await.unwrap();
+    let prompt = engine.tokenize(&Prompt::Messages(vec![ChatMessage::user("Count from one to five.")])).await.unwrap();
+    let sampling = SamplingConfig { max_new_tokens: 6, temperature: 1.0 };
+    let first = rl::rollout::sample_group(&engine, &prompt, 1, &sampling, 9).await.unwrap().remove(0);
+    let trajectory: Vec<u32> = prompt.iter().chain(&first.completion).copied().collect();
+
+    // Branch: drop the sampled reply's last two tokens and insert the text " one, two,".
+    let hint = engine.tokenize_text(" one, two,").await.unwrap();
+    let at = trajectory.len() - 2;
+    let edit = PrefixEdit::Insert { at, tokens: hint.clone() };
+    let cut = PrefixEdit::Delete { start: at, end: trajectory.len() }.apply(&trajectory).unwrap();
+    let (edited, samples) = rl::rollout::branch(&engine, &cut, &edit, 2, &sampling, 4).await.unwrap();
+    assert_eq!(&edited[..at], &trajectory[..at]);
+    assert_eq!(&edited[at..], hint.as_slice());
+    // Each branch's logprobs are those of the edited context: teacher forcing agrees.
+    for sample in samples {
+        let scored = engine.score(&edited, &sample.completion).await.unwrap();
+        for (s, l) in scored.iter().zip(&sample.logprobs) {
+            assert!((s - l).abs() < 1e-3, "scored {s}, sampled with {l}");
+        }
+    }
+}
+
+/// Samples from an older policy: with the engine's logprobs as the old policy, a token
+/// the policy now finds far likelier than when it was sampled is clipped and teaches
+/// nothing, while the trainer's own recomputation (on-policy) never clips.
+#[test]
+fn the_behaviour_policy_ratio_clips_tokens_the_policy_moved_past() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    let sequence =
+        |engine_logprobs: Vec<f32>| TrainingSequence::completion(&[1, 4093, 198, 31530], &[549, 253, 1740], engine_logprobs, 1.0);
+    let mut on_policy = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 3).unwrap();
+    let current = on_policy.logprobs(&[sequence(vec![0.0; 3])]).unwrap().remove(0);
+    let stats = on_policy.update(&[sequence(current.clone())]).unwrap();
+    assert_eq!(stats.clip_fraction, 0.0);
+    assert!(stats.grad_norm > 0.0);
+
+    // The tokens were sampled when they were e (2.7) times less likely than now: ratio
+    // e > 1.2 with a positive advantage, so every token is clipped and the gradient is 0.
+    let config = TrainerConfig { old_policy: OldPolicy::Behaviour, ..Default::default() };
+    let mut off_policy = Trainer::new(base, LoraConfig::default(), config, 3).unwrap();
+    let behaviour: Vec<f32> = current.iter().map(|l| l - 1.0).collect();
+    let stats = off_policy.update(&[sequence(behaviour)]).unwrap();
+    assert_eq!(stats.clip_fraction, 1.0);
+    assert_eq!(stats.grad_norm, 0.0);
+    assert!((stats.logprob_gap - 1.0).abs() < 1e-4);
 }
