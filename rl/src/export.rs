@@ -4,8 +4,8 @@
 //!   `reward_model` (`style`, `ground_truth`), `extra_info` (`split`, `index`, and what a
 //!   reward function needs: here the task's verifier).
 //! - TRL, conversational: GRPO prompts (`prompt`, plus extra columns that TRL passes to
-//!   reward functions as keyword arguments) and KTO's unpaired preferences (`prompt`,
-//!   `completion`, `label`).
+//!   reward functions as keyword arguments), KTO's unpaired preferences (`prompt`,
+//!   `completion`, `label`), and SFT conversations (`messages`, `tools`).
 
 use serde_json::{json, Value};
 
@@ -18,6 +18,7 @@ pub enum Format {
     Verl,
     TrlGrpo,
     TrlKto,
+    TrlSft,
 }
 
 impl Format {
@@ -26,6 +27,7 @@ impl Format {
             "verl" => Some(Self::Verl),
             "trl-grpo" => Some(Self::TrlGrpo),
             "trl-kto" => Some(Self::TrlKto),
+            "trl-sft" => Some(Self::TrlSft),
             _ => None,
         }
     }
@@ -77,6 +79,15 @@ pub fn trl_kto_row(rated: &RatedAnswer) -> Value {
         "completion": [{ "role": "assistant", "content": rated.answer }],
         "label": rated.desirable,
     })
+}
+
+/// One row of a TRL SFT dataset: the task's conversation answered with its checked
+/// answer (only tasks whose check is an exact answer have one).
+pub fn trl_sft_row(task: &Task) -> Option<Value> {
+    let Verifier::ExactAnswer { answer } = &task.verifier else { return None };
+    let mut conversation = messages(task);
+    conversation.as_array_mut()?.push(json!({ "role": "assistant", "content": answer }));
+    Some(json!({ "messages": conversation, "tools": [] }))
 }
 
 /// Rows as JSON Lines.
@@ -153,6 +164,12 @@ mod tests {
             &[("prompt.[].role", "string"), ("prompt.[].content", "string"), ("completion.[].role", "string"), ("label", "bool")],
         );
         assert_eq!(trl_kto_row(&rated)["completion"][0]["role"], "assistant");
+        // TRL's conversational language-modeling format (SFT), with tools.
+        let sft = trl_sft_row(&task()).unwrap();
+        check(&sft, &[("messages", "list"), ("messages.[].role", "string"), ("messages.[].content", "string"), ("tools", "list")]);
+        assert_eq!(sft["messages"][1]["content"], "Paris");
+        let open = Task { verifier: Verifier::Contains { text: "a".into() }, ..task() };
+        assert!(trl_sft_row(&open).is_none(), "a task without an exact answer has no SFT target");
         let lines = to_jsonl(&[verl_row(&task(), 0, "train"), verl_row(&task(), 1, "test")]);
         assert_eq!(lines.lines().count(), 2);
         assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));

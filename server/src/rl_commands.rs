@@ -76,7 +76,8 @@ pub enum RlCommand {
     /// from users' rated sessions (only requests at least `--min-users` users asked, with
     /// the answer that many users' successes agree on; anything secret dropped).
     Export {
-        /// `verl` (RL tasks), `trl-grpo` (RL prompts) or `trl-kto` (rated answers; harvest only).
+        /// `verl` (RL tasks), `trl-grpo` (RL prompts), `trl-sft` (tasks answered with their
+        /// exact answers) or `trl-kto` (rated answers; harvest only).
         #[arg(long)]
         format: String,
         /// Export the tasks of this JSON Lines file.
@@ -379,7 +380,7 @@ async fn export(
     database: &crate::config::DatabaseArgs,
 ) -> anyhow::Result<()> {
     use rl::export::{self, Format};
-    let format = Format::parse(format).with_context(|| format!("`{format}` is not a format: verl, trl-grpo or trl-kto"))?;
+    let format = Format::parse(format).with_context(|| format!("`{format}` is not a format: verl, trl-grpo, trl-sft or trl-kto"))?;
     let (tasks, rated) = match (tasks, harvest) {
         (Some(path), false) => (TaskArgs { task: None, tasks: Some(path.to_path_buf()) }.load()?, Vec::new()),
         (None, true) => {
@@ -402,6 +403,7 @@ async fn export(
     let rows: Vec<serde_json::Value> = match format {
         Format::Verl => tasks.iter().enumerate().map(|(i, task)| export::verl_row(task, i, "train")).collect(),
         Format::TrlGrpo => tasks.iter().map(export::trl_grpo_row).collect(),
+        Format::TrlSft => tasks.iter().filter_map(export::trl_sft_row).collect(),
         Format::TrlKto if harvest => rated.iter().map(export::trl_kto_row).collect(),
         Format::TrlKto => bail!("trl-kto rows come from users' ratings: use --harvest"),
     };
@@ -461,7 +463,7 @@ mod tests {
         }
         drop(db);
 
-        for format in ["verl", "trl-grpo", "trl-kto"] {
+        for format in ["verl", "trl-grpo", "trl-sft", "trl-kto"] {
             let out = dir.path().join(format!("{format}.jsonl"));
             export(format, None, true, 3, &out, &database).await.unwrap();
             let text = std::fs::read_to_string(&out).unwrap();
