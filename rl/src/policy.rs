@@ -126,11 +126,22 @@ impl LoraTarget {
         }
     }
 
+    /// The short name used in configurations (`q`, `gate`, ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Q => "q",
+            Self::K => "k",
+            Self::V => "v",
+            Self::O => "o",
+            Self::Gate => "gate",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+
+    /// A target by its short, GGUF or Hugging Face module name (`q`, `attn_q`, `q_proj`).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| {
-            let short = serde_json::to_value(t).ok();
-            short.as_ref().and_then(|v| v.as_str()) == Some(name) || t.gguf_name() == name || t.hf_name().ends_with(name)
-        })
+        Self::ALL.into_iter().find(|t| t.short_name() == name || t.gguf_name() == name || t.hf_name().rsplit('.').next() == Some(name))
     }
 }
 

@@ -247,6 +247,19 @@ impl Trainer {
         batches
     }
 
+    /// Each micro-batch with trained tokens, padded, with the positions of those tokens.
+    fn prepared_batches(&self, sequences: &[TrainingSequence]) -> anyhow::Result<Vec<(TokenBatch, Positions)>> {
+        let mut prepared = Vec::new();
+        for (first, batch) in self.micro_batches(sequences) {
+            let tokens = TokenBatch::new(&batch.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?;
+            let at = positions(&batch, tokens.time, first);
+            if !at.rows.is_empty() {
+                prepared.push((tokens, at));
+            }
+        }
+        Ok(prepared)
+    }
+
     /// The trainer's logprob of every trained token under the current adapters (no update).
     pub fn logprobs(&self, sequences: &[TrainingSequence]) -> anyhow::Result<Vec<Vec<f32>>> {
         self.scores(sequences, true)
@@ -257,12 +270,7 @@ impl Trainer {
     fn scores(&self, sequences: &[TrainingSequence], adapted: bool) -> anyhow::Result<Vec<Vec<f32>>> {
         let mut logprobs: Vec<Vec<f32>> = sequences.iter().map(|s| Vec::with_capacity(s.trained_tokens())).collect();
         let policy = Policy { base: &self.base, adapters: adapted.then_some(&self.adapters) };
-        for (first, batch) in self.micro_batches(sequences) {
-            let tokens = TokenBatch::new(&batch.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?;
-            let at = positions(&batch, tokens.time, first);
-            if at.rows.is_empty() {
-                continue;
-            }
+        for (tokens, at) in self.prepared_batches(sequences)? {
             let scored = policy.score(&tokens, &at.rows, &at.targets)?;
             let values: Vec<f32> = scored.logprobs.detach().to_vec1()?;
             for (k, owner) in at.owners.iter().enumerate() {
@@ -298,12 +306,7 @@ impl Trainer {
         let mut ref_ratio: Vec<Vec<f64>> = trainer_logprobs.iter().map(|_| Vec::new()).collect();
         let mut total_loss = 0.0;
         let policy = Policy { base: &self.base, adapters: Some(&self.adapters) };
-        for (first, batch) in self.micro_batches(sequences) {
-            let tokens = TokenBatch::new(&batch.iter().map(|s| s.tokens.as_slice()).collect::<Vec<_>>())?;
-            let at = positions(&batch, tokens.time, first);
-            if at.rows.is_empty() {
-                continue;
-            }
+        for (tokens, at) in self.prepared_batches(sequences)? {
             let scored = policy.score(&tokens, &at.rows, &at.targets)?;
             let n = at.rows.len();
             let advantages: Vec<f32> = at.owners.iter().map(|o| sequences[o.sequence].advantage as f32).collect();

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agent::engine::mistral::MistralRsEngine;
 use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
 use agent::model;
 use rl::grpo::{GrpoConfig, GrpoRun};
@@ -17,15 +18,21 @@ fn model_path() -> std::path::PathBuf {
     path
 }
 
+/// An engine serving `trainer`'s policy as published (every tensor F32), and the folder
+/// its file lives in.
+async fn published_engine(base: &BaseModel, trainer: &Trainer) -> (MistralRsEngine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.gguf");
+    publish::write_policy(base, Some(&trainer.adapters), &path).unwrap();
+    (publish::load_policy_engine(&path, "policy").await.unwrap(), dir)
+}
+
 #[tokio::test]
 async fn the_trainer_recomputes_the_engines_sampled_logprobs() {
     // The engine serves the policy as published: every tensor F32.
     let base = Arc::new(BaseModel::load(&model_path()).unwrap());
     let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.gguf");
-    publish::write_policy(&base, Some(&trainer.adapters), &path).unwrap();
-    let engine = publish::load_policy_engine(&path, "policy").await.unwrap();
+    let (engine, _dir) = published_engine(&base, &trainer).await;
     let prompt = engine.tokenize(&Prompt::Messages(vec![ChatMessage::user("Name a colour.")])).await.unwrap();
     let mut sequences = Vec::new();
     for seed in 0..3 {
@@ -142,10 +149,7 @@ fn adapters_go_out_to_peft_and_come_back_unchanged() {
 async fn a_branch_continues_from_the_exact_edited_prefix() {
     let base = Arc::new(BaseModel::load(&model_path()).unwrap());
     let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.gguf");
-    publish::write_policy(&base, Some(&trainer.adapters), &path).unwrap();
-    let engine = publish::load_policy_engine(&path, "policy").await.unwrap();
+    let (engine, _dir) = published_engine(&base, &trainer).await;
     let prompt = engine.tokenize(&Prompt::Messages(vec![ChatMessage::user("Count from one to five.")])).await.unwrap();
     let sampling = SamplingConfig { max_new_tokens: 6, temperature: 1.0 };
     let first = rl::rollout::sample_group(&engine, &prompt, 1, &sampling, 9).await.unwrap().remove(0);

@@ -26,7 +26,6 @@ pub struct ServedModel {
     pub id: String,
     /// `policy` for an RL policy.
     pub kind: &'static str,
-    pub policy: Option<String>,
     pub backend: &'static str,
     pub context_window: Option<usize>,
 }
@@ -101,7 +100,6 @@ impl ModelRouter {
             .map(|policy| ServedModel {
                 id: policy.id,
                 kind: "policy",
-                policy: None,
                 backend: self.info.backend,
                 context_window: self.info.context_window,
             })
