@@ -624,9 +624,16 @@ impl ToolOutput {
     }
 }
 
-/// Runs one tool call. Every failure becomes an error result the model can read, never
-/// an error of the turn.
+/// Runs one tool call of a turn. Every failure becomes an error result the model can read,
+/// never an error of the turn.
 pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
+    run_tool(ctx.workspace, ctx.skills, ctx.config, call).await
+}
+
+/// Runs one tool call against a workspace, outside any turn: what [`dispatch`] does for a
+/// turn, and what RL rollouts do for theirs, so that a policy trains on the very tools it is
+/// served with.
+pub async fn run_tool(workspace: &Workspace, skills: &dyn SkillSource, config: &AgentConfig, call: &ToolCall) -> ToolOutput {
     let arguments: Value = match serde_json::from_str(&call.arguments) {
         Ok(Value::Object(map)) => Value::Object(map),
         _ => return ToolOutput::error(format!("the arguments of `{}` must be a JSON object", call.name)),
@@ -635,9 +642,9 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
     let need = |key: &str| text_arg(key).ok_or_else(|| format!("`{}` needs the argument `{key}`", call.name));
     let result: Result<ToolOutput, String> = match call.name.as_str() {
         "read" => need("path").map(|path| {
-            match catalog::slug_of_location(path).and_then(|slug| ctx.skills.skill_md(slug).map(|found| (slug.to_string(), found))) {
+            match catalog::slug_of_location(path).and_then(|slug| skills.skill_md(slug).map(|found| (slug.to_string(), found))) {
                 Some((slug, (version, text))) => ToolOutput { skill_read: Some((slug, version)), ..ToolOutput::ok(text) },
-                None => match ctx.workspace.read(path) {
+                None => match workspace.read(path) {
                     Ok(text) => ToolOutput::ok(text),
                     Err(e) => ToolOutput::error(e.to_string()),
                 },
@@ -645,19 +652,19 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
         }),
         "write" => need("path").and_then(|path| {
             let content = need("content")?;
-            Ok(match ctx.workspace.write(path, content) {
+            Ok(match workspace.write(path, content) {
                 Ok(bytes) => ToolOutput::ok(format!("wrote {bytes} bytes to {path}")),
                 Err(e) => ToolOutput::error(e.to_string()),
             })
         }),
         "edit" => need("path").and_then(|path| {
             let (old, new) = (need("old")?, need("new")?);
-            Ok(match ctx.workspace.edit(path, old, new) {
+            Ok(match workspace.edit(path, old, new) {
                 Ok(()) => ToolOutput::ok(format!("edited {path}")),
                 Err(e) => ToolOutput::error(e.to_string()),
             })
         }),
-        "ls" => Ok(match ctx.workspace.ls(text_arg("path").unwrap_or(".")) {
+        "ls" => Ok(match workspace.ls(text_arg("path").unwrap_or(".")) {
             Ok(entries) if entries.is_empty() => ToolOutput::ok("(empty)".into()),
             Ok(entries) => ToolOutput::ok(entries.join("\n")),
             Err(e) => ToolOutput::error(e.to_string()),
@@ -666,9 +673,9 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
             Err(e) => Err(e),
             // A command could add to a workspace that is already full; none runs until
             // files are removed.
-            Ok(command) => match ctx.workspace.check_quota() {
+            Ok(command) => match workspace.check_quota() {
                 Err(e) => Err(e.to_string()),
-                Ok(()) => Ok(run_command(ctx, command).await),
+                Ok(()) => Ok(run_command(workspace, config, command).await),
             },
         },
         other => Err(format!("there is no tool `{other}`")),
@@ -677,9 +684,8 @@ pub async fn dispatch(ctx: &TurnContext<'_>, call: &ToolCall) -> ToolOutput {
 }
 
 /// Runs one `exec` call and renders what it did for the model.
-async fn run_command(ctx: &TurnContext<'_>, command: &str) -> ToolOutput {
-    let config = ctx.config;
-    match exec::run(ctx.workspace.root(), command, &config.exec_policy, config.exec_limits, &config.exec_sandbox).await {
+async fn run_command(workspace: &Workspace, config: &AgentConfig, command: &str) -> ToolOutput {
+    match exec::run(workspace.root(), command, &config.exec_policy, config.exec_limits, &config.exec_sandbox).await {
         Err(e) => ToolOutput::error(e.to_string()),
         Ok(outcome) => {
             // Notes go first, so that they survive any cut of the output.

@@ -43,6 +43,12 @@ fn ground_truth(verifier: &Verifier) -> String {
         Verifier::ExactAnswer { answer } => answer.clone(),
         Verifier::Contains { text } => text.clone(),
         Verifier::IntegerInRange { min, max, .. } => format!("{min}..={max}"),
+        Verifier::Number { value } => value.to_string(),
+        Verifier::CalledTool { name } => name.clone(),
+        Verifier::FileContains { text, .. } => text.clone(),
+        // A composite check has no single truth to compare with: its reward function
+        // reads the verifier in `extra_info`.
+        Verifier::All { .. } => serde_json::to_string(verifier).unwrap_or_default(),
     }
 }
 
@@ -134,6 +140,8 @@ mod tests {
             id: "capital".into(),
             messages: vec![agent::engine::ChatMessage::user("What is the capital of France?")],
             verifier: Verifier::ExactAnswer { answer: "Paris".into() },
+            tools: Vec::new(),
+            files: Default::default(),
         }
     }
 

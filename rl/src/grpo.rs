@@ -3,25 +3,30 @@
 //! verifiers, updates the adapters on the CPU, and publishes the updated policy back into
 //! an engine, which samples the next step.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent::engine::{Engine, Prompt};
+use agent::engine::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::episode::{self, EpisodeEnd, EpisodeLimits};
 use crate::math::{self, AdvantageEstimator, StepMetrics};
 use crate::policy::BaseModel;
 use crate::publish;
-use crate::rollout::{self, SamplingConfig};
+use crate::rollout::SamplingConfig;
 use crate::task::Task;
-use crate::trainer::{Trainer, TrainingSequence};
+use crate::trainer::Trainer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrpoConfig {
     /// Samples per task and step.
     pub group_size: usize,
     pub sampling: SamplingConfig,
+    /// Turns and tokens of an agent task's episode at most.
+    #[serde(default)]
+    pub limits: EpisodeLimits,
     pub estimator: AdvantageEstimator,
     /// Seeds every rollout: step `s` of a run with seed `x` samples the same tokens however
     /// often it is re-run from the same policy.
@@ -35,6 +40,7 @@ impl Default for GrpoConfig {
         Self {
             group_size: 16,
             sampling: SamplingConfig::default(),
+            limits: EpisodeLimits::default(),
             estimator: AdvantageEstimator::Grpo { epsilon: 1e-6, normalize_std: true },
             seed: 0,
             keep_policies: 2,
@@ -61,6 +67,9 @@ pub struct StepReport {
     pub metrics: StepMetrics,
     /// The share of samples that earned the full reward (1).
     pub success_rate: f64,
+    /// How the step's episodes ended (all `answered` for tasks without tools).
+    #[serde(default)]
+    pub ends: BTreeMap<EpisodeEnd, usize>,
     pub loss: f64,
     pub grad_norm: f64,
     pub trained_tokens: usize,
@@ -149,15 +158,23 @@ impl GrpoRun {
         let started = Instant::now();
         let mut sequences = Vec::new();
         let mut groups = Vec::new();
+        let mut ends: Vec<EpisodeEnd> = Vec::new();
         for (index, task) in tasks.iter().enumerate() {
-            let prompt = self.engine.tokenize(&Prompt::Messages(task.messages.clone())).await?;
             let group_seed = self.config.seed ^ (step << 20) ^ index as u64;
-            let samples =
-                rollout::sample_group(self.engine.as_ref(), &prompt, self.config.group_size, &self.config.sampling, group_seed).await?;
-            let rewards: Vec<f64> = samples.iter().map(|s| task.verifier.reward(&s.text)).collect();
+            let episodes = episode::run_group(
+                self.engine.as_ref(),
+                task,
+                self.config.group_size,
+                &self.config.sampling,
+                &self.config.limits,
+                group_seed,
+            )
+            .await?;
+            let rewards: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
             let advantages = math::group_advantages(&rewards, self.config.estimator);
-            for (sample, advantage) in samples.into_iter().zip(advantages) {
-                sequences.push(TrainingSequence::completion(&prompt, &sample.completion, sample.logprobs, advantage));
+            for (episode, advantage) in episodes.iter().zip(advantages) {
+                sequences.push(episode.training_sequence(advantage));
+                ends.push(episode.end);
             }
             groups.push(rewards);
         }
@@ -183,6 +200,10 @@ impl GrpoRun {
             step,
             metrics,
             success_rate,
+            ends: ends.iter().fold(BTreeMap::new(), |mut counts, end| {
+                *counts.entry(*end).or_insert(0) += 1;
+                counts
+            }),
             loss: stats.loss,
             grad_norm: stats.grad_norm,
             trained_tokens: stats.trained_tokens,

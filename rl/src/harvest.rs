@@ -129,6 +129,8 @@ pub fn harvest(records: &[SummaryRecord], min_users: usize) -> Harvest {
                     id: format!("harvested-{id}"),
                     messages: vec![ChatMessage::user(pattern.text)],
                     verifier: Verifier::ExactAnswer { answer },
+                    tools: Vec::new(),
+                    files: Default::default(),
                 },
                 users: users.len(),
                 agreeing_users,

@@ -6,6 +6,8 @@
 //! - [`policy`]: a differentiable Llama forward over a GGUF model with LoRA adapters.
 //! - [`trainer`]: one update (clipped objective, AdamW, gradient clipping) and checkpoints.
 //! - [`rollout`]: seeded samples through the shared engine, token in and token out.
+//! - [`episode`]: multi-turn agent rollouts with the agent's tools, tool results spliced in
+//!   as template-rendered tokens that the loss masks out.
 //! - [`task`]: prompts with verifiable rewards; [`evaluate`]: held-out mean reward.
 //! - [`grpo`]: the training loop, publishing each update back into an engine.
 //! - [`publish`]: adapters merged into an all-F32 GGUF file the engine loads.
@@ -15,6 +17,7 @@
 //!   invariants; [`export`]: rows for verl and TRL; [`peft`]: LoRA adapters in PEFT's
 //!   format, in and out.
 
+pub mod episode;
 pub mod evaluate;
 pub mod export;
 pub mod grpo;

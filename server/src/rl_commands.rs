@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use agent::engine::Engine;
 use agent::model;
 use agent::repack::{self, WeightFormat};
+use rl::episode::EpisodeLimits;
 use rl::grpo::{GrpoConfig, GrpoRun};
 use rl::policy::{BaseModel, LoraConfig, LoraTarget};
 use rl::registry::{Gate, PolicyRegistry, PolicyState, Promotion};
@@ -39,6 +40,9 @@ pub enum RlCommand {
         samples: usize,
         #[arg(long, default_value_t = 8)]
         max_new_tokens: usize,
+        /// Replies per episode of an agent task at most.
+        #[arg(long, default_value_t = 4)]
+        max_turns: usize,
         #[command(flatten)]
         dir: RlDir,
     },
@@ -174,8 +178,15 @@ pub struct TrainArgs {
     /// Weight of the KL penalty against the base model (it is measured either way).
     #[arg(long, default_value_t = 0.0)]
     kl_coef: f64,
+    /// Tokens per reply at most.
     #[arg(long, default_value_t = 8)]
     max_new_tokens: usize,
+    /// Replies per episode of an agent task (a task with tools) at most.
+    #[arg(long, default_value_t = 4)]
+    max_turns: usize,
+    /// Tokens of an agent episode's whole sequence at most.
+    #[arg(long, default_value_t = 1024)]
+    max_episode_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The base model (default: the default model, fetched if absent).
@@ -189,7 +200,10 @@ pub async fn run(command: RlCommand) -> anyhow::Result<()> {
     match command {
         RlCommand::Train(args) => train(args).await,
         RlCommand::Policies(dir) => policies(&dir),
-        RlCommand::Promote { id, tasks, samples, max_new_tokens, dir } => promote(&id, &tasks, samples, max_new_tokens, &dir).await,
+        RlCommand::Promote { id, tasks, samples, max_new_tokens, max_turns, dir } => {
+            let limits = EpisodeLimits { max_turns, ..Default::default() };
+            promote(&id, &tasks, samples, max_new_tokens, &limits, &dir).await
+        }
         RlCommand::Export { format, tasks, harvest, min_users, out, database } => {
             export(&format, tasks.as_deref(), harvest, min_users, &out, &database).await
         }
@@ -265,6 +279,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let config = GrpoConfig {
         group_size: args.group,
         sampling: SamplingConfig { max_new_tokens: args.max_new_tokens, temperature: 1.0 },
+        limits: EpisodeLimits { max_turns: args.max_turns, max_tokens: args.max_episode_tokens, ..Default::default() },
         seed: args.seed,
         ..Default::default()
     };
@@ -331,7 +346,14 @@ async fn load_engine(path: &Path, id: &str) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(Arc::new(rl::publish::load_policy_engine(path, id).await?))
 }
 
-async fn promote(id: &str, tasks: &TaskArgs, samples: usize, max_new_tokens: usize, dir: &RlDir) -> anyhow::Result<()> {
+async fn promote(
+    id: &str,
+    tasks: &TaskArgs,
+    samples: usize,
+    max_new_tokens: usize,
+    limits: &EpisodeLimits,
+    dir: &RlDir,
+) -> anyhow::Result<()> {
     let tasks = tasks.load()?;
     let registry = dir.registry()?;
     let candidate = registry.get(id)?.with_context(|| format!("no policy `{id}` (see `skillhive rl policies`)"))?;
@@ -348,12 +370,12 @@ async fn promote(id: &str, tasks: &TaskArgs, samples: usize, max_new_tokens: usi
     eprintln!("scoring `{id}` on {} held-out task(s) × {samples} samples", tasks.len());
     let candidate_reward = {
         let engine = load_engine(&registry.path_of(&candidate), id).await?;
-        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, seed).await?
+        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, limits, seed).await?
     };
     eprintln!("scoring the incumbent ({}) on the same draws", incumbent_path.display());
     let incumbent_reward = {
         let engine = load_engine(&incumbent_path, "incumbent").await?;
-        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, seed).await?
+        rl::evaluate::mean_reward(engine.as_ref(), &tasks, samples, &sampling, limits, seed).await?
     };
     let gate = Gate { samples: tasks.len() * samples, candidate_reward, incumbent_reward };
     match registry.promote(id, gate)? {

@@ -1,0 +1,323 @@
+//! Agent episodes, token in and token out: the policy replies, calls the same tools users'
+//! agents call (in a fresh workspace per episode), reads their results, and replies again
+//! until it answers. The sequence a trainer sees is exactly what the engine saw: the
+//! policy's sampled tokens are never re-tokenized, and each tool result is rendered by the
+//! model's own chat template and spliced in as tokens the loss masks out.
+//!
+//! Tool calls are sampled under the tool protocol's JSON grammar (as when serving users),
+//! which masks the logits. The engine's logprobs are then those of the masked, renormalized
+//! distribution and never lower than the unmasked policy's, which the trainer computes:
+//! the difference shows in the step's `gap` metric. The PPO ratio is taken between the
+//! trainer's own logprobs (old and new policy, both unmasked), so the grammar acts as part
+//! of the environment and does not bias the ratio.
+
+use std::collections::BTreeMap;
+
+use agent::agent_loop::{self, AgentConfig, StaticSkills};
+use agent::engine::tool_protocol::{self, ParsedReply};
+use agent::engine::{ChatMessage, Engine, FinishReason, GenerationRequest, Prompt, Role, ToolCall, ToolChoice, ToolSpec};
+use agent::workspace::Workspace;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{sample_seed, SamplingConfig};
+use crate::task::{Outcome, Task};
+use crate::trainer::TrainingSequence;
+
+/// How long an agent episode may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EpisodeLimits {
+    /// Model replies per episode at most.
+    pub max_turns: usize,
+    /// Tokens of the whole sequence (prompt, replies and tool results) at most: what the
+    /// trainer's memory holds per sequence.
+    pub max_tokens: usize,
+    /// Characters of one tool result shown to the policy at most.
+    pub result_chars: usize,
+}
+
+impl Default for EpisodeLimits {
+    fn default() -> Self {
+        Self { max_turns: 4, max_tokens: 1024, result_chars: 600 }
+    }
+}
+
+/// Why an episode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeEnd {
+    /// The policy gave its final answer (or, without tools, its one reply ended).
+    Answered,
+    /// A reply reached the per-reply token cap.
+    Length,
+    /// A reply did not parse as an action (only without the grammar, from a remote engine).
+    Unparsed,
+    /// The policy was still calling tools after `max_turns` replies.
+    TurnLimit,
+    /// The next reply would not fit in `max_tokens`.
+    ContextLimit,
+}
+
+/// One reply of the policy and, for a tool call, what the tool returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub text: String,
+    pub call: Option<ToolCall>,
+    pub result: Option<String>,
+}
+
+/// One rollout of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    pub seed: u64,
+    /// The task's conversation as the engine tokenized it.
+    pub prompt: Vec<u32>,
+    /// Everything after the prompt: the policy's replies and the tool results between them.
+    pub tokens: Vec<u32>,
+    /// `true` where the policy sampled `tokens[i]`; tool-result tokens are `false`.
+    pub sampled: Vec<bool>,
+    /// The engine's logprob of each sampled token, in order.
+    pub logprobs: Vec<f32>,
+    pub turns: Vec<Turn>,
+    pub answer: Option<String>,
+    pub end: EpisodeEnd,
+    pub reward: f64,
+}
+
+impl Episode {
+    /// The sequence the trainer learns from, with this episode's advantage on every token
+    /// the policy sampled.
+    pub fn training_sequence(&self, advantage: f64) -> TrainingSequence {
+        let tokens = self.prompt.iter().chain(&self.tokens).copied().collect();
+        let mask = std::iter::repeat_n(false, self.prompt.len()).chain(self.sampled.iter().copied()).collect();
+        TrainingSequence { tokens, mask, engine_logprobs: self.logprobs.clone(), advantage }
+    }
+
+    pub fn calls(&self) -> Vec<ToolCall> {
+        self.turns.iter().filter_map(|turn| turn.call.clone()).collect()
+    }
+
+    fn push(&mut self, tokens: &[u32], logprobs: Option<&[f32]>) {
+        self.tokens.extend_from_slice(tokens);
+        self.sampled.extend(std::iter::repeat_n(logprobs.is_some(), tokens.len()));
+        if let Some(logprobs) = logprobs {
+            self.logprobs.extend_from_slice(logprobs);
+        }
+    }
+}
+
+/// `group` episodes of `task`, seeded from `group_seed` as [`crate::rollout::sample_group`]
+/// seeds its samples (so a task without tools gets exactly the same samples).
+pub async fn run_group(
+    engine: &dyn Engine,
+    task: &Task,
+    group: usize,
+    sampling: &SamplingConfig,
+    limits: &EpisodeLimits,
+    group_seed: u64,
+) -> anyhow::Result<Vec<Episode>> {
+    let episodes = (0..group).map(|index| run_episode(engine, task, sampling, limits, sample_seed(group_seed, index)));
+    futures::future::try_join_all(episodes).await
+}
+
+/// One episode of `task` with `seed`.
+pub async fn run_episode(
+    engine: &dyn Engine,
+    task: &Task,
+    sampling: &SamplingConfig,
+    limits: &EpisodeLimits,
+    seed: u64,
+) -> anyhow::Result<Episode> {
+    if !task.is_agentic() {
+        return single_reply(engine, task, sampling, seed).await;
+    }
+    let tools = offered_tools(&task.tools)?;
+    let dir = tempfile::tempdir()?;
+    let workspace = Workspace::open(dir.path())?;
+    for (path, content) in &task.files {
+        workspace.write(path, content).with_context(|| format!("task {}: cannot lay out {path}", task.id))?;
+    }
+    let mut conversation = task.messages.clone();
+    let prompt = tokenize(engine, &conversation, &tools).await?;
+    let mut episode = Episode {
+        seed,
+        prompt,
+        tokens: Vec::new(),
+        sampled: Vec::new(),
+        logprobs: Vec::new(),
+        turns: Vec::new(),
+        answer: None,
+        end: EpisodeEnd::TurnLimit,
+        reward: 0.0,
+    };
+    let config = AgentConfig::default();
+    let no_skills = StaticSkills::default();
+    for turn in 0..limits.max_turns {
+        let context: Vec<u32> = episode.prompt.iter().chain(&episode.tokens).copied().collect();
+        if context.len() + sampling.max_new_tokens > limits.max_tokens {
+            episode.end = EpisodeEnd::ContextLimit;
+            break;
+        }
+        let mut request = GenerationRequest::new(Prompt::Tokens(context.clone()), sampling.max_new_tokens);
+        request.temperature = Some(sampling.temperature);
+        request.seed = Some(if turn == 0 { seed } else { sample_seed(seed, turn) });
+        request.logprobs = Some(0);
+        request.json_schema = Some(tool_protocol::reply_schema(&tools, &ToolChoice::Auto));
+        let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
+        anyhow::ensure!(
+            choice.token_logprobs.len() == choice.token_ids.len(),
+            "the engine returned {} token ids but {} logprobs",
+            choice.token_ids.len(),
+            choice.token_logprobs.len()
+        );
+        episode.push(&choice.token_ids, Some(&choice.token_logprobs));
+        if choice.finish_reason == Some(FinishReason::Length) {
+            episode.turns.push(Turn { text: choice.text, call: None, result: None });
+            episode.end = EpisodeEnd::Length;
+            break;
+        }
+        match tool_protocol::parse_reply(&choice.text) {
+            ParsedReply::Answer(answer) => {
+                episode.turns.push(Turn { text: choice.text, call: None, result: None });
+                episode.answer = Some(answer);
+                episode.end = EpisodeEnd::Answered;
+                break;
+            }
+            ParsedReply::Unparsed(_) => {
+                episode.turns.push(Turn { text: choice.text, call: None, result: None });
+                episode.end = EpisodeEnd::Unparsed;
+                break;
+            }
+            ParsedReply::Call(call) => {
+                let output = agent_loop::run_tool(&workspace, &no_skills, &config, &call).await;
+                let result = cut(&output.text, limits.result_chars);
+                let before = tokenize(engine, &conversation, &tools).await?;
+                conversation.push(ChatMessage { role: Some(Role::Assistant), tool_calls: vec![call.clone()], ..Default::default() });
+                conversation.push(ChatMessage {
+                    role: Some(Role::Tool),
+                    content: result.clone(),
+                    tool_call_id: Some(call.id.clone()),
+                    ..Default::default()
+                });
+                let rendered = tool_protocol::render_conversation(&conversation, &tools, &ToolChoice::Auto);
+                let after = engine.tokenize(&Prompt::Messages(rendered.clone())).await?;
+                let reply = engine.tokenize_text(&rendered[rendered.len() - 2].content).await?;
+                let mut observation = observation_tokens(&before, &after, &reply)?;
+                // A reply that ended with the end-of-turn token already holds it.
+                if observation.first() == choice.token_ids.last() {
+                    observation = &observation[1..];
+                }
+                episode.push(observation, None);
+                episode.turns.push(Turn { text: choice.text, call: Some(call), result: Some(result) });
+            }
+        }
+    }
+    let calls = episode.calls();
+    episode.reward = task.verifier.score(&Outcome { answer: episode.answer.as_deref(), calls: &calls, workspace: Some(&workspace) });
+    Ok(episode)
+}
+
+/// A task without tools: one reply, unconstrained, whose whole text is the answer.
+async fn single_reply(engine: &dyn Engine, task: &Task, sampling: &SamplingConfig, seed: u64) -> anyhow::Result<Episode> {
+    let prompt = engine.tokenize(&Prompt::Messages(task.messages.clone())).await?;
+    let mut request = GenerationRequest::new(Prompt::Tokens(prompt.clone()), sampling.max_new_tokens);
+    request.temperature = Some(sampling.temperature);
+    request.seed = Some(seed);
+    request.logprobs = Some(0);
+    let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
+    anyhow::ensure!(
+        choice.token_logprobs.len() == choice.token_ids.len(),
+        "the engine returned {} token ids but {} logprobs",
+        choice.token_ids.len(),
+        choice.token_logprobs.len()
+    );
+    let end = if choice.finish_reason == Some(FinishReason::Length) { EpisodeEnd::Length } else { EpisodeEnd::Answered };
+    let reward = task.verifier.score(&Outcome { answer: Some(&choice.text), ..Outcome::default() });
+    Ok(Episode {
+        seed,
+        prompt,
+        sampled: vec![true; choice.token_ids.len()],
+        tokens: choice.token_ids,
+        logprobs: choice.token_logprobs,
+        turns: vec![Turn { text: choice.text.clone(), call: None, result: None }],
+        answer: Some(choice.text),
+        end,
+        reward,
+    })
+}
+
+/// The agent tools with these names, in the order given.
+pub fn offered_tools(names: &[String]) -> anyhow::Result<Vec<ToolSpec>> {
+    let all: BTreeMap<String, ToolSpec> = agent_loop::tool_specs().into_iter().map(|tool| (tool.name.clone(), tool)).collect();
+    names
+        .iter()
+        .map(|name| {
+            all.get(name).cloned().with_context(|| {
+                format!("there is no agent tool `{name}` (there are {})", all.keys().cloned().collect::<Vec<_>>().join(", "))
+            })
+        })
+        .collect()
+}
+
+/// The tokens of a conversation under the tool protocol, ending with the template's
+/// generation prompt.
+async fn tokenize(engine: &dyn Engine, conversation: &[ChatMessage], tools: &[ToolSpec]) -> anyhow::Result<Vec<u32>> {
+    let rendered = tool_protocol::render_conversation(conversation, tools, &ToolChoice::Auto);
+    Ok(engine.tokenize(&Prompt::Messages(rendered)).await?)
+}
+
+/// The tokens the chat template puts between the end of a reply and the next reply: the
+/// reply's end-of-turn token (the grammar ends a reply without one), the tool result's
+/// turn, and the next generation prompt. `before` is the conversation up to the reply
+/// (with its generation prompt), `after` the conversation with the reply and the result,
+/// and `reply` the tokens of the reply as the template renders it. The reply itself is not
+/// taken from `after`: the policy's sampled tokens stand, whatever a re-rendering would
+/// tokenize them as.
+pub fn observation_tokens<'a>(before: &[u32], after: &'a [u32], reply: &[u32]) -> anyhow::Result<&'a [u32]> {
+    anyhow::ensure!(
+        after.starts_with(before),
+        "the chat template renders earlier turns differently once a turn follows; token-level rollouts need one that only appends"
+    );
+    anyhow::ensure!(
+        after[before.len()..].starts_with(reply),
+        "the chat template does not render a reply as its own tokens right after the generation prompt"
+    );
+    Ok(&after[before.len() + reply.len()..])
+}
+
+fn cut(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((index, _)) => format!("{}\n[cut: the result is longer]", &text[..index]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_observation_is_what_follows_the_rendered_reply() {
+        // before: [prompt.., generation prompt]; after: the same, the rendered reply (5, 6),
+        // its end-of-turn token (2), then the result's turn and the next prompt.
+        let before = [1, 10, 11];
+        let after = [1, 10, 11, 5, 6, 2, 20, 21, 22];
+        assert_eq!(observation_tokens(&before, &after, &[5, 6]).unwrap(), &[2, 20, 21, 22]);
+        assert!(observation_tokens(&[1, 9], &after, &[5, 6]).is_err(), "a template that rewrites earlier turns is refused");
+        assert!(observation_tokens(&before, &after, &[5, 7]).is_err(), "a reply rendered as other tokens is refused");
+    }
+
+    #[test]
+    fn long_results_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("héllo", 10), "héllo");
+        assert_eq!(cut("héllo", 2), "hé\n[cut: the result is longer]");
+    }
+
+    #[test]
+    fn only_agent_tools_are_offered() {
+        let tools = offered_tools(&["exec".into(), "read".into()]).unwrap();
+        assert_eq!(tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["exec", "read"]);
+        assert!(offered_tools(&["browser".into()]).unwrap_err().to_string().contains("no agent tool `browser`"));
+    }
+}
