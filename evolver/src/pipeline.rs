@@ -22,7 +22,8 @@ use crate::group::{group, Group, GroupKey};
 use crate::redact::Redactor;
 use crate::safety;
 use crate::store::{
-    CandidateRecord, DecisionReport, EvolverStore, ReplayCase, RunReport, SessionSummary, SessionTrace, StepReport, SummaryRecord, Verdict,
+    CandidateRecord, DecisionReport, EvolverStore, ReplayCase, ReplayComparison, ReplayOutcome, RunReport, SessionSummary, SessionTrace,
+    StepReport, SummaryRecord, Verdict,
 };
 
 #[derive(Debug, Clone)]
@@ -145,6 +146,9 @@ pub const MAX_PROMPT_ECHO: f64 = 0.3;
 /// The least a candidate's description and instructions must say, in words.
 pub const MIN_DESCRIPTION_WORDS: usize = 5;
 pub const MIN_BODY_WORDS: usize = 8;
+/// Where a candidate's verdict keeps its per-case replay comparisons
+/// ([`ReplayComparison`]), under `replay`.
+pub const REPLAY_CASES_KEY: &str = "cases";
 
 fn summary_schema() -> Value {
     json!({
@@ -903,10 +907,14 @@ impl Evolver {
             );
         }
         let mut scores = (Vec::new(), Vec::new());
+        let mut cases = Vec::new();
         for (i, case) in held_out.iter().enumerate() {
             let seed = self.config.seed.wrapping_add(i as u64 * 1000);
-            scores.0.push(self.replay(step, &candidate.slug, baseline.as_deref(), case, seed).await?);
-            scores.1.push(self.replay(step, &candidate.slug, Some(&candidate.skill_md), case, seed).await?);
+            let before = self.replay(step, &candidate.slug, baseline.as_deref(), case, seed).await?;
+            let after = self.replay(step, &candidate.slug, Some(&candidate.skill_md), case, seed).await?;
+            scores.0.push(if before.passed { 1.0 } else { 0.0 });
+            scores.1.push(if after.passed { 1.0 } else { 0.0 });
+            cases.push(ReplayComparison { session_id: case.session_id.clone(), baseline: before, candidate: after });
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (base, cand) = (mean(&scores.0), mean(&scores.1));
@@ -926,6 +934,7 @@ impl Evolver {
                 "candidate_mean": cand,
                 "threshold": self.config.ab_threshold,
                 "seed": self.config.seed,
+                REPLAY_CASES_KEY: cases,
             }
         }))
     }
@@ -933,7 +942,14 @@ impl Evolver {
     /// Replays one held-out session's request in a scratch workspace laid out with the
     /// files that session found, with `skill_md` as the only skill (none for the baseline
     /// of a new skill), and checks the result against what the session verifiably did.
-    async fn replay(&self, step: &mut Step, slug: &str, skill_md: Option<&str>, case: &SummaryRecord, seed: u64) -> anyhow::Result<f64> {
+    async fn replay(
+        &self,
+        step: &mut Step,
+        slug: &str,
+        skill_md: Option<&str>,
+        case: &SummaryRecord,
+        seed: u64,
+    ) -> anyhow::Result<ReplayOutcome> {
         let scratch = tempfile::tempdir()?;
         let workspace = Workspace::open(scratch.path())?;
         for (path, content) in &case.replay.inputs {
@@ -959,15 +975,20 @@ impl Evolver {
         let mut ctx =
             TurnContext { engine: self.engine.as_ref(), workspace: &workspace, skills: &skills, sink: &sink, config: &config, cancel };
         let mut history = Vec::new();
-        run_turn(&mut ctx, &mut history, &case.request).await;
+        let outcome = run_turn(&mut ctx, &mut history, &case.request).await;
         let events = sink.events();
         // Replay calls are counted apart from the others: the per-session budget of
         // engine calls excludes them.
         step.report.replay_calls += events.iter().filter(|e| matches!(e, Event::ModelCall { .. })).count();
-        Ok(if replay_passes(&case.replay, &events, &workspace) { 1.0 } else { 0.0 })
+        Ok(ReplayOutcome { passed: replay_passes(&case.replay, &events, &workspace), answer: outcome.answer })
     }
 
     async fn publish(&self, candidate: &CandidateRecord) -> anyhow::Result<String> {
+        // Provenance is public; the replays' answers may quote a user's files.
+        let mut verdict = candidate.verdict.clone();
+        if let Some(replay) = verdict.get_mut("replay").and_then(Value::as_object_mut) {
+            replay.remove(REPLAY_CASES_KEY);
+        }
         let provenance = json!({
             "evolver": {
                 "run_id": candidate.run_id,
@@ -977,7 +998,7 @@ impl Evolver {
                 "evidence_sessions": candidate.evidence_sessions,
                 "distinct_users": candidate.distinct_users,
                 "rationale": candidate.rationale,
-                "verdict": candidate.verdict,
+                "verdict": verdict,
             }
         });
         let changelog = format!("Evolver {}: {}", candidate.action, candidate.rationale.chars().take(200).collect::<String>());

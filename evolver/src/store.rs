@@ -65,6 +65,24 @@ pub struct ReplayCase {
     pub last_result: String,
 }
 
+/// One held-out session asked again without and with a candidate skill: the A/B gate's
+/// evidence per case. Kept on the candidate (admins see it; RL reads preference pairs
+/// from it) and never in a published skill's provenance, since the answers may quote the
+/// session's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayComparison {
+    pub session_id: String,
+    pub baseline: ReplayOutcome,
+    pub candidate: ReplayOutcome,
+}
+
+/// What one replay did: whether it passed the session's check, and its final answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayOutcome {
+    pub passed: bool,
+    pub answer: Option<String>,
+}
+
 /// One session, summarized and scored once, by the run that first saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SummaryRecord {

@@ -72,6 +72,15 @@ async fn a_skill_mined_from_verified_successes_is_published_when_replays_show_it
     // Held out: the two newer sessions. Without the skill the agent cannot tell; with it,
     // it runs the command in a workspace laid out as the session had it and is right.
     assert_eq!((replay["baseline_mean"].as_f64(), replay["candidate_mean"].as_f64()), (Some(0.0), Some(1.0)));
+    assert!(replay.get("cases").is_none(), "the replays' answers stay out of public provenance: {replay}");
+    // The candidate keeps each case's two answers (RL reads preference pairs from them).
+    let candidate = &state.candidates[evo["candidate_id"].as_str().unwrap()];
+    let cases: Vec<evolver::store::ReplayComparison> = serde_json::from_value(candidate.verdict["replay"]["cases"].clone()).unwrap();
+    assert_eq!(cases.len(), 2);
+    for case in &cases {
+        assert!(!case.baseline.passed && case.candidate.passed, "{case:?}");
+        assert!(case.candidate.answer.is_some(), "{case:?}");
+    }
     assert!(engine.prompts.lock().unwrap().iter().all(|p| !p.contains(KEY)), "the planted key never reached the engine");
     assert!(report.redactions.get("api_key").copied().unwrap_or(0) >= 1, "{:?}", report.redactions);
 }

@@ -5,29 +5,35 @@
 //!   reward function needs: here the task's verifier).
 //! - TRL, conversational: GRPO prompts (`prompt`, plus extra columns that TRL passes to
 //!   reward functions as keyword arguments), KTO's unpaired preferences (`prompt`,
-//!   `completion`, `label`), and SFT conversations (`messages`, `tools`).
+//!   `completion`, `label`), SFT conversations (`messages`, `tools`), and DPO preference
+//!   pairs (`prompt`, `chosen`, `rejected`) from the evolver's A/B replays.
 
 use serde_json::{json, Value};
 
-use crate::harvest::RatedAnswer;
+use crate::episode::Episode;
+use crate::harvest::{PreferencePair, RatedAnswer};
 use crate::task::{Task, Verifier};
 
 /// The formats `skillhive rl export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Verl,
+    VerlAgentLoop,
     TrlGrpo,
     TrlKto,
     TrlSft,
+    TrlDpo,
 }
 
 impl Format {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "verl" => Some(Self::Verl),
+            "verl-agent-loop" => Some(Self::VerlAgentLoop),
             "trl-grpo" => Some(Self::TrlGrpo),
             "trl-kto" => Some(Self::TrlKto),
             "trl-sft" => Some(Self::TrlSft),
+            "trl-dpo" => Some(Self::TrlDpo),
             _ => None,
         }
     }
@@ -54,7 +60,7 @@ fn ground_truth(verifier: &Verifier) -> String {
 
 /// One row of a verl RL dataset.
 pub fn verl_row(task: &Task, index: usize, split: &str) -> Value {
-    json!({
+    let mut row = json!({
         "data_source": format!("skillhive/{}", task.id),
         "prompt": messages(task),
         "ability": "agent",
@@ -65,6 +71,35 @@ pub fn verl_row(task: &Task, index: usize, split: &str) -> Value {
             "task_id": task.id,
             "verifier": serde_json::to_value(&task.verifier).unwrap_or(Value::Null),
         },
+    });
+    // An agent task runs in verl's tool agent loop, whose tools are created per sample
+    // with these arguments (the workspace's files).
+    if task.is_agentic() {
+        row["agent_name"] = json!("tool_agent");
+        row["extra_info"]["need_tools_kwargs"] = json!(true);
+        row["extra_info"]["tools_kwargs"] =
+            task.tools.iter().map(|tool| (tool.clone(), json!({ "create_kwargs": { "files": task.files } }))).collect();
+    }
+    row
+}
+
+/// One episode as verl's agent loop hands it to the trainer (`AgentLoopOutput`): token
+/// ids of the prompt and of the response, the response mask (1 for tokens the policy
+/// generated, 0 for tool results), the rollout's logprob of each response token (0 where
+/// the mask is 0), the reward, and the number of chat turns (user, assistant and tool).
+pub fn verl_agent_loop_row(task: &Task, episode: &Episode) -> Value {
+    let mut sampled = episode.logprobs.iter();
+    let logprobs: Vec<f32> = episode.sampled.iter().map(|s| if *s { sampled.next().copied().unwrap_or(0.0) } else { 0.0 }).collect();
+    let tool_results = episode.turns.iter().filter(|turn| turn.result.is_some()).count();
+    json!({
+        "prompt_ids": episode.prompt,
+        "response_ids": episode.tokens,
+        "response_mask": episode.sampled.iter().map(|s| u8::from(*s)).collect::<Vec<_>>(),
+        "response_logprobs": logprobs,
+        "reward_score": episode.reward,
+        "num_turns": task.messages.len() + episode.turns.len() + tool_results,
+        "metrics": { "generate_sequences": 0.0, "tool_calls": 0.0 },
+        "extra_fields": { "task_id": task.id, "seed": episode.seed, "end": episode.end },
     })
 }
 
@@ -87,6 +122,16 @@ pub fn trl_kto_row(rated: &RatedAnswer) -> Value {
     })
 }
 
+/// One row of a TRL DPO dataset (conversational preference: a prompt, the chosen and the
+/// rejected completion).
+pub fn trl_dpo_row(pair: &PreferencePair) -> Value {
+    json!({
+        "prompt": [{ "role": "user", "content": pair.prompt }],
+        "chosen": [{ "role": "assistant", "content": pair.chosen }],
+        "rejected": [{ "role": "assistant", "content": pair.rejected }],
+    })
+}
+
 /// One row of a TRL SFT dataset: the task's conversation answered with its checked
 /// answer (only tasks whose check is an exact answer have one).
 pub fn trl_sft_row(task: &Task) -> Option<Value> {
@@ -104,6 +149,7 @@ pub fn to_jsonl(rows: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::episode::{EpisodeEnd, Turn};
 
     /// The JSON type of a field as the documented schemas name them.
     fn kind(value: &Value) -> &'static str {
@@ -178,6 +224,50 @@ mod tests {
         assert_eq!(sft["messages"][1]["content"], "Paris");
         let open = Task { verifier: Verifier::Contains { text: "a".into() }, ..task() };
         assert!(trl_sft_row(&open).is_none(), "a task without an exact answer has no SFT target");
+        // verl's agent-loop output (AgentLoopOutput), one row per episode.
+        let episode = Episode {
+            seed: 7,
+            prompt: vec![1, 2, 3],
+            tokens: vec![10, 11, 20, 21, 12],
+            sampled: vec![true, true, false, false, true],
+            logprobs: vec![-0.5, -0.25, -1.0],
+            turns: vec![
+                Turn { text: "call".into(), call: None, result: Some("result".into()) },
+                Turn { text: "answer".into(), call: None, result: None },
+            ],
+            answer: Some("Paris".into()),
+            end: EpisodeEnd::Answered,
+            reward: 1.0,
+        };
+        let row = verl_agent_loop_row(&task(), &episode);
+        check(
+            &row,
+            &[
+                ("prompt_ids.[]", "int"),
+                ("response_ids.[]", "int"),
+                ("response_mask.[]", "int"),
+                ("response_logprobs.[]", "float"),
+                ("reward_score", "float"),
+                ("num_turns", "int"),
+                ("metrics.generate_sequences", "float"),
+                ("metrics.tool_calls", "float"),
+            ],
+        );
+        assert_eq!(row["response_mask"], json!([1, 1, 0, 0, 1]));
+        assert_eq!(row["response_logprobs"], json!([-0.5, -0.25, 0.0, 0.0, -1.0]), "tool tokens carry no logprob");
+        assert_eq!(row["num_turns"], 4, "user, assistant, tool, assistant");
+        // TRL's conversational preference format (DPO).
+        let pair = PreferencePair { prompt: "q".into(), chosen: "4".into(), rejected: "5".into(), candidate: "c".into(), users: 2 };
+        check(
+            &trl_dpo_row(&pair),
+            &[
+                ("prompt.[].role", "string"),
+                ("prompt.[].content", "string"),
+                ("chosen.[].content", "string"),
+                ("rejected.[].content", "string"),
+            ],
+        );
+        assert_eq!(trl_dpo_row(&pair)["chosen"][0]["role"], "assistant");
         let lines = to_jsonl(&[verl_row(&task(), 0, "train"), verl_row(&task(), 1, "test")]);
         assert_eq!(lines.lines().count(), 2);
         assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));

@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent::engine::ChatMessage;
+use evolver::pipeline::REPLAY_CASES_KEY;
 use evolver::redact::contains_secret;
-use evolver::store::{SummaryRecord, Verdict};
+use evolver::store::{CandidateRecord, ReplayComparison, SummaryRecord, Verdict};
 use serde::Serialize;
 
 use crate::task::{Task, Verifier};
@@ -141,9 +142,109 @@ pub fn harvest(records: &[SummaryRecord], min_users: usize) -> Harvest {
     out
 }
 
+/// A preference pair (TRL's DPO format) from the evolver's A/B gate: one held-out request
+/// asked again without and with a candidate skill, where exactly one side passed the
+/// session's check. The passing answer is chosen: a policy trained on such pairs learns to
+/// answer as the skill taught, without the skill in its prompt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreferencePair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// The candidate whose gate produced it.
+    pub candidate: String,
+    /// Distinct users who asked the request.
+    pub users: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PreferencePairs {
+    pub pairs: Vec<PreferencePair>,
+    /// Replayed cases left out and why.
+    pub dropped: BTreeMap<&'static str, usize>,
+}
+
+/// Characters a line of a user's file needs before quoting it counts as a leak (shorter
+/// lines, like `id,name`, are common to many files).
+const QUOTED_LINE_CHARS: usize = 12;
+
+/// Preference pairs from the replays the evolver's gates recorded on `candidates`, under the
+/// rules of [`harvest`]: the request must have been asked by `min_users` distinct users (so
+/// the prompt is no one user's text), nothing may hold a secret, and an answer that quotes
+/// a line of the replayed session's files is dropped (the replay read that user's files).
+pub fn preference_pairs(candidates: &[CandidateRecord], records: &[SummaryRecord], min_users: usize) -> PreferencePairs {
+    let min_users = min_users.max(2);
+    let mut out = PreferencePairs::default();
+    let mut askers: BTreeMap<String, (&str, BTreeSet<&str>)> = BTreeMap::new();
+    for record in records.iter().filter(|r| r.observed) {
+        askers
+            .entry(normalize(&record.request))
+            .or_insert_with(|| (record.request.trim(), BTreeSet::new()))
+            .1
+            .insert(record.user_id.as_str());
+    }
+    let sessions: BTreeMap<&str, &SummaryRecord> = records.iter().map(|r| (r.session_id.as_str(), r)).collect();
+    let mut seen = BTreeSet::new();
+    for candidate in candidates {
+        let Some(cases) = candidate.verdict.get("replay").and_then(|replay| replay.get(REPLAY_CASES_KEY)) else { continue };
+        let Ok(cases) = serde_json::from_value::<Vec<ReplayComparison>>(cases.clone()) else {
+            *out.dropped.entry("replay cases that do not parse").or_default() += 1;
+            continue;
+        };
+        for case in cases {
+            let (chosen, rejected) = match (&case.baseline, &case.candidate) {
+                (b, c) if c.passed && !b.passed => (&c.answer, &b.answer),
+                (b, c) if b.passed && !c.passed => (&b.answer, &c.answer),
+                _ => {
+                    *out.dropped.entry("both sides passed or both failed").or_default() += 1;
+                    continue;
+                }
+            };
+            let (Some(chosen), Some(rejected)) = (chosen.as_deref().map(str::trim), rejected.as_deref().map(str::trim)) else {
+                *out.dropped.entry("a side gave no answer").or_default() += 1;
+                continue;
+            };
+            let Some(session) = sessions.get(case.session_id.as_str()) else {
+                *out.dropped.entry("the replayed session is not recorded").or_default() += 1;
+                continue;
+            };
+            let Some((prompt, users)) = askers.get(&normalize(&session.request)).filter(|(_, users)| users.len() >= min_users) else {
+                *out.dropped.entry("asked by fewer than min_users users").or_default() += 1;
+                continue;
+            };
+            if [*prompt, chosen, rejected].iter().any(|text| contains_secret(text).is_some()) {
+                *out.dropped.entry("holds a secret").or_default() += 1;
+                continue;
+            }
+            let quotes_files = session
+                .replay
+                .inputs
+                .values()
+                .flat_map(|content| content.lines())
+                .map(str::trim)
+                .any(|line| line.chars().count() >= QUOTED_LINE_CHARS && (chosen.contains(line) || rejected.contains(line)));
+            if quotes_files {
+                *out.dropped.entry("an answer quotes the user's files").or_default() += 1;
+                continue;
+            }
+            if seen.insert((prompt.to_string(), chosen.to_string(), rejected.to_string())) {
+                out.pairs.push(PreferencePair {
+                    prompt: prompt.to_string(),
+                    chosen: chosen.to_string(),
+                    rejected: rejected.to_string(),
+                    candidate: candidate.id.clone(),
+                    users: users.len(),
+                });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use evolver::store::ReplayOutcome;
 
     fn session(user: &str, request: &str, answer: &str, verdict: Verdict) -> SummaryRecord {
         SummaryRecord {
@@ -201,5 +302,68 @@ mod tests {
         assert_eq!(harvest.dropped["request holds a secret"], 3);
         assert_eq!(harvest.dropped["not observed by this server"], 1);
         assert_eq!(harvest.dropped["no verifiable verdict"], 1);
+    }
+
+    fn replayed(session_id: &str, baseline: (bool, &str), candidate: (bool, &str)) -> ReplayComparison {
+        ReplayComparison {
+            session_id: session_id.into(),
+            baseline: ReplayOutcome { passed: baseline.0, answer: Some(baseline.1.into()) },
+            candidate: ReplayOutcome { passed: candidate.0, answer: Some(candidate.1.into()) },
+        }
+    }
+
+    fn candidate_with(cases: Vec<ReplayComparison>) -> CandidateRecord {
+        CandidateRecord {
+            id: "cand-1".into(),
+            run_id: "run".into(),
+            slug: "csv-rows".into(),
+            action: "create".into(),
+            base_version: None,
+            skill_md: String::new(),
+            rationale: String::new(),
+            evidence_sessions: Vec::new(),
+            distinct_users: 2,
+            status: "published".into(),
+            verdict: serde_json::json!({ "accepted": true, "replay": { REPLAY_CASES_KEY: cases } }),
+            published_version: None,
+            writer: "mined".into(),
+        }
+    }
+
+    #[test]
+    fn preference_pairs_come_from_decided_replays_of_shared_requests_only() {
+        let mut records = vec![
+            session("ada", "How many data rows does orders.csv have?", "4", Verdict::Success),
+            session("bo", "How many data rows does orders.csv have?", "4", Verdict::Success),
+            session("ada", "Read my diary.txt and tell me my password hint", "x", Verdict::Success),
+        ];
+        let mut quoted = session("cy", "How many data rows does orders.csv have?", "4", Verdict::Success);
+        quoted.replay.inputs.insert("orders.csv".into(), "id,item\n1,private widget for Cy\n".into());
+        records.push(quoted);
+        let ids: Vec<String> = records.iter().map(|r| r.session_id.clone()).collect();
+        let candidates = [candidate_with(vec![
+            replayed(&ids[0], (false, "5"), (true, "4")),
+            replayed(&ids[1], (false, "5"), (true, "4")),
+            replayed(&ids[2], (false, "no"), (true, "The hint is 'blue'")),
+            replayed(&ids[3], (false, "1,private widget for Cy"), (true, "4")),
+            replayed(&ids[0], (true, "4"), (true, "4")),
+        ])];
+        let found = preference_pairs(&candidates, &records, 2);
+        assert_eq!(
+            found.pairs,
+            vec![PreferencePair {
+                prompt: "How many data rows does orders.csv have?".into(),
+                chosen: "4".into(),
+                rejected: "5".into(),
+                candidate: "cand-1".into(),
+                users: 3,
+            }],
+            "the same pair from two users' sessions is one row"
+        );
+        assert_eq!(found.dropped["asked by fewer than min_users users"], 1);
+        assert_eq!(found.dropped["an answer quotes the user's files"], 1);
+        assert_eq!(found.dropped["both sides passed or both failed"], 1);
+        let exported = serde_json::to_string(&found).unwrap();
+        assert!(!exported.contains("diary") && !exported.contains("private widget"), "{exported}");
     }
 }

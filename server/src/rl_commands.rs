@@ -80,8 +80,11 @@ pub enum RlCommand {
     /// from users' rated sessions (only requests at least `--min-users` users asked, with
     /// the answer that many users' successes agree on; anything secret dropped).
     Export {
-        /// `verl` (RL tasks), `trl-grpo` (RL prompts), `trl-sft` (tasks answered with their
-        /// exact answers) or `trl-kto` (rated answers; harvest only).
+        /// `verl` (RL tasks), `verl-agent-loop` (episodes of the tasks rolled out on the
+        /// default model, as token ids with the response mask), `trl-grpo` (RL prompts),
+        /// `trl-sft` (tasks answered with their exact answers), `trl-kto` (rated answers;
+        /// harvest only) or `trl-dpo` (preference pairs from the evolver's A/B replays;
+        /// harvest only).
         #[arg(long)]
         format: String,
         /// Export the tasks of this JSON Lines file.
@@ -92,6 +95,12 @@ pub enum RlCommand {
         harvest: bool,
         #[arg(long, default_value_t = 3)]
         min_users: usize,
+        /// Episodes per task (`verl-agent-loop`).
+        #[arg(long, default_value_t = 4)]
+        samples: usize,
+        /// Tokens per reply at most (`verl-agent-loop`).
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
@@ -204,8 +213,9 @@ pub async fn run(command: RlCommand) -> anyhow::Result<()> {
             let limits = EpisodeLimits { max_turns, ..Default::default() };
             promote(&id, &tasks, samples, max_new_tokens, &limits, &dir).await
         }
-        RlCommand::Export { format, tasks, harvest, min_users, out, database } => {
-            export(&format, tasks.as_deref(), harvest, min_users, &out, &database).await
+        RlCommand::Export { format, tasks, harvest, min_users, samples, max_new_tokens, out, database } => {
+            let source = ExportSource { tasks: tasks.as_deref(), harvest, min_users, samples, max_new_tokens };
+            export(&format, &source, &out, &database).await
         }
         RlCommand::ImportPeft { dir, id, model, dir_args } => {
             let path = base_model_path(&model).await?;
@@ -393,22 +403,26 @@ async fn promote(
     }
 }
 
-async fn export(
-    format: &str,
-    tasks: Option<&Path>,
+/// Where exported rows come from.
+struct ExportSource<'a> {
+    tasks: Option<&'a Path>,
     harvest: bool,
     min_users: usize,
-    out: &Path,
-    database: &crate::config::DatabaseArgs,
-) -> anyhow::Result<()> {
+    samples: usize,
+    max_new_tokens: usize,
+}
+
+async fn export(format: &str, source: &ExportSource<'_>, out: &Path, database: &crate::config::DatabaseArgs) -> anyhow::Result<()> {
     use rl::export::{self, Format};
-    let format = Format::parse(format).with_context(|| format!("`{format}` is not a format: verl, trl-grpo, trl-sft or trl-kto"))?;
-    let (tasks, rated) = match (tasks, harvest) {
+    let format = Format::parse(format)
+        .with_context(|| format!("`{format}` is not a format: verl, verl-agent-loop, trl-grpo, trl-sft, trl-kto or trl-dpo"))?;
+    let mut pairs = Vec::new();
+    let (tasks, rated) = match (source.tasks, source.harvest) {
         (Some(path), false) => (TaskArgs { task: None, tasks: Some(path.to_path_buf()) }.load()?, Vec::new()),
         (None, true) => {
             let db = database.open().await?;
             let records = db.evolver.summaries_since(0).await?;
-            let harvested = rl::harvest::harvest(&records, min_users);
+            let harvested = rl::harvest::harvest(&records, source.min_users);
             eprintln!(
                 "harvested {} task(s) and {} rated answer(s) from {} recorded session(s)",
                 harvested.tasks.len(),
@@ -418,16 +432,41 @@ async fn export(
             for (reason, sessions) in &harvested.dropped {
                 eprintln!("  dropped {sessions} session(s): {reason}");
             }
+            if format == Format::TrlDpo {
+                let candidates = db.evolver.candidates(None, i64::MAX).await?;
+                let found = rl::harvest::preference_pairs(&candidates, &records, source.min_users);
+                eprintln!("found {} preference pair(s) in the replays of {} candidate(s)", found.pairs.len(), candidates.len());
+                for (reason, cases) in &found.dropped {
+                    eprintln!("  dropped {cases} replayed case(s): {reason}");
+                }
+                pairs = found.pairs;
+            }
             (harvested.tasks.into_iter().map(|h| h.task).collect(), harvested.rated)
         }
         _ => bail!("name the source: --tasks FILE or --harvest"),
     };
     let rows: Vec<serde_json::Value> = match format {
         Format::Verl => tasks.iter().enumerate().map(|(i, task)| export::verl_row(task, i, "train")).collect(),
+        Format::VerlAgentLoop => {
+            let path = base_model_path(&None).await?;
+            let engine = load_engine(&path, "base").await?;
+            let sampling = SamplingConfig { max_new_tokens: source.max_new_tokens, temperature: 1.0 };
+            let mut rows = Vec::new();
+            for (index, task) in tasks.iter().enumerate() {
+                let episodes =
+                    rl::episode::run_group(engine.as_ref(), task, source.samples, &sampling, &EpisodeLimits::default(), index as u64)
+                        .await?;
+                eprintln!("{}: rewards {:?}", task.id, episodes.iter().map(|e| e.reward).collect::<Vec<_>>());
+                rows.extend(episodes.iter().map(|episode| export::verl_agent_loop_row(task, episode)));
+            }
+            rows
+        }
         Format::TrlGrpo => tasks.iter().map(export::trl_grpo_row).collect(),
         Format::TrlSft => tasks.iter().filter_map(export::trl_sft_row).collect(),
-        Format::TrlKto if harvest => rated.iter().map(export::trl_kto_row).collect(),
+        Format::TrlKto if source.harvest => rated.iter().map(export::trl_kto_row).collect(),
         Format::TrlKto => bail!("trl-kto rows come from users' ratings: use --harvest"),
+        Format::TrlDpo if source.harvest => pairs.iter().map(export::trl_dpo_row).collect(),
+        Format::TrlDpo => bail!("trl-dpo rows come from the evolver's replays of users' sessions: use --harvest"),
     };
     std::fs::write(out, export::to_jsonl(&rows)).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote {} row(s) to {}", rows.len(), out.display());
@@ -437,7 +476,7 @@ async fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evolver::store::{ReplayCase, SummaryRecord, Verdict};
+    use evolver::store::{CandidateRecord, ReplayCase, ReplayComparison, ReplayOutcome, SummaryRecord, Verdict};
 
     fn record(session: &str, user: &str, request: &str, answer: &str) -> SummaryRecord {
         SummaryRecord {
@@ -475,19 +514,41 @@ mod tests {
             let mut summary = record(&session.id, &user_id, request, answer);
             summary.run_id = run.clone();
             db.evolver.save_summary(&summary).await.unwrap();
+            session.id
         };
+        let mut replays = Vec::new();
         for user in ["ada", "bo", "cy"] {
-            save(user, "What is 6 times 7?", "42").await;
+            let session = save(user, "What is 6 times 7?", "42").await;
+            replays.push(replayed(&session, "41", "42"));
             save(user, "Deploy with token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "deployed").await;
         }
         for _ in 0..3 {
-            save("ada", "Rename my file notes-for-dr-who.txt", "done").await;
+            let session = save("ada", "Rename my file notes-for-dr-who.txt", "done").await;
+            replays.push(replayed(&session, "not done", "renamed notes-for-dr-who.txt"));
         }
+        // The evolver's gate replayed those sessions without and with a candidate skill.
+        let candidate = CandidateRecord {
+            id: "cand-1".into(),
+            run_id: run.clone(),
+            slug: "times".into(),
+            action: "create".into(),
+            base_version: None,
+            skill_md: String::new(),
+            rationale: String::new(),
+            evidence_sessions: Vec::new(),
+            distinct_users: 3,
+            status: "rejected".into(),
+            verdict: serde_json::json!({ "accepted": false, "replay": { evolver::pipeline::REPLAY_CASES_KEY: replays } }),
+            published_version: None,
+            writer: "mined".into(),
+        };
+        db.evolver.save_candidate(&candidate).await.unwrap();
         drop(db);
 
-        for format in ["verl", "trl-grpo", "trl-sft", "trl-kto"] {
+        for format in ["verl", "trl-grpo", "trl-sft", "trl-kto", "trl-dpo"] {
             let out = dir.path().join(format!("{format}.jsonl"));
-            export(format, None, true, 3, &out, &database).await.unwrap();
+            let source = ExportSource { tasks: None, harvest: true, min_users: 3, samples: 1, max_new_tokens: 8 };
+            export(format, &source, &out, &database).await.unwrap();
             let text = std::fs::read_to_string(&out).unwrap();
             let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             assert_eq!(rows.len(), 1, "{format}: {text}");
@@ -497,5 +558,16 @@ mod tests {
         let verl = std::fs::read_to_string(dir.path().join("verl.jsonl")).unwrap();
         let row: serde_json::Value = serde_json::from_str(verl.lines().next().unwrap()).unwrap();
         assert_eq!(row["reward_model"]["ground_truth"], "42");
+        let dpo = std::fs::read_to_string(dir.path().join("trl-dpo.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(dpo.lines().next().unwrap()).unwrap();
+        assert_eq!((row["chosen"][0]["content"].as_str(), row["rejected"][0]["content"].as_str()), (Some("42"), Some("41")));
+    }
+
+    fn replayed(session: &str, baseline: &str, candidate: &str) -> ReplayComparison {
+        ReplayComparison {
+            session_id: session.into(),
+            baseline: ReplayOutcome { passed: false, answer: Some(baseline.into()) },
+            candidate: ReplayOutcome { passed: true, answer: Some(candidate.into()) },
+        }
     }
 }
