@@ -85,7 +85,18 @@ impl StepReport {
     pub fn line(&self) -> String {
         let m = &self.metrics;
         let t = &self.timings;
-        format!(
+        // Agent episodes also say how they ended (answered, turn limit, ...).
+        let ends = if self.ends.keys().any(|end| *end != EpisodeEnd::Answered) {
+            let counts: Vec<String> = self
+                .ends
+                .iter()
+                .map(|(end, n)| format!("{} {n}", serde_json::to_value(end).unwrap_or_default().as_str().unwrap_or("?")))
+                .collect();
+            format!("  ends: {}", counts.join(", "))
+        } else {
+            String::new()
+        };
+        let line = format!(
             "step {:>3}  success {:.3}  reward {:.3} ± {:.3}  kl {:.4}  entropy {:.3}  clip {:.3}  gap {:.4}  len {:.1}  |g| {:.3}  \
              {:.1}s (rollout {:.1} ref {:.1} train {:.1} publish {:.1})",
             self.step,
@@ -103,7 +114,8 @@ impl StepReport {
             t.reference_seconds,
             t.train_seconds,
             t.publish_seconds,
-        )
+        );
+        line + &ends
     }
 }
 

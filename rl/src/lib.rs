@@ -10,6 +10,7 @@
 //!   as template-rendered tokens that the loss masks out.
 //! - [`task`]: prompts with verifiable rewards; [`evaluate`]: held-out mean reward.
 //! - [`grpo`]: the training loop, publishing each update back into an engine.
+//! - [`methods`]: ReSum, APPO, Role-Agent and ActGuide-RL on that loop.
 //! - [`publish`]: adapters merged into an all-F32 GGUF file the engine loads.
 //! - [`registry`]: published policies, the default among them, promotion and rollback.
 //! - [`runs`]: a training run's folder: metrics, checkpoint, plot.
@@ -23,6 +24,7 @@ pub mod export;
 pub mod grpo;
 pub mod harvest;
 pub mod math;
+pub mod methods;
 pub mod peft;
 pub mod policy;
 pub mod publish;
