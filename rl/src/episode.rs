@@ -35,13 +35,19 @@ pub struct EpisodeLimits {
     pub max_tokens: usize,
     /// Characters of one tool result shown to the policy at most.
     pub result_chars: usize,
+    /// Whether a tool call may also say what it expects the tool to return
+    /// (`predict_next`, Role-Agent's World-In-Agent); off, the grammar has no such field.
+    pub predict_observations: bool,
 }
 
 impl Default for EpisodeLimits {
     fn default() -> Self {
-        Self { max_turns: 4, max_tokens: 1024, result_chars: 600 }
+        Self { max_turns: 4, max_tokens: 1024, result_chars: 600, predict_observations: false }
     }
 }
+
+/// The instruction that asks for predictions, appended to the system prompt.
+const PREDICT_INSTRUCTION: &str = "With a tool call, add \"predict_next\": what you expect the tool to return.";
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -79,6 +85,9 @@ pub struct Episode {
     pub sampled: Vec<bool>,
     /// The engine's logprob of each sampled token, in order.
     pub logprobs: Vec<f32>,
+    /// The entropy of the distribution each sampled token was drawn from, in order.
+    #[serde(default)]
+    pub entropies: Vec<f32>,
     pub turns: Vec<Turn>,
     pub answer: Option<String>,
     pub end: EpisodeEnd,
@@ -91,18 +100,20 @@ impl Episode {
     pub fn training_sequence(&self, advantage: f64) -> TrainingSequence {
         let tokens = self.prompt.iter().chain(&self.tokens).copied().collect();
         let mask = std::iter::repeat_n(false, self.prompt.len()).chain(self.sampled.iter().copied()).collect();
-        TrainingSequence { tokens, mask, engine_logprobs: self.logprobs.clone(), advantage }
+        TrainingSequence { tokens, mask, engine_logprobs: self.logprobs.clone(), advantage, token_advantages: Vec::new(), old_policy: None }
     }
 
     pub fn calls(&self) -> Vec<ToolCall> {
         self.turns.iter().filter_map(|turn| turn.call.clone()).collect()
     }
 
-    fn push(&mut self, tokens: &[u32], logprobs: Option<&[f32]>) {
+    /// Appends tokens: the policy's (with their logprobs and entropies) or a tool's.
+    fn push(&mut self, tokens: &[u32], sampled: Option<(&[f32], &[f32])>) {
         self.tokens.extend_from_slice(tokens);
-        self.sampled.extend(std::iter::repeat_n(logprobs.is_some(), tokens.len()));
-        if let Some(logprobs) = logprobs {
+        self.sampled.extend(std::iter::repeat_n(sampled.is_some(), tokens.len()));
+        if let Some((logprobs, entropies)) = sampled {
             self.logprobs.extend_from_slice(logprobs);
+            self.entropies.extend(entropies.iter().copied().chain(std::iter::repeat(0.0)).take(tokens.len()));
         }
     }
 }
@@ -139,13 +150,14 @@ pub async fn run_episode(
         workspace.write(path, content).with_context(|| format!("task {}: cannot lay out {path}", task.id))?;
     }
     let mut conversation = task.messages.clone();
-    let prompt = tokenize(engine, &conversation, &tools).await?;
+    let prompt = tokenize(engine, &conversation, &tools, limits.predict_observations).await?;
     let mut episode = Episode {
         seed,
         prompt,
         tokens: Vec::new(),
         sampled: Vec::new(),
         logprobs: Vec::new(),
+        entropies: Vec::new(),
         turns: Vec::new(),
         answer: None,
         end: EpisodeEnd::TurnLimit,
@@ -163,7 +175,7 @@ pub async fn run_episode(
         request.temperature = Some(sampling.temperature);
         request.seed = Some(if turn == 0 { seed } else { sample_seed(seed, turn) });
         request.logprobs = Some(0);
-        request.json_schema = Some(tool_protocol::reply_schema(&tools, &ToolChoice::Auto));
+        request.json_schema = Some(reply_schema(&tools, limits.predict_observations));
         let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
         anyhow::ensure!(
             choice.token_logprobs.len() == choice.token_ids.len(),
@@ -171,7 +183,7 @@ pub async fn run_episode(
             choice.token_ids.len(),
             choice.token_logprobs.len()
         );
-        episode.push(&choice.token_ids, Some(&choice.token_logprobs));
+        episode.push(&choice.token_ids, Some((&choice.token_logprobs, &choice.token_entropies)));
         if choice.finish_reason == Some(FinishReason::Length) {
             episode.turns.push(Turn { text: choice.text, call: None, result: None });
             episode.end = EpisodeEnd::Length;
@@ -192,7 +204,7 @@ pub async fn run_episode(
             ParsedReply::Call(call) => {
                 let output = agent_loop::run_tool(&workspace, &no_skills, &config, &call).await;
                 let result = cut(&output.text, limits.result_chars);
-                let before = tokenize(engine, &conversation, &tools).await?;
+                let before = tokenize(engine, &conversation, &tools, limits.predict_observations).await?;
                 conversation.push(ChatMessage { role: Some(Role::Assistant), tool_calls: vec![call.clone()], ..Default::default() });
                 conversation.push(ChatMessage {
                     role: Some(Role::Tool),
@@ -200,7 +212,7 @@ pub async fn run_episode(
                     tool_call_id: Some(call.id.clone()),
                     ..Default::default()
                 });
-                let rendered = tool_protocol::render_conversation(&conversation, &tools, &ToolChoice::Auto);
+                let rendered = render(&conversation, &tools, limits.predict_observations);
                 let after = engine.tokenize(&Prompt::Messages(rendered.clone())).await?;
                 let reply = engine.tokenize_text(&rendered[rendered.len() - 2].content).await?;
                 let mut observation = observation_tokens(&before, &after, &reply)?;
@@ -238,6 +250,7 @@ async fn single_reply(engine: &dyn Engine, task: &Task, sampling: &SamplingConfi
         seed,
         prompt,
         sampled: vec![true; choice.token_ids.len()],
+        entropies: choice.token_entropies.iter().copied().chain(std::iter::repeat(0.0)).take(choice.token_ids.len()).collect(),
         tokens: choice.token_ids,
         logprobs: choice.token_logprobs,
         turns: vec![Turn { text: choice.text.clone(), call: None, result: None }],
@@ -260,11 +273,42 @@ pub fn offered_tools(names: &[String]) -> anyhow::Result<Vec<ToolSpec>> {
         .collect()
 }
 
+/// The conversation as the tool protocol renders it, with the request for predictions in
+/// the system prompt when asked.
+fn render(conversation: &[ChatMessage], tools: &[ToolSpec], predict: bool) -> Vec<ChatMessage> {
+    let mut rendered = tool_protocol::render_conversation(conversation, tools, &ToolChoice::Auto);
+    if predict {
+        if let Some(system) = rendered.first_mut() {
+            system.content = format!("{}\n{PREDICT_INSTRUCTION}", system.content);
+        }
+    }
+    rendered
+}
+
+/// The tool protocol's reply schema, with an optional `predict_next` text in every tool
+/// call when predictions are asked for.
+fn reply_schema(tools: &[ToolSpec], predict: bool) -> serde_json::Value {
+    let mut schema = tool_protocol::reply_schema(tools, &ToolChoice::Auto);
+    if predict {
+        let mut branches: Vec<&mut serde_json::Value> = match schema.get_mut("anyOf").and_then(serde_json::Value::as_array_mut) {
+            Some(branches) => branches.iter_mut().collect(),
+            None => vec![&mut schema],
+        };
+        for branch in branches.iter_mut() {
+            if let Some(properties) = branch.get_mut("properties").and_then(serde_json::Value::as_object_mut) {
+                if properties.contains_key("tool") {
+                    properties.insert("predict_next".into(), serde_json::json!({ "type": "string" }));
+                }
+            }
+        }
+    }
+    schema
+}
+
 /// The tokens of a conversation under the tool protocol, ending with the template's
 /// generation prompt.
-async fn tokenize(engine: &dyn Engine, conversation: &[ChatMessage], tools: &[ToolSpec]) -> anyhow::Result<Vec<u32>> {
-    let rendered = tool_protocol::render_conversation(conversation, tools, &ToolChoice::Auto);
-    Ok(engine.tokenize(&Prompt::Messages(rendered)).await?)
+async fn tokenize(engine: &dyn Engine, conversation: &[ChatMessage], tools: &[ToolSpec], predict: bool) -> anyhow::Result<Vec<u32>> {
+    Ok(engine.tokenize(&Prompt::Messages(render(conversation, tools, predict))).await?)
 }
 
 /// The tokens the chat template puts between the end of a reply and the next reply: the
@@ -306,6 +350,18 @@ mod tests {
         assert_eq!(observation_tokens(&before, &after, &[5, 6]).unwrap(), &[2, 20, 21, 22]);
         assert!(observation_tokens(&[1, 9], &after, &[5, 6]).is_err(), "a template that rewrites earlier turns is refused");
         assert!(observation_tokens(&before, &after, &[5, 7]).is_err(), "a reply rendered as other tokens is refused");
+    }
+
+    #[test]
+    fn predictions_are_an_optional_field_of_tool_calls_only() {
+        let tools = offered_tools(&["read".into()]).unwrap();
+        let plain = reply_schema(&tools, false).to_string();
+        assert!(!plain.contains("predict_next"));
+        let schema = reply_schema(&tools, true);
+        let branches = schema["anyOf"].as_array().unwrap();
+        assert_eq!(branches[0]["properties"]["predict_next"]["type"], "string");
+        assert!(!branches[0]["required"].as_array().unwrap().iter().any(|r| r == "predict_next"));
+        assert!(branches[1]["properties"].get("predict_next").is_none(), "an answer predicts nothing");
     }
 
     #[test]

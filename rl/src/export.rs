@@ -188,6 +188,7 @@ mod tests {
             verifier: Verifier::ExactAnswer { answer: "Paris".into() },
             tools: Vec::new(),
             files: Default::default(),
+            actions: Vec::new(),
         }
     }
 
@@ -231,6 +232,7 @@ mod tests {
             tokens: vec![10, 11, 20, 21, 12],
             sampled: vec![true, true, false, false, true],
             logprobs: vec![-0.5, -0.25, -1.0],
+            entropies: vec![0.5, 0.5, 0.5],
             turns: vec![
                 Turn { text: "call".into(), call: None, result: Some("result".into()) },
                 Turn { text: "answer".into(), call: None, result: None },

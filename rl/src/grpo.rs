@@ -11,13 +11,47 @@ use std::time::Instant;
 use agent::engine::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::episode::{self, EpisodeEnd, EpisodeLimits};
+use crate::episode::{self, Episode, EpisodeEnd, EpisodeLimits};
 use crate::math::{self, AdvantageEstimator, StepMetrics};
+use crate::methods::role_agent::{self, FailureSampler};
+use crate::methods::{actguide, appo};
 use crate::policy::BaseModel;
 use crate::publish;
-use crate::rollout::SamplingConfig;
-use crate::task::Task;
-use crate::trainer::Trainer;
+use crate::rollout::{self, SamplingConfig};
+use crate::task::{Outcome, Task};
+use crate::trainer::{Trainer, TrainingSequence};
+
+/// How a step collects and scores its samples: plain GRPO, or an agentic method on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    #[default]
+    Grpo,
+    /// ActGuide-RL: a group that earned nothing is re-sampled with the shortest prefix of
+    /// the task's reference plan that lets a probe succeed, and trained as the unguided
+    /// prompt's samples.
+    ActGuide,
+    /// Role-Agent: tool calls predict their results (rewards shaped by the similarity),
+    /// and failed tasks are drawn more often, with the failures most like them.
+    RoleAgent,
+    /// APPO: each group branches at its most uncertain content tokens; the branches'
+    /// rewards raise or lower the advantage of the prefix they share with their rollout.
+    /// Tasks with tools are trained as plain GRPO (branching inside an agent's reply is
+    /// not built yet), and counted.
+    Appo,
+}
+
+impl Method {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "grpo" => Some(Self::Grpo),
+            "actguide" => Some(Self::ActGuide),
+            "role-agent" => Some(Self::RoleAgent),
+            "appo" => Some(Self::Appo),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrpoConfig {
@@ -33,6 +67,15 @@ pub struct GrpoConfig {
     pub seed: u64,
     /// Published policy files kept on disk (the newest); older ones are deleted.
     pub keep_policies: usize,
+    #[serde(default)]
+    pub method: Method,
+    /// APPO's branch points per task and step.
+    #[serde(default = "default_branches")]
+    pub branches: usize,
+}
+
+fn default_branches() -> usize {
+    2
 }
 
 impl Default for GrpoConfig {
@@ -44,6 +87,8 @@ impl Default for GrpoConfig {
             estimator: AdvantageEstimator::Grpo { epsilon: 1e-6, normalize_std: true },
             seed: 0,
             keep_policies: 2,
+            method: Method::Grpo,
+            branches: default_branches(),
         }
     }
 }
@@ -70,6 +115,10 @@ pub struct StepReport {
     /// How the step's episodes ended (all `answered` for tasks without tools).
     #[serde(default)]
     pub ends: BTreeMap<EpisodeEnd, usize>,
+    /// What the method measured: ActGuide's hard groups, probes and hint lengths;
+    /// Role-Agent's predictions, their similarity and the shaped reward.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub method_metrics: BTreeMap<String, f64>,
     pub loss: f64,
     pub grad_norm: f64,
     pub trained_tokens: usize,
@@ -115,7 +164,14 @@ impl StepReport {
             t.train_seconds,
             t.publish_seconds,
         );
-        line + &ends
+        let method: Vec<String> = self
+            .method_metrics
+            .iter()
+            .filter(|(key, _)| !key.starts_with("task_weight_"))
+            .map(|(key, value)| format!("{key} {value:.2}"))
+            .collect();
+        let method = if method.is_empty() { String::new() } else { format!("  {}", method.join(", ")) };
+        line + &ends + &method
     }
 }
 
@@ -127,6 +183,8 @@ pub struct GrpoRun {
     policy_dir: PathBuf,
     engine: Arc<dyn Engine>,
     published: Vec<PathBuf>,
+    /// Role-Agent's failure-driven task weights (created at the first step).
+    sampler: Option<FailureSampler>,
 }
 
 impl GrpoRun {
@@ -136,7 +194,15 @@ impl GrpoRun {
     pub async fn start(trainer: Trainer, config: GrpoConfig, name: &str, policy_dir: &Path) -> anyhow::Result<Self> {
         let id = policy_id(name, trainer.step());
         let (engine, path) = publish_policy(&trainer, policy_dir, &id).await?;
-        Ok(Self { engine, trainer, config, name: name.to_string(), policy_dir: policy_dir.to_path_buf(), published: vec![path] })
+        Ok(Self {
+            engine,
+            trainer,
+            config,
+            name: name.to_string(),
+            policy_dir: policy_dir.to_path_buf(),
+            published: vec![path],
+            sampler: None,
+        })
     }
 
     /// The engine serving the current policy.
@@ -171,24 +237,66 @@ impl GrpoRun {
         let mut sequences = Vec::new();
         let mut groups = Vec::new();
         let mut ends: Vec<EpisodeEnd> = Vec::new();
-        for (index, task) in tasks.iter().enumerate() {
+        let mut method_metrics = BTreeMap::new();
+        // Role-Agent draws the step's tasks by their failure weights; the others take each once.
+        let drawn: Vec<usize> = match self.config.method {
+            Method::RoleAgent => {
+                let seed = self.config.seed ^ step;
+                self.sampler.get_or_insert_with(|| FailureSampler::new(tasks.len(), seed)).draw(tasks.len())
+            }
+            _ => (0..tasks.len()).collect(),
+        };
+        for (index, &task_index) in drawn.iter().enumerate() {
+            let task = &tasks[task_index];
             let group_seed = self.config.seed ^ (step << 20) ^ index as u64;
-            let episodes = episode::run_group(
-                self.engine.as_ref(),
-                task,
-                self.config.group_size,
-                &self.config.sampling,
-                &self.config.limits,
-                group_seed,
-            )
-            .await?;
-            let rewards: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
+            let mut limits = self.config.limits.clone();
+            limits.predict_observations = self.config.method == Method::RoleAgent;
+            let mut episodes =
+                episode::run_group(self.engine.as_ref(), task, self.config.group_size, &self.config.sampling, &limits, group_seed).await?;
+            let mut unguided_prompt = None;
+            if self.config.method == Method::ActGuide && actguide::is_hard(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>()) {
+                *method_metrics.entry("hard_groups".into()).or_insert(0.0) += 1.0;
+                if let Some((length, guided)) = self.guide(task, &limits, group_seed, &mut method_metrics).await? {
+                    *method_metrics.entry("hint_length_sum".into()).or_insert(0.0) += length as f64;
+                    unguided_prompt = Some(episodes[0].prompt.clone());
+                    episodes = guided;
+                }
+            }
+            let rewards: Vec<f64> = match self.config.method {
+                Method::RoleAgent => episodes.iter().map(|e| role_agent_reward(e, &mut method_metrics)).collect(),
+                _ => episodes.iter().map(|e| e.reward).collect(),
+            };
+            if self.config.method == Method::RoleAgent {
+                let sampler = self.sampler.as_mut().expect("created above");
+                let prompt_of = |t: usize| tasks[t].messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+                for _failed in episodes.iter().filter(|e| e.reward <= 0.0) {
+                    sampler.record_failure(task_index, |a, b| role_agent::similarity(&prompt_of(a), &prompt_of(b)));
+                }
+            }
+            if self.config.method == Method::Appo {
+                if task.is_agentic() {
+                    *method_metrics.entry("agent_tasks_without_branches".into()).or_insert(0.0) += 1.0;
+                } else {
+                    sequences.extend(self.appo_sequences(task, &episodes, group_seed, &mut method_metrics).await?);
+                    ends.extend(episodes.iter().map(|e| e.end));
+                    groups.push(rewards);
+                    continue;
+                }
+            }
             let advantages = math::group_advantages(&rewards, self.config.estimator);
             for (episode, advantage) in episodes.iter().zip(advantages) {
-                sequences.push(episode.training_sequence(advantage));
+                sequences.push(match &unguided_prompt {
+                    Some(prompt) => actguide::unguided_sequence(prompt, episode, advantage),
+                    None => episode.training_sequence(advantage),
+                });
                 ends.push(episode.end);
             }
             groups.push(rewards);
+        }
+        if let Some(sampler) = &self.sampler {
+            for (t, weight) in sampler.weights().iter().enumerate() {
+                method_metrics.insert(format!("task_weight_{t}"), *weight);
+            }
         }
         let rollout_seconds = started.elapsed().as_secs_f64();
 
@@ -216,6 +324,7 @@ impl GrpoRun {
                 *counts.entry(*end).or_insert(0) += 1;
                 counts
             }),
+            method_metrics,
             loss: stats.loss,
             grad_norm: stats.grad_norm,
             trained_tokens: stats.trained_tokens,
@@ -229,6 +338,131 @@ impl GrpoRun {
             policy: self.policy_id(step),
         })
     }
+}
+
+impl GrpoRun {
+    /// ActGuide's guidance for a hard group: the hint length by binary search (two
+    /// rollouts per probe, a probe succeeding when either earns a reward), then the group
+    /// sampled again with that much of the plan. `None` when the task has no plan.
+    async fn guide(
+        &self,
+        task: &Task,
+        limits: &EpisodeLimits,
+        group_seed: u64,
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<Option<(usize, Vec<Episode>)>> {
+        if task.actions.is_empty() {
+            return Ok(None);
+        }
+        let engine = self.engine.clone();
+        let sampling = self.config.sampling.clone();
+        let search = actguide::search_hint_length(task.actions.len(), |k| {
+            let guided = task.with_hint(&actguide::plan_hint(&task.actions, k));
+            let (engine, sampling, limits) = (engine.clone(), sampling.clone(), limits.clone());
+            async move {
+                let probes =
+                    episode::run_group(engine.as_ref(), &guided, actguide::PROBE_ROLLOUTS, &sampling, &limits, group_seed ^ k as u64)
+                        .await?;
+                Ok(probes.iter().any(|e| e.reward > 0.0))
+            }
+        })
+        .await?;
+        *metrics.entry("probes".into()).or_insert(0.0) += search.probes.len() as f64;
+        let guided = task.with_hint(&actguide::plan_hint(&task.actions, search.length));
+        let episodes =
+            episode::run_group(self.engine.as_ref(), &guided, self.config.group_size, &self.config.sampling, limits, group_seed).await?;
+        Ok(Some((search.length, episodes)))
+    }
+}
+
+impl GrpoRun {
+    /// APPO for one group of single replies: branch points across the group (z-scored
+    /// entropy times z-scored discounted ratio, within each rollout; the top `branches`),
+    /// one continuation sampled from each, and the initial rollouts' token advantages from
+    /// both groups, scaled along the procedure. The rollouts are sampled by the policy being
+    /// trained, so the discounted ratio is 1 everywhere and the entropy ranks the points.
+    async fn appo_sequences(
+        &self,
+        task: &Task,
+        episodes: &[Episode],
+        group_seed: u64,
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<Vec<TrainingSequence>> {
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        let mut scores = Vec::new();
+        let mut eligible = Vec::new();
+        for (i, episode) in episodes.iter().enumerate() {
+            let mut content = Vec::with_capacity(episode.tokens.len());
+            for (t, token) in episode.tokens.iter().enumerate() {
+                // The last token has nothing after it to branch into.
+                let last = t + 1 == episode.tokens.len();
+                content.push(!last && appo::is_content_token(&self.engine.detokenize(&[*token]).await?));
+            }
+            let entropy: Vec<f64> = episode.entropies.iter().map(|h| *h as f64).collect();
+            let omega = vec![1.0; episode.tokens.len()];
+            scores.extend(appo::branching_scores(&entropy, &omega, &content));
+            eligible.extend(content);
+            owners.extend((0..episode.tokens.len()).map(|t| (i, t)));
+        }
+        let points = appo::select_branch_points(&scores, &eligible, self.config.branches);
+        *metrics.entry("candidates".into()).or_insert(0.0) +=
+            scores.iter().zip(&eligible).filter(|(s, e)| **e && s.is_candidate()).count() as f64;
+        *metrics.entry("branch_points".into()).or_insert(0.0) += points.len() as f64;
+        let mut branch_rewards = Vec::with_capacity(points.len());
+        for (b, &point) in points.iter().enumerate() {
+            let (i, t) = owners[point];
+            let episode = &episodes[i];
+            let prefix: Vec<u32> = episode.prompt.iter().chain(&episode.tokens[..=t]).copied().collect();
+            let remaining = self.config.sampling.max_new_tokens.saturating_sub(t + 1).max(1);
+            let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
+            let sample =
+                rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, group_seed ^ ((b as u64 + 1) << 32)).await?.remove(0);
+            let response: Vec<u32> = episode.tokens[..=t].iter().chain(&sample.completion).copied().collect();
+            let text = self.engine.detokenize(&response).await?;
+            branch_rewards.push(task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() }));
+        }
+        if !branch_rewards.is_empty() {
+            *metrics.entry("branch_reward_sum".into()).or_insert(0.0) += branch_rewards.iter().sum::<f64>();
+        }
+        let initial = math::group_advantages(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>(), self.config.estimator);
+        let branch = math::group_advantages(&branch_rewards, self.config.estimator);
+        Ok(episodes
+            .iter()
+            .enumerate()
+            .map(|(i, episode)| {
+                // This rollout's branch points, each with the mean advantage of its branches.
+                let mut at: BTreeMap<usize, (f64, usize, f64)> = BTreeMap::new();
+                for (b, &point) in points.iter().enumerate() {
+                    if owners[point].0 == i {
+                        let entry = at.entry(owners[point].1).or_insert((0.0, 0, scores[point].score));
+                        entry.0 += branch[b];
+                        entry.1 += 1;
+                    }
+                }
+                let branches: Vec<(usize, f64)> = at.iter().map(|(t, (sum, n, _))| (*t, sum / *n as f64)).collect();
+                let bs: Vec<(usize, f64)> = at.iter().map(|(t, (_, _, score))| (*t, *score)).collect();
+                let scaling = appo::procedure_scaling(episode.tokens.len(), &bs);
+                let mut sequence = episode.training_sequence(initial[i]);
+                sequence.token_advantages = appo::initial_token_advantages(initial[i], episode.tokens.len(), &branches, &scaling);
+                sequence
+            })
+            .collect())
+    }
+}
+
+/// An episode's reward shaped by its predictions (Role-Agent), counting them in `metrics`.
+fn role_agent_reward(episode: &Episode, metrics: &mut BTreeMap<String, f64>) -> f64 {
+    let steps: Vec<(Option<String>, String)> =
+        episode.turns.iter().filter_map(|turn| turn.result.clone().map(|result| (role_agent::prediction(&turn.text), result))).collect();
+    for (prediction, result) in &steps {
+        if let Some(prediction) = prediction {
+            *metrics.entry("predictions".into()).or_insert(0.0) += 1.0;
+            *metrics.entry("prediction_similarity_sum".into()).or_insert(0.0) += role_agent::similarity(prediction, result);
+        }
+    }
+    let shaped = role_agent::shaped_reward(episode.reward, &steps, role_agent::PREDICTION_WEIGHT);
+    *metrics.entry("shaped_reward_sum".into()).or_insert(0.0) += shaped;
+    shaped
 }
 
 fn policy_id(run: &str, step: u64) -> String {

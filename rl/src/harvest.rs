@@ -132,6 +132,7 @@ pub fn harvest(records: &[SummaryRecord], min_users: usize) -> Harvest {
                     verifier: Verifier::ExactAnswer { answer },
                     tools: Vec::new(),
                     files: Default::default(),
+                    actions: Vec::new(),
                 },
                 users: users.len(),
                 agreeing_users,

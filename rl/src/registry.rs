@@ -38,9 +38,11 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A candidate passes when its held-out reward is not worse than the incumbent's.
+    /// A candidate passes when its held-out reward is not worse than the incumbent's and
+    /// it solved something: a tie at 0 is no evidence, and a policy that moved away from
+    /// the base with nothing to show for it must not replace what serves every user.
     pub fn passes(&self) -> bool {
-        self.candidate_reward >= self.incumbent_reward
+        self.candidate_reward > 0.0 && self.candidate_reward >= self.incumbent_reward
     }
 }
 
@@ -260,6 +262,8 @@ mod tests {
 
         // Worse on held-out tasks: refused, nothing changes.
         assert!(matches!(registry.promote("a", gate(0.2, 0.3)).unwrap(), Promotion::Refused { .. }));
+        // Nothing solved on either side: no evidence, refused.
+        assert!(matches!(registry.promote("a", gate(0.0, 0.0)).unwrap(), Promotion::Refused { .. }));
         assert_eq!(registry.default_policy().unwrap(), None);
 
         assert!(matches!(registry.promote("a", gate(0.5, 0.3)).unwrap(), Promotion::Promoted { .. }));

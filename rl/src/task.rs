@@ -129,6 +129,10 @@ pub struct Task {
     /// The workspace's files when the episode starts, by relative path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// Tool calls that solved the task before (in other users' sessions): ActGuide-RL's
+    /// guidance, shown only when the policy cannot solve it alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::methods::actguide::Action>,
 }
 
 impl Task {
@@ -142,12 +146,26 @@ impl Task {
             verifier: Verifier::IntegerInRange { min: 2, max: 9, other_integer: 0.2 },
             tools: Vec::new(),
             files: BTreeMap::new(),
+            actions: Vec::new(),
         }
     }
 
     /// Whether the policy acts with tools (several turns) or replies once.
     pub fn is_agentic(&self) -> bool {
         !self.tools.is_empty()
+    }
+
+    /// The task with `hint` appended to its last user message (empty: unchanged).
+    pub fn with_hint(&self, hint: &str) -> Task {
+        let mut task = self.clone();
+        if hint.is_empty() {
+            return task;
+        }
+        match task.messages.iter_mut().rev().find(|m| m.role() == agent::engine::Role::User) {
+            Some(message) => message.content = format!("{}\n\n{hint}", message.content),
+            None => task.messages.push(ChatMessage::user(hint)),
+        }
+        task
     }
 }
 

@@ -23,8 +23,17 @@ pub struct TrainingSequence {
     pub mask: Vec<bool>,
     /// The logprob the engine sampled each trained token with, in order.
     pub engine_logprobs: Vec<f32>,
-    /// The advantage of this sequence (the same for all its tokens).
+    /// The advantage of this sequence (the same for all its tokens, unless
+    /// `token_advantages` says otherwise).
     pub advantage: f64,
+    /// One advantage per trained token, in order, where a method gives tokens different
+    /// ones (APPO's prefixes of branch points); empty: `advantage` for every token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_advantages: Vec<f64>,
+    /// The ratio's old policy for this sequence, where it differs from the trainer's
+    /// (ActGuide's guided samples are the behaviour policy's, not the trained prompt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_policy: Option<OldPolicy>,
 }
 
 impl TrainingSequence {
@@ -32,7 +41,12 @@ impl TrainingSequence {
     pub fn completion(prompt: &[u32], completion: &[u32], engine_logprobs: Vec<f32>, advantage: f64) -> Self {
         let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
         let mask = (0..tokens.len()).map(|i| i >= prompt.len()).collect();
-        Self { tokens, mask, engine_logprobs, advantage }
+        Self { tokens, mask, engine_logprobs, advantage, token_advantages: Vec::new(), old_policy: None }
+    }
+
+    /// The advantage of trained token `index`.
+    pub fn advantage_of(&self, index: usize) -> f64 {
+        self.token_advantages.get(index).copied().unwrap_or(self.advantage)
     }
 
     pub fn trained_tokens(&self) -> usize {
@@ -288,6 +302,13 @@ impl Trainer {
             if sequence.tokens.len() != sequence.mask.len() {
                 bail!("sequence {i} has {} tokens but a mask of {}", sequence.tokens.len(), sequence.mask.len());
             }
+            if !sequence.token_advantages.is_empty() && sequence.token_advantages.len() != sequence.trained_tokens() {
+                bail!(
+                    "sequence {i} has {} trained tokens but {} token advantages",
+                    sequence.trained_tokens(),
+                    sequence.token_advantages.len()
+                );
+            }
         }
         let masks: Vec<Vec<bool>> = sequences.iter().map(|s| s.mask.iter().skip(1).copied().collect()).collect();
         let weights = math::aggregation_weights(&masks, self.config.aggregation);
@@ -309,23 +330,24 @@ impl Trainer {
         for (tokens, at) in self.prepared_batches(sequences)? {
             let scored = policy.score(&tokens, &at.rows, &at.targets)?;
             let n = at.rows.len();
-            let advantages: Vec<f32> = at.owners.iter().map(|o| sequences[o.sequence].advantage as f32).collect();
+            let advantages: Vec<f32> = at.owners.iter().map(|o| sequences[o.sequence].advantage_of(o.index) as f32).collect();
             // Token weights of the aggregation: every mode is a weighted sum of token losses.
             let token_weights: Vec<f32> = at.owners.iter().map(|o| weights[o.sequence][o.position - 1] as f32).collect();
             let recomputed = scored.logprobs.detach();
-            let old = match self.config.old_policy {
-                OldPolicy::Recomputed => recomputed.clone(),
-                OldPolicy::Behaviour => {
-                    let mut values = Vec::with_capacity(n);
-                    for owner in &at.owners {
-                        let value = sequences[owner.sequence].engine_logprobs.get(owner.index).copied();
-                        values.push(value.ok_or_else(|| {
-                            anyhow::anyhow!("sequence {} lacks the engine's logprob of its trained token {}", owner.sequence, owner.index)
-                        })?);
-                    }
-                    Tensor::from_vec(values, n, &Device::Cpu)?
-                }
-            };
+            // Each token's old logprob: the trainer's recomputation, or the engine's for the
+            // sequences (or the whole update) whose ratio is against the behaviour policy.
+            let recomputed_values: Vec<f32> = recomputed.to_vec1()?;
+            let mut values = Vec::with_capacity(n);
+            for (k, owner) in at.owners.iter().enumerate() {
+                let sequence = &sequences[owner.sequence];
+                values.push(match sequence.old_policy.unwrap_or(self.config.old_policy) {
+                    OldPolicy::Recomputed => recomputed_values[k],
+                    OldPolicy::Behaviour => sequence.engine_logprobs.get(owner.index).copied().ok_or_else(|| {
+                        anyhow::anyhow!("sequence {} lacks the engine's logprob of its trained token {}", owner.sequence, owner.index)
+                    })?,
+                });
+            }
+            let old = Tensor::from_vec(values, n, &Device::Cpu)?;
             let advantage = Tensor::from_vec(advantages.clone(), n, &Device::Cpu)?;
             let ratio = (&scored.logprobs - &old)?.exp()?;
             let clip = self.config.clip;
@@ -338,7 +360,7 @@ impl Trainer {
                 loss = loss.minimum(&Tensor::from_vec(bounds, n, &Device::Cpu)?)?;
             }
             let old_values: Vec<f32> = old.to_vec1()?;
-            let current_values: Vec<f32> = recomputed.to_vec1()?;
+            let current_values = recomputed_values;
             if let Some(reference) = &reference {
                 let ref_values: Vec<f32> = at.owners.iter().map(|o| reference[o.sequence][o.index]).collect();
                 let ref_logprobs = Tensor::from_vec(ref_values.clone(), n, &Device::Cpu)?;
@@ -389,7 +411,15 @@ impl Trainer {
         stats.grad_norm = squared.sqrt();
         let factor = if stats.grad_norm > self.config.max_grad_norm { self.config.max_grad_norm / (stats.grad_norm + 1e-12) } else { 1.0 };
         let grads: Vec<Tensor> = grads.iter().map(|g| g * factor).collect::<candle_core::Result<_>>()?;
-        self.optimizer.update(&vars, &grads, &self.config)?;
+        if stats.grad_norm > 0.0 {
+            self.optimizer.update(&vars, &grads, &self.config)?;
+        } else {
+            // Nothing to learn (every group's rewards were equal): the adapters and moments
+            // stay as they are. AdamW's momentum and weight decay would otherwise move the
+            // policy anyway; measured on the default model, two such steps raised the KL to
+            // the base from 0.19 to 0.35. The step still counts.
+            self.optimizer.step += 1;
+        }
         stats.train_seconds = started.elapsed().as_secs_f64();
 
         // Metrics over the trained tokens.

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use agent::engine::{ChatMessage, Engine, Prompt};
 use agent::model;
 use rl::episode::{self, EpisodeEnd, EpisodeLimits};
+use rl::grpo::{GrpoConfig, GrpoRun, Method};
+use rl::methods::actguide::Action;
 use rl::policy::{BaseModel, LoraConfig};
 use rl::publish;
 use rl::rollout::{self, SamplingConfig};
@@ -25,6 +27,7 @@ fn read_task() -> Task {
         verifier: Verifier::Contains { text: "falcon".into() },
         tools: vec!["read".into(), "ls".into()],
         files: [("notes.txt".to_string(), "The code word is falcon.\n".to_string())].into(),
+        actions: Vec::new(),
     }
 }
 
@@ -44,7 +47,7 @@ async fn an_agent_episode_trains_on_its_own_replies_and_reads_tool_results_as_gi
 
     let task = read_task();
     let sampling = SamplingConfig { max_new_tokens: 40, temperature: 1.0 };
-    let limits = EpisodeLimits { max_turns: 3, max_tokens: 1024, result_chars: 200 };
+    let limits = EpisodeLimits { max_turns: 3, max_tokens: 1024, result_chars: 200, ..Default::default() };
     // The untrained model does not always call a tool; take the first episode that read
     // the file and replied again after reading it.
     let mut episodes = Vec::new();
@@ -111,5 +114,67 @@ async fn a_task_without_tools_samples_exactly_what_plain_rollouts_sample() {
         assert!(episode.sampled.iter().all(|s| *s));
         assert_eq!(episode.reward, task.verifier.reward(&sample.text));
         assert!(matches!(episode.end, EpisodeEnd::Answered | EpisodeEnd::Length));
+    }
+}
+
+/// A task no policy solves alone: the file's path is only in the reference plan, and the
+/// policy cannot list the workspace.
+fn hidden_file_task() -> Task {
+    Task {
+        id: "hidden-code-word".into(),
+        messages: vec![ChatMessage::user("A file holds a code word. Read it and answer with the code word.")],
+        verifier: Verifier::Contains { text: "falcon".into() },
+        tools: vec!["read".into()],
+        files: [("vault/zq-7731.txt".to_string(), "falcon\n".to_string())].into(),
+        actions: vec![Action { tool: "read".into(), arguments: r#"{"path": "vault/zq-7731.txt"}"#.into() }],
+    }
+}
+
+#[tokio::test]
+async fn actguide_role_agent_and_appo_steps_run_on_the_real_model_and_report_what_they_did() {
+    let base = Arc::new(BaseModel::load(&model_path()).unwrap());
+    for method in [Method::ActGuide, Method::RoleAgent, Method::Appo] {
+        let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
+        let config = GrpoConfig {
+            group_size: 2,
+            sampling: SamplingConfig { max_new_tokens: 32, temperature: 1.0 },
+            limits: EpisodeLimits { max_turns: 2, ..Default::default() },
+            method,
+            seed: 5,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = GrpoRun::start(trainer, config, "method", dir.path()).await.unwrap();
+        let tasks = match method {
+            Method::Appo => vec![Task::pick_a_number(), read_task()],
+            _ => vec![hidden_file_task(), read_task()],
+        };
+        let report = run.step(&tasks).await.unwrap();
+        eprintln!("{method:?}: {}", report.line());
+        let metric = |key: &str| report.method_metrics.get(key).copied();
+        assert!(report.trained_tokens > 0);
+        match method {
+            Method::ActGuide => {
+                // The hidden file's group earned nothing: it was searched and re-sampled
+                // with at most the one-step plan.
+                assert!(metric("hard_groups").unwrap() >= 1.0, "{:?}", report.method_metrics);
+                assert!(metric("probes").unwrap() >= 1.0);
+                assert!(metric("hint_length_sum").unwrap() <= metric("hard_groups").unwrap());
+            }
+            Method::Appo => {
+                // The single-reply task branched at two points; the agent task did not.
+                assert_eq!(metric("branch_points"), Some(2.0), "{:?}", report.method_metrics);
+                assert_eq!(metric("agent_tasks_without_branches"), Some(1.0));
+                assert!(metric("branch_reward_sum").unwrap() <= 2.0);
+            }
+            _ => {
+                // Every episode's reward was shaped (or kept), and each failure raised a
+                // task's weight above 1.
+                assert!(metric("shaped_reward_sum").is_some(), "{:?}", report.method_metrics);
+                let weights: Vec<f64> = (0..2).map(|t| metric(&format!("task_weight_{t}")).unwrap()).collect();
+                let failures = report.metrics.reward_min <= 0.0;
+                assert_eq!(weights.iter().any(|w| *w > 1.0), failures, "{weights:?}");
+            }
+        }
     }
 }

@@ -73,6 +73,15 @@ fn every_adapter_tensor_gets_a_gradient() {
     assert_eq!(first.tensors_with_gradient, first.tensors / 2, "{first:?}");
     let second = trainer.update(&sequences).unwrap();
     assert_eq!(second.tensors_with_gradient, second.tensors);
+
+    // A step whose groups teach nothing (every advantage 0) leaves the adapters alone;
+    // momentum and weight decay do not move them.
+    let before: Vec<Vec<f32>> = trainer.adapters.vars().iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let nothing: Vec<TrainingSequence> = sequences.iter().map(|s| TrainingSequence { advantage: 0.0, ..s.clone() }).collect();
+    let third = trainer.update(&nothing).unwrap();
+    assert_eq!((third.grad_norm, trainer.step()), (0.0, 3));
+    let after: Vec<Vec<f32>> = trainer.adapters.vars().iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+    assert!(before == after, "an update without signal moved the adapters");
 }
 
 /// The toy task's GRPO run of the issue, as a user would check it: the share of rewarded

@@ -11,7 +11,7 @@ use agent::engine::Engine;
 use agent::model;
 use agent::repack::{self, WeightFormat};
 use rl::episode::EpisodeLimits;
-use rl::grpo::{GrpoConfig, GrpoRun};
+use rl::grpo::{GrpoConfig, GrpoRun, Method};
 use rl::policy::{BaseModel, LoraConfig, LoraTarget};
 use rl::registry::{Gate, PolicyRegistry, PolicyState, Promotion};
 use rl::rollout::SamplingConfig;
@@ -196,6 +196,11 @@ pub struct TrainArgs {
     /// Tokens of an agent episode's whole sequence at most.
     #[arg(long, default_value_t = 1024)]
     max_episode_tokens: usize,
+    /// `grpo`, `actguide` (hard groups re-sampled with the shortest helpful prefix of the
+    /// task's `actions`), `role-agent` (predicted tool results shape rewards; failed tasks
+    /// are drawn more often) or `appo` (branches at uncertain tokens of single replies).
+    #[arg(long, default_value = "grpo")]
+    method: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The base model (default: the default model, fetched if absent).
@@ -286,7 +291,10 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         let config = TrainerConfig { learning_rate: args.lr, kl_coef: args.kl_coef, ..Default::default() };
         Trainer::new(base.clone(), lora, config, args.seed)?
     };
+    let method =
+        Method::parse(&args.method).with_context(|| format!("`{}` is not a method: grpo, actguide, role-agent or appo", args.method))?;
     let config = GrpoConfig {
+        method,
         group_size: args.group,
         sampling: SamplingConfig { max_new_tokens: args.max_new_tokens, temperature: 1.0 },
         limits: EpisodeLimits { max_turns: args.max_turns, max_tokens: args.max_episode_tokens, ..Default::default() },
@@ -395,7 +403,7 @@ async fn promote(
         }
         Promotion::Refused { id, gate } => {
             bail!(
-                "`{id}` stays a candidate: held-out reward {:.3} is below the incumbent's {:.3}",
+                "`{id}` stays a candidate: held-out reward {:.3} vs the incumbent's {:.3} (a candidate must solve something and do no worse)",
                 gate.candidate_reward,
                 gate.incumbent_reward
             )

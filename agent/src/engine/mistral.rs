@@ -412,6 +412,22 @@ impl Engine for MistralRsEngine {
         tokenize(&self.runner, Either::Right(text.to_string())).await
     }
 
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        let engine = self.runner.get_sender(None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let (sender, mut receiver) = mpsc::channel(1);
+        let request = Request::Detokenize(mistralrs::core::DetokenizationRequest {
+            tokens: tokens.to_vec(),
+            skip_special_tokens: true,
+            response: sender,
+        });
+        engine.send(request).await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))?;
+        match receiver.recv().await {
+            Some(Ok(text)) => Ok(text),
+            Some(Err(e)) => Err(EngineError::InvalidRequest(format!("the tokens cannot be decoded: {e}"))),
+            None => Err(EngineError::Unavailable("the engine dropped a detokenization".into())),
+        }
+    }
+
     async fn score(&self, prefix: &[u32], continuation: &[u32]) -> Result<Vec<f32>, EngineError> {
         if prefix.is_empty() {
             return Err(EngineError::InvalidRequest("scoring needs a non-empty prefix".into()));
@@ -498,6 +514,7 @@ impl MistralRsEngine {
             let picks = sampler.picks();
             choice.token_ids = picks.iter().map(|p| p.token).collect();
             choice.token_logprobs = picks.iter().map(|p| p.logprob).collect();
+            choice.token_entropies = picks.iter().map(|p| p.entropy).collect();
         }
         Ok(Generation { choices, usage })
     }

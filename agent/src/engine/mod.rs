@@ -228,6 +228,9 @@ pub struct Choice {
     /// Unlike `logprobs`, which follows the streamed text, this also covers tokens that
     /// print nothing (an end-of-turn token, half of a multi-byte character).
     pub token_logprobs: Vec<f32>,
+    /// The entropy of the distribution each of `token_ids` was drawn from, one per id
+    /// (where the backend knows them, as `token_logprobs`).
+    pub token_entropies: Vec<f32>,
 }
 
 /// Token counts of one request.
@@ -352,6 +355,12 @@ pub trait Engine: Send + Sync {
 
     /// The tokens of plain text, without the chat template or special tokens added.
     async fn tokenize_text(&self, _text: &str) -> Result<Vec<u32>, EngineError> {
+        Err(EngineError::InvalidRequest("this backend does not expose its tokenizer".into()))
+    }
+
+    /// The text of tokens, special tokens left out: what RL reads where it branches inside
+    /// a reply (the reply's text up to a token, a token's own text).
+    async fn detokenize(&self, _tokens: &[u32]) -> Result<String, EngineError> {
         Err(EngineError::InvalidRequest("this backend does not expose its tokenizer".into()))
     }
 }

@@ -227,6 +227,7 @@ impl Engine for OpenAiEngine {
                 logprobs: c.get("logprobs").filter(|l| !l.is_null()).map(parse_logprobs),
                 token_ids: Vec::new(),
                 token_logprobs: Vec::new(),
+                token_entropies: Vec::new(),
             })
             .collect();
         Ok(Generation { choices, usage: parse_usage(&response["usage"]).unwrap_or_default() })

@@ -28,6 +28,14 @@ pub struct SampledToken {
     pub token: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
+    /// The entropy (nats) of the distribution the token was drawn from, over the whole
+    /// vocabulary (0 where unknown): how unsure the policy was at this position.
+    pub entropy: f32,
+}
+
+/// `−Σ p·ln p` of the distribution with these unnormalized weights.
+fn entropy_of(weights: &[f32], total: f32) -> f32 {
+    weights.iter().filter(|w| **w > 0.0).map(|w| w / total).map(|p| -p * p.ln()).sum()
 }
 
 pub struct SeededSampler {
@@ -94,7 +102,7 @@ impl SeededSampler {
         let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0;
         if !(total.is_finite() && total > 0.0) {
             // Every token is masked or the logits are broken: fall back to greedy.
-            return SampledToken { token: argmax() as u32, logprob: 0.0, top: Vec::new() };
+            return SampledToken { token: argmax() as u32, logprob: 0.0, top: Vec::new(), entropy: 0.0 };
         }
         let top = if self.top_k == 0 {
             Vec::new()
@@ -105,7 +113,12 @@ impl SeededSampler {
         };
         if self.greedy {
             let chosen = argmax();
-            return SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln(), top };
+            return SampledToken {
+                token: chosen as u32,
+                logprob: (weights[chosen] / total).ln(),
+                top,
+                entropy: entropy_of(&weights, total),
+            };
         }
         // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.
         let mut order: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
@@ -130,7 +143,7 @@ impl SeededSampler {
                 break;
             }
         }
-        SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln(), top }
+        SampledToken { token: chosen as u32, logprob: (weights[chosen] / total).ln(), top, entropy: entropy_of(&weights, total) }
     }
 }
 
@@ -187,7 +200,7 @@ impl CustomLogitsProcessor for ForcedContinuation {
             // the token as outside the vocabulary.
             return Ok(logits.clone());
         }
-        let pick = SampledToken { token, logprob: log_softmax_at(&values, token as usize), top: Vec::new() };
+        let pick = SampledToken { token, logprob: log_softmax_at(&values, token as usize), top: Vec::new(), entropy: 0.0 };
         self.picks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(context.len(), pick);
         let mut forced = vec![f32::NEG_INFINITY; values.len()];
         forced[token as usize] = 0.0;
@@ -221,6 +234,7 @@ mod tests {
             let pick = sampler.sample(&logits, &mut rng);
             assert!(pick.token == 1 || pick.token == 2);
             assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-5);
+            assert!((pick.entropy - std::f32::consts::LN_2).abs() < 1e-5, "two equal tokens: ln 2");
         }
     }
 

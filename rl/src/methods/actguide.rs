@@ -12,7 +12,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::episode::Episode;
-use crate::trainer::TrainingSequence;
+use crate::trainer::{OldPolicy, TrainingSequence};
 
 /// Probes of the hint length at most.
 pub const MAX_PROBES: usize = 5;
@@ -79,7 +79,14 @@ where
 pub fn unguided_sequence(unguided_prompt: &[u32], guided: &Episode, advantage: f64) -> TrainingSequence {
     let tokens = unguided_prompt.iter().chain(&guided.tokens).copied().collect();
     let mask = std::iter::repeat_n(false, unguided_prompt.len()).chain(guided.sampled.iter().copied()).collect();
-    TrainingSequence { tokens, mask, engine_logprobs: guided.logprobs.clone(), advantage }
+    TrainingSequence {
+        tokens,
+        mask,
+        engine_logprobs: guided.logprobs.clone(),
+        advantage,
+        token_advantages: Vec::new(),
+        old_policy: Some(OldPolicy::Behaviour),
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +129,7 @@ mod tests {
             tokens: vec![10, 20, 11],
             sampled: vec![true, false, true],
             logprobs: vec![-0.1, -0.2],
+            entropies: vec![0.3, 0.3],
             turns: Vec::new(),
             answer: None,
             end: EpisodeEnd::Answered,
@@ -131,5 +139,6 @@ mod tests {
         assert_eq!(sequence.tokens, [1, 2, 3, 10, 20, 11]);
         assert_eq!(sequence.mask, [false, false, false, true, false, true]);
         assert_eq!(sequence.engine_logprobs, [-0.1, -0.2]);
+        assert_eq!(sequence.old_policy, Some(OldPolicy::Behaviour), "the ratio is against the guided behaviour");
     }
 }

@@ -71,13 +71,16 @@ pub fn branching_scores(entropy: &[f64], omega: &[f64], eligible: &[bool]) -> Ve
     zh.into_iter().zip(zo).map(|(z_entropy, z_ratio)| BranchScore { z_entropy, z_ratio, score: z_entropy * z_ratio }).collect()
 }
 
-/// The `budget` branch points of one rollout: the candidates with the highest scores (ties
-/// to the earlier token); without candidates, any eligible token by score; repeated in
-/// order until `budget` are taken. Empty when no token is eligible.
+/// The `budget` branch points of one rollout: the candidates with the highest scores;
+/// without candidates, any eligible token by score; ties go to the higher entropy, then to
+/// the earlier token (on-policy every Ω is 1, every score 0, and the entropy decides);
+/// repeated in order until `budget` are taken. Empty when no token is eligible.
 pub fn select_branch_points(scores: &[BranchScore], eligible: &[bool], budget: usize) -> Vec<usize> {
     let ranked = |filter: &dyn Fn(usize) -> bool| {
         let mut points: Vec<usize> = (0..scores.len()).filter(|&t| eligible[t] && filter(t)).collect();
-        points.sort_by(|&a, &b| scores[b].score.total_cmp(&scores[a].score).then(a.cmp(&b)));
+        points.sort_by(|&a, &b| {
+            scores[b].score.total_cmp(&scores[a].score).then(scores[b].z_entropy.total_cmp(&scores[a].z_entropy)).then(a.cmp(&b))
+        });
         points
     };
     let mut pool = ranked(&|t| scores[t].is_candidate());
@@ -167,6 +170,9 @@ mod tests {
         let flat: Vec<BranchScore> = scores.iter().map(|s| BranchScore { z_entropy: -1.0, ..*s }).collect();
         assert_eq!(select_branch_points(&flat, &eligible, 3), [1, 4, 0]);
         assert!(select_branch_points(&scores, &[false; 6], 2).is_empty());
+        // On-policy (every Ω equal, every score 0) the entropy ranks the tokens.
+        let on_policy = branching_scores(&entropy, &[1.0; 6], &eligible);
+        assert_eq!(select_branch_points(&on_policy, &eligible, 2), [1, 3]);
 
         // Two branch points, at 1 (BS 0.8) and 4 (BS 0.4): max 0.8, so weights 1 and 0.5.
         // u0: (1 + 0.9 + 1 + 0.5·0.9⁴)/2; u1: (2 + 1 + 0.5·0.9³)/2; u2: (1 + 1 + 0.5·0.81)/2;

@@ -210,4 +210,8 @@ impl Engine for ModelRouter {
     async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         self.current().tokenize_text(text).await
     }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        self.current().detokenize(tokens).await
+    }
 }

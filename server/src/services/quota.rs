@@ -231,6 +231,10 @@ impl Engine for MeteredEngine {
     async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         self.inner.tokenize_text(text).await
     }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        self.inner.detokenize(tokens).await
+    }
 }
 
 /// An engine for background work (the evolver): each call first waits until no user's
@@ -274,6 +278,10 @@ impl Engine for YieldingEngine {
 
     async fn tokenize_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         self.inner.tokenize_text(text).await
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        self.inner.detokenize(tokens).await
     }
 }
 
