@@ -728,6 +728,11 @@ pub fn compaction_split(history: &[ChatMessage]) -> usize {
     split
 }
 
+/// What a compacted history's summary starts with. ReSum training branches on the same
+/// phrase, so a policy trained to summarize at it meets it again where the runtime
+/// summarizes.
+pub const SUMMARY_PHRASE: &str = "Summary of progress so far:";
+
 /// Replaces the older part of `history` with a model-written summary when the context
 /// nears the window.
 async fn compact_if_needed(ctx: &TurnContext<'_>, history: &mut Vec<ChatMessage>, turn: &mut TurnState) -> Result<(), String> {
@@ -757,7 +762,7 @@ async fn compact_if_needed(ctx: &TurnContext<'_>, history: &mut Vec<ChatMessage>
     turn.usage.prompt_tokens += generation.usage.prompt_tokens;
     turn.usage.completion_tokens += generation.usage.completion_tokens;
     let summary = generation.text().to_string();
-    history.splice(..split, [ChatMessage::user(format!("[Summary of earlier steps] {summary}"))]);
+    history.splice(..split, [ChatMessage::user(format!("{SUMMARY_PHRASE} {summary}"))]);
     record(ctx, Event::Compaction { replaced_messages: split, summary }).await;
     Ok(())
 }

@@ -415,7 +415,7 @@ async fn compaction_summarizes_old_turns_and_keeps_calls_with_their_results() {
     };
     assert_eq!(summary, "Listed the workspace six times.");
     assert!(*replaced_messages > 10);
-    assert!(history[0].content.starts_with("[Summary of earlier steps]"));
+    assert!(history[0].content.starts_with(agent::agent_loop::SUMMARY_PHRASE));
     // Every kept tool result still has its call, and every kept call its result.
     for (i, message) in history.iter().enumerate() {
         if message.role() == Role::Tool {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::episode::Episode;
 use crate::harvest::{PreferencePair, RatedAnswer};
 use crate::task::{Task, Verifier};
+use crate::trainer::{OldPolicy, TrainingSequence};
 
 /// The formats `skillhive rl export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,39 @@ pub fn verl_agent_loop_row(task: &Task, episode: &Episode) -> Value {
         "num_turns": task.messages.len() + episode.turns.len() + tool_results,
         "metrics": { "generate_sequences": 0.0, "tool_calls": 0.0 },
         "extra_fields": { "task_id": task.id, "seed": episode.seed, "end": episode.end },
+    })
+}
+
+/// A sequence a method built (APPO's rollouts with per-token advantages, its branches and
+/// ReSum's, ActGuide's guided samples under the unguided prompt) in the same shape, so that
+/// a cluster trains on exactly what the method decided: the prompt is everything before
+/// the first trained token, the per-token advantages and the ratio's old policy ride in
+/// `extra_fields`.
+pub fn verl_sequence_row(task_id: &str, sequence: &TrainingSequence) -> Value {
+    let prompt_len = sequence.mask.iter().position(|m| *m).unwrap_or(sequence.tokens.len());
+    let mut trained = 0;
+    let (mut logprobs, mut advantages) = (Vec::new(), Vec::new());
+    for sampled in &sequence.mask[prompt_len..] {
+        if *sampled {
+            logprobs.push(sequence.engine_logprobs.get(trained).copied().unwrap_or(0.0) as f64);
+            advantages.push(sequence.advantage_of(trained));
+            trained += 1;
+        } else {
+            logprobs.push(0.0);
+            advantages.push(0.0);
+        }
+    }
+    let old_policy = match sequence.old_policy {
+        Some(OldPolicy::Behaviour) => "behaviour",
+        _ => "recomputed",
+    };
+    json!({
+        "prompt_ids": &sequence.tokens[..prompt_len],
+        "response_ids": &sequence.tokens[prompt_len..],
+        "response_mask": sequence.mask[prompt_len..].iter().map(|m| u8::from(*m)).collect::<Vec<_>>(),
+        "response_logprobs": logprobs,
+        "metrics": { "generate_sequences": 0.0, "tool_calls": 0.0 },
+        "extra_fields": { "task_id": task_id, "advantages": advantages, "old_policy": old_policy },
     })
 }
 
@@ -258,6 +292,23 @@ mod tests {
         assert_eq!(row["response_mask"], json!([1, 1, 0, 0, 1]));
         assert_eq!(row["response_logprobs"], json!([-0.5, -0.25, 0.0, 0.0, -1.0]), "tool tokens carry no logprob");
         assert_eq!(row["num_turns"], 4, "user, assistant, tool, assistant");
+        // A method's sequence: the prompt ends where training starts; advantages per token.
+        let sequence = TrainingSequence {
+            tokens: vec![1, 2, 3, 10, 20, 11],
+            mask: vec![false, false, false, true, false, true],
+            engine_logprobs: vec![-0.1, -0.2],
+            advantage: 0.5,
+            token_advantages: vec![0.75, 0.25],
+            old_policy: Some(OldPolicy::Behaviour),
+        };
+        let row = verl_sequence_row("t", &sequence);
+        check(
+            &row,
+            &[("prompt_ids.[]", "int"), ("response_ids.[]", "int"), ("response_mask.[]", "int"), ("response_logprobs.[]", "float")],
+        );
+        assert_eq!((row["prompt_ids"].clone(), row["response_mask"].clone()), (json!([1, 2, 3]), json!([1, 0, 1])));
+        assert_eq!(row["extra_fields"]["advantages"], json!([0.75, 0.0, 0.25]));
+        assert_eq!(row["extra_fields"]["old_policy"], "behaviour");
         // TRL's conversational preference format (DPO).
         let pair = PreferencePair { prompt: "q".into(), chosen: "4".into(), rejected: "5".into(), candidate: "c".into(), users: 2 };
         check(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::episode::{self, Episode, EpisodeEnd, EpisodeLimits};
 use crate::math::{self, AdvantageEstimator, StepMetrics};
 use crate::methods::role_agent::{self, FailureSampler};
-use crate::methods::{actguide, appo};
+use crate::methods::{actguide, appo, resum};
 use crate::policy::BaseModel;
 use crate::publish;
 use crate::rollout::{self, SamplingConfig};
@@ -34,6 +34,10 @@ pub enum Method {
     /// Role-Agent: tool calls predict their results (rewards shaped by the similarity),
     /// and failed tasks are drawn more often, with the failures most like them.
     RoleAgent,
+    /// ReSum: where a reply wrote the summarization phrase, a branch without it; at other
+    /// positions, a branch with it injected; each branch and its rollout get opposite
+    /// advantages for what the summary gained or lost (tasks with tools: plain GRPO, counted).
+    Resum,
     /// APPO: each group branches at its most uncertain content tokens; the branches'
     /// rewards raise or lower the advantage of the prefix they share with their rollout.
     /// Tasks with tools are trained as plain GRPO (branching inside an agent's reply is
@@ -48,6 +52,7 @@ impl Method {
             "actguide" => Some(Self::ActGuide),
             "role-agent" => Some(Self::RoleAgent),
             "appo" => Some(Self::Appo),
+            "resum" => Some(Self::Resum),
             _ => None,
         }
     }
@@ -69,9 +74,16 @@ pub struct GrpoConfig {
     pub keep_policies: usize,
     #[serde(default)]
     pub method: Method,
-    /// APPO's branch points per task and step.
+    /// Branch points per task and step: APPO's, and ReSum's injected phrases.
     #[serde(default = "default_branches")]
     pub branches: usize,
+    /// ReSum's summarization phrase.
+    #[serde(default = "default_phrase")]
+    pub phrase: String,
+}
+
+fn default_phrase() -> String {
+    resum::DEFAULT_PHRASE.to_string()
 }
 
 fn default_branches() -> usize {
@@ -89,6 +101,7 @@ impl Default for GrpoConfig {
             keep_policies: 2,
             method: Method::Grpo,
             branches: default_branches(),
+            phrase: default_phrase(),
         }
     }
 }
@@ -175,6 +188,18 @@ impl StepReport {
     }
 }
 
+/// One step's samples, as the method drew and scored them.
+pub struct Batch {
+    pub sequences: Vec<TrainingSequence>,
+    /// The index (in the step's tasks) of the task each sequence belongs to.
+    pub task_of: Vec<usize>,
+    /// Per group, the rewards the policy itself earned (before guidance or shaping).
+    pub groups: Vec<Vec<f64>>,
+    pub ends: Vec<EpisodeEnd>,
+    pub method_metrics: BTreeMap<String, f64>,
+    pub rollout_seconds: f64,
+}
+
 /// A training run: the trainer, and the engine serving its latest published policy.
 pub struct GrpoRun {
     pub trainer: Trainer,
@@ -230,11 +255,13 @@ impl GrpoRun {
         Ok(())
     }
 
-    /// One step over `tasks`: rollouts, the update, and publishing the new policy.
-    pub async fn step(&mut self, tasks: &[Task]) -> anyhow::Result<StepReport> {
-        let step = self.trainer.step() + 1;
+    /// The samples of step `step` over `tasks` as the configured method draws and scores
+    /// them, ready for the update (or for export), without updating anything but
+    /// Role-Agent's task weights.
+    pub async fn collect(&mut self, tasks: &[Task], step: u64) -> anyhow::Result<Batch> {
         let started = Instant::now();
         let mut sequences = Vec::new();
+        let mut task_of = Vec::new();
         let mut groups = Vec::new();
         let mut ends: Vec<EpisodeEnd> = Vec::new();
         let mut method_metrics = BTreeMap::new();
@@ -253,6 +280,7 @@ impl GrpoRun {
             limits.predict_observations = self.config.method == Method::RoleAgent;
             let mut episodes =
                 episode::run_group(self.engine.as_ref(), task, self.config.group_size, &self.config.sampling, &limits, group_seed).await?;
+            let measured: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
             let mut unguided_prompt = None;
             if self.config.method == Method::ActGuide && actguide::is_hard(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>()) {
                 *method_metrics.entry("hard_groups".into()).or_insert(0.0) += 1.0;
@@ -262,6 +290,8 @@ impl GrpoRun {
                     episodes = guided;
                 }
             }
+            // What the policy itself earned (unguided, unshaped): the step's measured rewards.
+            groups.push(measured);
             let rewards: Vec<f64> = match self.config.method {
                 Method::RoleAgent => episodes.iter().map(|e| role_agent_reward(e, &mut method_metrics)).collect(),
                 _ => episodes.iter().map(|e| e.reward).collect(),
@@ -273,13 +303,17 @@ impl GrpoRun {
                     sampler.record_failure(task_index, |a, b| role_agent::similarity(&prompt_of(a), &prompt_of(b)));
                 }
             }
-            if self.config.method == Method::Appo {
+            if matches!(self.config.method, Method::Appo | Method::Resum) {
                 if task.is_agentic() {
                     *method_metrics.entry("agent_tasks_without_branches".into()).or_insert(0.0) += 1.0;
                 } else {
-                    sequences.extend(self.appo_sequences(task, &episodes, group_seed, &mut method_metrics).await?);
+                    let branched = match self.config.method {
+                        Method::Appo => self.appo_sequences(task, &episodes, group_seed, &mut method_metrics).await?,
+                        _ => self.resum_sequences(task, &episodes, group_seed, &mut method_metrics).await?,
+                    };
+                    sequences.extend(branched);
+                    task_of.resize(sequences.len(), task_index);
                     ends.extend(episodes.iter().map(|e| e.end));
-                    groups.push(rewards);
                     continue;
                 }
             }
@@ -291,14 +325,20 @@ impl GrpoRun {
                 });
                 ends.push(episode.end);
             }
-            groups.push(rewards);
+            task_of.resize(sequences.len(), task_index);
         }
         if let Some(sampler) = &self.sampler {
             for (t, weight) in sampler.weights().iter().enumerate() {
                 method_metrics.insert(format!("task_weight_{t}"), *weight);
             }
         }
-        let rollout_seconds = started.elapsed().as_secs_f64();
+        Ok(Batch { sequences, task_of, groups, ends, method_metrics, rollout_seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// One step over `tasks`: rollouts, the update, and publishing the new policy.
+    pub async fn step(&mut self, tasks: &[Task]) -> anyhow::Result<StepReport> {
+        let step = self.trainer.step() + 1;
+        let Batch { sequences, groups, ends, method_metrics, rollout_seconds, .. } = self.collect(tasks, step).await?;
 
         let stats = self.trainer.update(&sequences)?;
 
@@ -447,6 +487,89 @@ impl GrpoRun {
                 sequence
             })
             .collect())
+    }
+}
+
+impl GrpoRun {
+    /// ReSum for one group of single replies. Natural points (the policy wrote the phrase)
+    /// branch without it: the reply up to the phrase, sampled on. Artifact points (seeded,
+    /// `branches` per group, one per rollout in turn) branch with it: the reply up to the
+    /// point, the phrase, sampled on. Each pair's advantages are opposite (the side with
+    /// the summary gains what the other lost) and apply from the branch point on; the
+    /// rollouts also keep their group advantage. A branch trains only its own sampled
+    /// tokens: the shared prefix is trained in its rollout, and the injected phrase in none.
+    async fn resum_sequences(
+        &self,
+        task: &Task,
+        episodes: &[Episode],
+        group_seed: u64,
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<Vec<TrainingSequence>> {
+        let phrase = self.engine.tokenize_text(&format!(" {}", self.config.phrase.trim())).await?;
+        let initial = math::group_advantages(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>(), self.config.estimator);
+        let mut token_advantages: Vec<Vec<f64>> = episodes.iter().zip(&initial).map(|(e, a)| vec![*a; e.tokens.len()]).collect();
+        let mut branches = Vec::new();
+        let mut artifacts_left = self.config.branches;
+        for (i, episode) in episodes.iter().enumerate() {
+            let naturals = resum::natural_points(&episode.tokens, &phrase);
+            let artifacts = if artifacts_left > 0 && episode.tokens.len() > 1 {
+                artifacts_left -= 1;
+                resum::artifact_points(1, episode.tokens.len(), &naturals, phrase.len(), 1, group_seed ^ i as u64)
+            } else {
+                Vec::new()
+            };
+            *metrics.entry("natural_points".into()).or_insert(0.0) += naturals.len() as f64;
+            *metrics.entry("artifact_points".into()).or_insert(0.0) += artifacts.len() as f64;
+            let points = naturals.iter().map(|p| (*p, true)).chain(artifacts.iter().map(|p| (*p, false)));
+            for (b, (point, natural)) in points.enumerate() {
+                // The branch's fixed part: the reply up to the point, with the phrase
+                // injected at an artifact point (a natural point drops it).
+                let mut fixed: Vec<u32> = episode.tokens[..point].to_vec();
+                if !natural {
+                    fixed.extend_from_slice(&phrase);
+                }
+                let prefix: Vec<u32> = episode.prompt.iter().chain(&fixed).copied().collect();
+                let remaining = self.config.sampling.max_new_tokens.saturating_sub(fixed.len()).max(1);
+                let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
+                let seed = group_seed ^ (((i as u64) << 40) | ((b as u64 + 1) << 32));
+                let sample = rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, seed).await?.remove(0);
+                let response: Vec<u32> = fixed.iter().chain(&sample.completion).copied().collect();
+                let text = self.engine.detokenize(&response).await?;
+                let reward = task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() });
+                let (with, without) =
+                    if natural { resum::paired_advantage(episode.reward, reward) } else { resum::paired_advantage(reward, episode.reward) };
+                let (rollout_side, branch_side) = if natural { (with, without) } else { (without, with) };
+                *metrics.entry("pair_gain_sum".into()).or_insert(0.0) += with;
+                for advantage in &mut token_advantages[i][point..] {
+                    *advantage += rollout_side;
+                }
+                if sample.completion.is_empty() {
+                    continue;
+                }
+                let tokens: Vec<u32> = prefix.iter().chain(&sample.completion).copied().collect();
+                let mask = (0..tokens.len()).map(|t| t >= prefix.len()).collect();
+                branches.push(TrainingSequence {
+                    tokens,
+                    mask,
+                    engine_logprobs: sample.logprobs,
+                    advantage: branch_side,
+                    token_advantages: Vec::new(),
+                    old_policy: None,
+                });
+            }
+        }
+        *metrics.entry("branches".into()).or_insert(0.0) += branches.len() as f64;
+        let mut sequences: Vec<TrainingSequence> = episodes
+            .iter()
+            .zip(token_advantages)
+            .zip(&initial)
+            .map(|((episode, advantages), advantage)| TrainingSequence {
+                token_advantages: advantages,
+                ..episode.training_sequence(*advantage)
+            })
+            .collect();
+        sequences.extend(branches);
+        Ok(sequences)
     }
 }
 

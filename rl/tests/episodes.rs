@@ -131,9 +131,9 @@ fn hidden_file_task() -> Task {
 }
 
 #[tokio::test]
-async fn actguide_role_agent_and_appo_steps_run_on_the_real_model_and_report_what_they_did() {
+async fn each_method_runs_a_step_on_the_real_model_and_reports_what_it_did() {
     let base = Arc::new(BaseModel::load(&model_path()).unwrap());
-    for method in [Method::ActGuide, Method::RoleAgent, Method::Appo] {
+    for method in [Method::ActGuide, Method::RoleAgent, Method::Appo, Method::Resum] {
         let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
         let config = GrpoConfig {
             group_size: 2,
@@ -146,7 +146,7 @@ async fn actguide_role_agent_and_appo_steps_run_on_the_real_model_and_report_wha
         let dir = tempfile::tempdir().unwrap();
         let mut run = GrpoRun::start(trainer, config, "method", dir.path()).await.unwrap();
         let tasks = match method {
-            Method::Appo => vec![Task::pick_a_number(), read_task()],
+            Method::Appo | Method::Resum => vec![Task::pick_a_number(), read_task()],
             _ => vec![hidden_file_task(), read_task()],
         };
         let report = run.step(&tasks).await.unwrap();
@@ -166,6 +166,13 @@ async fn actguide_role_agent_and_appo_steps_run_on_the_real_model_and_report_wha
                 assert_eq!(metric("branch_points"), Some(2.0), "{:?}", report.method_metrics);
                 assert_eq!(metric("agent_tasks_without_branches"), Some(1.0));
                 assert!(metric("branch_reward_sum").unwrap() <= 2.0);
+            }
+            Method::Resum => {
+                // Two injected phrases on the single-reply task (the untrained model never
+                // summarizes on its own), each a trained branch.
+                assert_eq!(metric("artifact_points"), Some(2.0), "{:?}", report.method_metrics);
+                assert_eq!(metric("branches"), Some(2.0 + metric("natural_points").unwrap()));
+                assert_eq!(metric("agent_tasks_without_branches"), Some(1.0));
             }
             _ => {
                 // Every episode's reward was shaped (or kept), and each failure raised a

@@ -101,6 +101,10 @@ pub enum RlCommand {
         /// Tokens per reply at most (`verl-agent-loop`).
         #[arg(long, default_value_t = 48)]
         max_new_tokens: usize,
+        /// The training method whose sequences to write (`verl-agent-loop`): `grpo` writes
+        /// episodes with their rewards; the others write what the method trains on.
+        #[arg(long, default_value = "grpo")]
+        method: String,
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
@@ -198,9 +202,13 @@ pub struct TrainArgs {
     max_episode_tokens: usize,
     /// `grpo`, `actguide` (hard groups re-sampled with the shortest helpful prefix of the
     /// task's `actions`), `role-agent` (predicted tool results shape rewards; failed tasks
-    /// are drawn more often) or `appo` (branches at uncertain tokens of single replies).
+    /// are drawn more often), `appo` (branches at uncertain tokens of single replies) or
+    /// `resum` (branches with and without the summarization phrase in single replies).
     #[arg(long, default_value = "grpo")]
     method: String,
+    /// Branch points per task and step (`appo`, `resum`).
+    #[arg(long, default_value_t = 2)]
+    branches: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The base model (default: the default model, fetched if absent).
@@ -218,8 +226,10 @@ pub async fn run(command: RlCommand) -> anyhow::Result<()> {
             let limits = EpisodeLimits { max_turns, ..Default::default() };
             promote(&id, &tasks, samples, max_new_tokens, &limits, &dir).await
         }
-        RlCommand::Export { format, tasks, harvest, min_users, samples, max_new_tokens, out, database } => {
-            let source = ExportSource { tasks: tasks.as_deref(), harvest, min_users, samples, max_new_tokens };
+        RlCommand::Export { format, tasks, harvest, min_users, samples, max_new_tokens, method, out, database } => {
+            let method =
+                Method::parse(&method).with_context(|| format!("`{method}` is not a method: grpo, actguide, role-agent, appo or resum"))?;
+            let source = ExportSource { tasks: tasks.as_deref(), harvest, min_users, samples, max_new_tokens, method };
             export(&format, &source, &out, &database).await
         }
         RlCommand::ImportPeft { dir, id, model, dir_args } => {
@@ -291,10 +301,11 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         let config = TrainerConfig { learning_rate: args.lr, kl_coef: args.kl_coef, ..Default::default() };
         Trainer::new(base.clone(), lora, config, args.seed)?
     };
-    let method =
-        Method::parse(&args.method).with_context(|| format!("`{}` is not a method: grpo, actguide, role-agent or appo", args.method))?;
+    let method = Method::parse(&args.method)
+        .with_context(|| format!("`{}` is not a method: grpo, actguide, role-agent, appo or resum", args.method))?;
     let config = GrpoConfig {
         method,
+        branches: args.branches,
         group_size: args.group,
         sampling: SamplingConfig { max_new_tokens: args.max_new_tokens, temperature: 1.0 },
         limits: EpisodeLimits { max_turns: args.max_turns, max_tokens: args.max_episode_tokens, ..Default::default() },
@@ -418,6 +429,7 @@ struct ExportSource<'a> {
     min_users: usize,
     samples: usize,
     max_new_tokens: usize,
+    method: Method,
 }
 
 async fn export(format: &str, source: &ExportSource<'_>, out: &Path, database: &crate::config::DatabaseArgs) -> anyhow::Result<()> {
@@ -455,6 +467,23 @@ async fn export(format: &str, source: &ExportSource<'_>, out: &Path, database: &
     };
     let rows: Vec<serde_json::Value> = match format {
         Format::Verl => tasks.iter().enumerate().map(|(i, task)| export::verl_row(task, i, "train")).collect(),
+        Format::VerlAgentLoop if source.method != Method::Grpo => {
+            // The method's own sequences, drawn from the base model as its first step would.
+            let path = base_model_path(&None).await?;
+            let base = Arc::new(BaseModel::load(&path)?);
+            let trainer = Trainer::new(base, LoraConfig::default(), TrainerConfig::default(), 0)?;
+            let config = GrpoConfig {
+                method: source.method,
+                group_size: source.samples,
+                sampling: SamplingConfig { max_new_tokens: source.max_new_tokens, temperature: 1.0 },
+                ..Default::default()
+            };
+            let scratch = tempfile::tempdir()?;
+            let mut run = GrpoRun::start(trainer, config, "export", scratch.path()).await?;
+            let batch = run.collect(&tasks, 1).await?;
+            eprintln!("{} sequence(s); {:?}", batch.sequences.len(), batch.method_metrics);
+            batch.sequences.iter().zip(&batch.task_of).map(|(sequence, t)| export::verl_sequence_row(&tasks[*t].id, sequence)).collect()
+        }
         Format::VerlAgentLoop => {
             let path = base_model_path(&None).await?;
             let engine = load_engine(&path, "base").await?;
@@ -555,7 +584,7 @@ mod tests {
 
         for format in ["verl", "trl-grpo", "trl-sft", "trl-kto", "trl-dpo"] {
             let out = dir.path().join(format!("{format}.jsonl"));
-            let source = ExportSource { tasks: None, harvest: true, min_users: 3, samples: 1, max_new_tokens: 8 };
+            let source = ExportSource { tasks: None, harvest: true, min_users: 3, samples: 1, max_new_tokens: 8, method: Method::Grpo };
             export(format, &source, &out, &database).await.unwrap();
             let text = std::fs::read_to_string(&out).unwrap();
             let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

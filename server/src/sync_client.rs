@@ -314,9 +314,14 @@ impl SyncClient {
     }
 
     /// Syncs, then again after every change the server announces, until stopped.
+    ///
+    /// The client subscribes before it syncs: a publication between the two is then in
+    /// the sync or announced on the stream, never lost (syncing first and subscribing
+    /// after missed one that landed in between). A reconnection the server cannot resume
+    /// from (no event id yet) syncs again for the same reason.
     pub async fn watch(&self) -> anyhow::Result<()> {
-        self.sync_once().await?.print();
         let mut last_event: Option<String> = None;
+        let mut first = true;
         loop {
             let mut request = self.http.get(self.url("/api/sync/events")).bearer_auth(&self.options.token);
             if let Some(id) = &last_event {
@@ -324,6 +329,16 @@ impl SyncClient {
             }
             match request.send().await.map_err(anyhow::Error::from).and_then(|r| Ok(r.error_for_status()?)) {
                 Ok(response) => {
+                    if first || last_event.is_none() {
+                        match self.sync_once().await {
+                            Ok(report) => report.print(),
+                            // The first pass's errors (a wrong token, an unreachable server) end
+                            // the watch; later ones are reported and retried.
+                            Err(e) if first => return Err(e),
+                            Err(e) => eprintln!("sync failed: {e:#}"),
+                        }
+                        first = false;
+                    }
                     let mut body = response.bytes_stream();
                     let mut buffer = String::new();
                     while let Some(chunk) = body.next().await {
@@ -344,7 +359,15 @@ impl SyncClient {
                         }
                     }
                 }
-                Err(e) => eprintln!("cannot follow {}: {e:#}; retrying", self.options.server),
+                Err(e) => {
+                    if first {
+                        // Without the event stream the first pass still runs, and its
+                        // errors still end the watch.
+                        self.sync_once().await?.print();
+                        first = false;
+                    }
+                    eprintln!("cannot follow {}: {e:#}; retrying", self.options.server);
+                }
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }

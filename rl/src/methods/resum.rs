@@ -13,8 +13,9 @@ use rand::SeedableRng;
 
 use crate::rollout::PrefixEdit;
 
-/// The phrase the runtime's compaction and ReSum's branches share by default.
-pub const DEFAULT_PHRASE: &str = "Summary of progress so far:";
+/// The phrase ReSum's branches use by default: the one the runtime's compaction starts its
+/// summaries with.
+pub const DEFAULT_PHRASE: &str = agent::agent_loop::SUMMARY_PHRASE;
 
 /// Positions where `phrase` starts in `tokens`, left to right, not overlapping.
 pub fn natural_points(tokens: &[u32], phrase: &[u32]) -> Vec<usize> {
