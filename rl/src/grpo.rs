@@ -188,6 +188,9 @@ impl StepReport {
     }
 }
 
+/// Where Role-Agent's task weights are saved in a checkpoint.
+const SAMPLER_FILE: &str = "role-agent-sampler.json";
+
 /// One step's samples, as the method drew and scored them.
 pub struct Batch {
     pub sequences: Vec<TrainingSequence>,
@@ -230,6 +233,24 @@ impl GrpoRun {
         })
     }
 
+    /// Saves the method's own state beside the trainer's checkpoint in `dir` (Role-Agent's
+    /// task weights; nothing for the other methods).
+    pub fn save_method_state(&self, dir: &Path) -> anyhow::Result<()> {
+        if let Some(sampler) = &self.sampler {
+            std::fs::write(dir.join(SAMPLER_FILE), serde_json::to_vec(sampler)?)?;
+        }
+        Ok(())
+    }
+
+    /// Restores what [`GrpoRun::save_method_state`] saved, if anything.
+    pub fn load_method_state(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(SAMPLER_FILE);
+        if path.exists() {
+            self.sampler = Some(serde_json::from_slice(&std::fs::read(&path)?)?);
+        }
+        Ok(())
+    }
+
     /// The engine serving the current policy.
     pub fn engine(&self) -> Arc<dyn Engine> {
         self.engine.clone()
@@ -268,8 +289,14 @@ impl GrpoRun {
         // Role-Agent draws the step's tasks by their failure weights; the others take each once.
         let drawn: Vec<usize> = match self.config.method {
             Method::RoleAgent => {
-                let seed = self.config.seed ^ step;
-                self.sampler.get_or_insert_with(|| FailureSampler::new(tasks.len(), seed)).draw(tasks.len())
+                let sampler = self.sampler.get_or_insert_with(|| FailureSampler::new(tasks.len()));
+                anyhow::ensure!(
+                    sampler.weights().len() == tasks.len(),
+                    "the run's task weights cover {} tasks, not {}: resume it with the same tasks",
+                    sampler.weights().len(),
+                    tasks.len()
+                );
+                sampler.draw(tasks.len(), self.config.seed ^ step)
             }
             _ => (0..tasks.len()).collect(),
         };

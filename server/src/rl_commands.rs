@@ -313,6 +313,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut run = GrpoRun::start(trainer, config, &args.run, &run_dir.scratch()).await?;
+    run.load_method_state(&checkpoint)?;
 
     let bar = indicatif::ProgressBar::new(args.steps);
     bar.set_style(
@@ -322,6 +323,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     for _ in 0..args.steps {
         let report = run.step(&tasks).await?;
         run.trainer.save_checkpoint(&checkpoint)?;
+        run.save_method_state(&checkpoint)?;
         run_dir.record(&report)?;
         // Without a terminal the bar draws nothing, and neither would its println.
         if bar.is_hidden() {

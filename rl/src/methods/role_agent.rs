@@ -13,6 +13,7 @@ use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// λ: how much a perfect prediction adds to the reward (as a fraction of it).
@@ -63,17 +64,18 @@ pub fn shaped_reward(reward: f64, predictions: &[(Option<String>, String)], lamb
     reward * (1.0 + lambda * sims.iter().sum::<f64>() / sims.len() as f64)
 }
 
-/// Failure-driven task sampling.
+/// Failure-driven task sampling. Its state (weights and history) is plain data, saved with
+/// a run's checkpoint, so that a resumed run draws what the uninterrupted one would have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureSampler {
     weights: Vec<f64>,
     history: VecDeque<usize>,
-    rng: StdRng,
 }
 
 impl FailureSampler {
-    /// `tasks` tasks, each of weight 1, and draws seeded by `seed`.
-    pub fn new(tasks: usize, seed: u64) -> Self {
-        Self { weights: vec![1.0; tasks], history: VecDeque::new(), rng: StdRng::seed_from_u64(seed) }
+    /// `tasks` tasks, each of weight 1.
+    pub fn new(tasks: usize) -> Self {
+        Self { weights: vec![1.0; tasks], history: VecDeque::new() }
     }
 
     pub fn weights(&self) -> &[f64] {
@@ -101,10 +103,12 @@ impl FailureSampler {
         }
     }
 
-    /// `n` task indices drawn with replacement, in proportion to the weights.
-    pub fn draw(&mut self, n: usize) -> Vec<usize> {
+    /// `n` task indices drawn with replacement, in proportion to the weights, seeded by
+    /// `seed` (a run passes its seed and step).
+    pub fn draw(&self, n: usize, seed: u64) -> Vec<usize> {
         let Ok(distribution) = WeightedIndex::new(&self.weights) else { return Vec::new() };
-        (0..n).map(|_| distribution.sample(&mut self.rng)).collect()
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| distribution.sample(&mut rng)).collect()
     }
 }
 
@@ -136,7 +140,7 @@ mod tests {
     fn agent_in_world_raises_failed_and_similar_tasks() {
         let prompts = ["count rows of a.csv", "count rows of b.csv", "sum qty in c.csv", "rename d.txt"];
         let sim = |a: usize, b: usize| similarity(prompts[a], prompts[b]);
-        let mut sampler = FailureSampler::new(4, 7);
+        let mut sampler = FailureSampler::new(4);
         sampler.record_failure(0, sim);
         assert_eq!(sampler.weights(), &[1.15, 1.0, 1.0, 1.0]);
         sampler.record_failure(3, sim);
@@ -150,16 +154,19 @@ mod tests {
             assert!((w - e).abs() < 1e-12, "{:?} vs {expected:?}", sampler.weights());
         }
         // Draws follow the weights and repeat under the same seed.
-        let draws = sampler.draw(2000);
+        let draws = sampler.draw(2000, 7);
         let share_of = |t: usize| draws.iter().filter(|d| **d == t).count() as f64 / 2000.0;
         let total: f64 = expected.iter().sum();
         for (t, weight) in expected.iter().enumerate() {
             assert!((share_of(t) - weight / total).abs() < 0.04, "task {t}: {} vs {}", share_of(t), weight / total);
         }
-        let mut again = FailureSampler::new(4, 7);
+        let mut again = FailureSampler::new(4);
         for t in [0, 3, 1] {
             again.record_failure(t, sim);
         }
-        assert_eq!(again.draw(2000), draws);
+        assert_eq!(again.draw(2000, 7), draws);
+        // Saved and restored (a checkpoint), it draws the same.
+        let restored: FailureSampler = serde_json::from_str(&serde_json::to_string(&sampler).unwrap()).unwrap();
+        assert_eq!(restored.draw(2000, 7), draws);
     }
 }
