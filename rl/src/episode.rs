@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 
 use agent::agent_loop::{self, AgentConfig, StaticSkills};
 use agent::engine::tool_protocol::{self, ParsedReply};
-use agent::engine::{ChatMessage, Engine, FinishReason, GenerationRequest, Prompt, Role, ToolCall, ToolChoice, ToolSpec};
+use agent::engine::{ChatMessage, Engine, FinishReason, Prompt, Role, ToolCall, ToolChoice, ToolSpec};
 use agent::workspace::Workspace;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{sample_seed, SamplingConfig};
+use crate::rollout::{self, sample_seed, SamplingConfig};
 use crate::task::{Outcome, Task};
 use crate::trainer::TrainingSequence;
 
@@ -171,18 +171,9 @@ pub async fn run_episode(
             episode.end = EpisodeEnd::ContextLimit;
             break;
         }
-        let mut request = GenerationRequest::new(Prompt::Tokens(context.clone()), sampling.max_new_tokens);
-        request.temperature = Some(sampling.temperature);
-        request.seed = Some(if turn == 0 { seed } else { sample_seed(seed, turn) });
-        request.logprobs = Some(0);
-        request.json_schema = Some(reply_schema(&tools, limits.predict_observations));
-        let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
-        anyhow::ensure!(
-            choice.token_logprobs.len() == choice.token_ids.len(),
-            "the engine returned {} token ids but {} logprobs",
-            choice.token_ids.len(),
-            choice.token_logprobs.len()
-        );
+        let turn_seed = if turn == 0 { seed } else { sample_seed(seed, turn) };
+        let schema = reply_schema(&tools, limits.predict_observations);
+        let choice = rollout::sample_one(engine, context, sampling, turn_seed, Some(schema)).await?;
         episode.push(&choice.token_ids, Some((&choice.token_logprobs, &choice.token_entropies)));
         if choice.finish_reason == Some(FinishReason::Length) {
             episode.turns.push(Turn { text: choice.text, call: None, result: None });
@@ -233,17 +224,7 @@ pub async fn run_episode(
 /// A task without tools: one reply, unconstrained, whose whole text is the answer.
 async fn single_reply(engine: &dyn Engine, task: &Task, sampling: &SamplingConfig, seed: u64) -> anyhow::Result<Episode> {
     let prompt = engine.tokenize(&Prompt::Messages(task.messages.clone())).await?;
-    let mut request = GenerationRequest::new(Prompt::Tokens(prompt.clone()), sampling.max_new_tokens);
-    request.temperature = Some(sampling.temperature);
-    request.seed = Some(seed);
-    request.logprobs = Some(0);
-    let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
-    anyhow::ensure!(
-        choice.token_logprobs.len() == choice.token_ids.len(),
-        "the engine returned {} token ids but {} logprobs",
-        choice.token_ids.len(),
-        choice.token_logprobs.len()
-    );
+    let choice = rollout::sample_one(engine, prompt.clone(), sampling, seed, None).await?;
     let end = if choice.finish_reason == Some(FinishReason::Length) { EpisodeEnd::Length } else { EpisodeEnd::Answered };
     let reward = task.verifier.score(&Outcome { answer: Some(&choice.text), ..Outcome::default() });
     Ok(Episode {

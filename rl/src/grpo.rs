@@ -17,7 +17,7 @@ use crate::methods::role_agent::{self, FailureSampler};
 use crate::methods::{actguide, appo, resum};
 use crate::policy::BaseModel;
 use crate::publish;
-use crate::rollout::{self, SamplingConfig};
+use crate::rollout::{self, Sample, SamplingConfig};
 use crate::task::{Outcome, Task};
 use crate::trainer::{Trainer, TrainingSequence};
 
@@ -443,6 +443,20 @@ impl GrpoRun {
 }
 
 impl GrpoRun {
+    /// A branch of a single reply (APPO's and ReSum's): the reply's first tokens `fixed`,
+    /// sampled on within the reply's token budget, and the reward of the whole reply.
+    /// Returns the branch's prefix (prompt and `fixed`) and its sample with the reward.
+    async fn sample_branch(&self, task: &Task, prompt: &[u32], fixed: &[u32], seed: u64) -> anyhow::Result<(Vec<u32>, Sample, f64)> {
+        let prefix: Vec<u32> = prompt.iter().chain(fixed).copied().collect();
+        let remaining = self.config.sampling.max_new_tokens.saturating_sub(fixed.len()).max(1);
+        let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
+        let sample = rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, seed).await?.remove(0);
+        let response: Vec<u32> = fixed.iter().chain(&sample.completion).copied().collect();
+        let text = self.engine.detokenize(&response).await?;
+        let reward = task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() });
+        Ok((prefix, sample, reward))
+    }
+
     /// APPO for one group of single replies: branch points across the group (z-scored
     /// entropy times z-scored discounted ratio, within each rollout; the top `branches`),
     /// one continuation sampled from each, and the initial rollouts' token advantages from
@@ -479,14 +493,9 @@ impl GrpoRun {
         for (b, &point) in points.iter().enumerate() {
             let (i, t) = owners[point];
             let episode = &episodes[i];
-            let prefix: Vec<u32> = episode.prompt.iter().chain(&episode.tokens[..=t]).copied().collect();
-            let remaining = self.config.sampling.max_new_tokens.saturating_sub(t + 1).max(1);
-            let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
-            let sample =
-                rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, group_seed ^ ((b as u64 + 1) << 32)).await?.remove(0);
-            let response: Vec<u32> = episode.tokens[..=t].iter().chain(&sample.completion).copied().collect();
-            let text = self.engine.detokenize(&response).await?;
-            branch_rewards.push(task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() }));
+            let seed = group_seed ^ ((b as u64 + 1) << 32);
+            let (_, _, reward) = self.sample_branch(task, &episode.prompt, &episode.tokens[..=t], seed).await?;
+            branch_rewards.push(reward);
         }
         if !branch_rewards.is_empty() {
             *metrics.entry("branch_reward_sum".into()).or_insert(0.0) += branch_rewards.iter().sum::<f64>();
@@ -555,14 +564,8 @@ impl GrpoRun {
                 if !natural {
                     fixed.extend_from_slice(&phrase);
                 }
-                let prefix: Vec<u32> = episode.prompt.iter().chain(&fixed).copied().collect();
-                let remaining = self.config.sampling.max_new_tokens.saturating_sub(fixed.len()).max(1);
-                let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
                 let seed = group_seed ^ (((i as u64) << 40) | ((b as u64 + 1) << 32));
-                let sample = rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, seed).await?.remove(0);
-                let response: Vec<u32> = fixed.iter().chain(&sample.completion).copied().collect();
-                let text = self.engine.detokenize(&response).await?;
-                let reward = task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() });
+                let (prefix, sample, reward) = self.sample_branch(task, &episode.prompt, &fixed, seed).await?;
                 let (with, without) =
                     if natural { resum::paired_advantage(episode.reward, reward) } else { resum::paired_advantage(reward, episode.reward) };
                 let (rollout_side, branch_side) = if natural { (with, without) } else { (without, with) };

@@ -2,7 +2,7 @@
 //! by the engine's own chat template, every sample continues from those exact tokens with
 //! its own seed, and comes back as token ids with the logprobs it was sampled with.
 
-use agent::engine::{Engine, FinishReason, GenerationRequest, Prompt};
+use agent::engine::{Choice, Engine, FinishReason, GenerationRequest, Prompt};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,30 @@ pub fn sample_seed(group_seed: u64, index: usize) -> u64 {
     group_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64)
 }
 
+/// One seeded sample continuing `prompt` (under `json_schema` when given), checked to
+/// carry one logprob per token id: every rollout, episode turn and branch draws through it.
+pub async fn sample_one(
+    engine: &dyn Engine,
+    prompt: Vec<u32>,
+    sampling: &SamplingConfig,
+    seed: u64,
+    json_schema: Option<serde_json::Value>,
+) -> anyhow::Result<Choice> {
+    let mut request = GenerationRequest::new(Prompt::Tokens(prompt), sampling.max_new_tokens);
+    request.temperature = Some(sampling.temperature);
+    request.seed = Some(seed);
+    request.logprobs = Some(0);
+    request.json_schema = json_schema;
+    let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
+    anyhow::ensure!(
+        choice.token_logprobs.len() == choice.token_ids.len(),
+        "the engine returned {} token ids but {} logprobs",
+        choice.token_ids.len(),
+        choice.token_logprobs.len()
+    );
+    Ok(choice)
+}
+
 /// `group` samples continuing `prompt`, sent together so that the engine batches them.
 pub async fn sample_group(
     engine: &dyn Engine,
@@ -49,24 +73,12 @@ pub async fn sample_group(
 ) -> anyhow::Result<Vec<Sample>> {
     let requests = (0..group).map(|index| {
         let seed = sample_seed(group_seed, index);
-        let mut request = GenerationRequest::new(Prompt::Tokens(prompt.to_vec()), sampling.max_new_tokens);
-        request.temperature = Some(sampling.temperature);
-        request.seed = Some(seed);
-        request.logprobs = Some(0);
         async move {
-            let generation = engine.generate(request).await?;
-            let choice = generation.choices.into_iter().next().context("the engine returned no choice")?;
-            let logprobs = choice.token_logprobs;
-            anyhow::ensure!(
-                logprobs.len() == choice.token_ids.len(),
-                "the engine returned {} token ids but {} logprobs",
-                choice.token_ids.len(),
-                logprobs.len()
-            );
+            let choice = sample_one(engine, prompt.to_vec(), sampling, seed, None).await?;
             Ok::<_, anyhow::Error>(Sample {
                 seed,
                 completion: choice.token_ids,
-                logprobs,
+                logprobs: choice.token_logprobs,
                 text: choice.text,
                 finish_reason: choice.finish_reason,
             })
