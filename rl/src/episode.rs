@@ -103,6 +103,26 @@ impl Episode {
         TrainingSequence { tokens, mask, engine_logprobs: self.logprobs.clone(), advantage, token_advantages: Vec::new(), old_policy: None }
     }
 
+    /// The token ranges of the policy's replies, in order: each reply is one run of
+    /// sampled tokens, and tool results (never empty) stand between them.
+    pub fn reply_spans(&self) -> Vec<std::ops::Range<usize>> {
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, sampled) in self.sampled.iter().enumerate() {
+            match spans.last_mut() {
+                Some(span) if *sampled && span.end == i => span.end = i + 1,
+                _ if *sampled => spans.push(i..i + 1),
+                _ => {}
+            }
+        }
+        spans
+    }
+
+    /// The position in `tokens` of each sampled token, in order: trained token `k` is
+    /// `tokens[sampled_positions()[k]]`.
+    pub fn sampled_positions(&self) -> Vec<usize> {
+        self.sampled.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i).collect()
+    }
+
     pub fn calls(&self) -> Vec<ToolCall> {
         self.turns.iter().filter_map(|turn| turn.call.clone()).collect()
     }
@@ -140,8 +160,75 @@ pub async fn run_episode(
     limits: &EpisodeLimits,
     seed: u64,
 ) -> anyhow::Result<Episode> {
+    drive(engine, task, sampling, limits, seed, None).await
+}
+
+/// An episode that left another at one of its replies: APPO's and ReSum's branches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    pub episode: Episode,
+    /// Tokens of `episode.tokens` taken from the source episode or an edit; the branch's
+    /// own samples start here.
+    pub fixed: usize,
+}
+
+impl Branch {
+    /// The sequence that trains the branch's own samples only, with `advantage`: the shared
+    /// prefix is trained in its source episode, and an edit (an injected phrase) in none.
+    pub fn training_sequence(&self, advantage: f64) -> TrainingSequence {
+        let episode = &self.episode;
+        let tokens = episode.prompt.iter().chain(&episode.tokens).copied().collect();
+        let mask: Vec<bool> = std::iter::repeat_n(false, episode.prompt.len())
+            .chain(episode.sampled.iter().enumerate().map(|(i, sampled)| *sampled && i >= self.fixed))
+            .collect();
+        let fixed_samples = episode.sampled[..self.fixed].iter().filter(|s| **s).count();
+        TrainingSequence {
+            tokens,
+            mask,
+            engine_logprobs: episode.logprobs[fixed_samples..].to_vec(),
+            advantage,
+            token_advantages: Vec::new(),
+            old_policy: None,
+        }
+    }
+}
+
+/// The episode `source` (of `task`) resumed at its reply `turn`, which now begins with
+/// `reply_prefix` and is sampled on from there with `seed`, under the same grammar; later
+/// turns are sampled as in any episode. Earlier turns are kept token for token, and their
+/// tool calls run again in a fresh workspace so that later tools see the files they left.
+pub async fn resume_episode(
+    engine: &dyn Engine,
+    task: &Task,
+    sampling: &SamplingConfig,
+    limits: &EpisodeLimits,
+    source: &Episode,
+    turn: usize,
+    reply_prefix: &[u32],
+    seed: u64,
+) -> anyhow::Result<Branch> {
+    let span = source.reply_spans().get(turn).cloned().with_context(|| format!("the episode has no reply {turn}"))?;
+    let episode = drive(engine, task, sampling, limits, seed, Some(Resume { source, turn, reply_prefix })).await?;
+    Ok(Branch { episode, fixed: span.start + reply_prefix.len() })
+}
+
+/// Where [`drive`] picks an episode up.
+struct Resume<'a> {
+    source: &'a Episode,
+    turn: usize,
+    reply_prefix: &'a [u32],
+}
+
+async fn drive(
+    engine: &dyn Engine,
+    task: &Task,
+    sampling: &SamplingConfig,
+    limits: &EpisodeLimits,
+    seed: u64,
+    resume: Option<Resume<'_>>,
+) -> anyhow::Result<Episode> {
     if !task.is_agentic() {
-        return single_reply(engine, task, sampling, seed).await;
+        return single_reply(engine, task, sampling, seed, resume.map(|r| r.reply_prefix).unwrap_or_default()).await;
     }
     let tools = offered_tools(&task.tools)?;
     let dir = tempfile::tempdir()?;
@@ -165,15 +252,34 @@ pub async fn run_episode(
     };
     let config = AgentConfig::default();
     let no_skills = StaticSkills::default();
-    for turn in 0..limits.max_turns {
+    let mut first_turn = 0;
+    let mut forced: &[u32] = &[];
+    if let Some(Resume { source, turn, reply_prefix }) = resume {
+        anyhow::ensure!(source.prompt == episode.prompt, "the episode to resume is not one of task {}", task.id);
+        let start = source.reply_spans().get(turn).with_context(|| format!("the episode has no reply {turn}"))?.start;
+        for earlier in &source.turns[..turn] {
+            let call = earlier.call.as_ref().context("only tool calls come before a later reply")?;
+            agent_loop::run_tool(&workspace, &no_skills, &config, call).await;
+            push_call(&mut conversation, call, earlier.result.clone().unwrap_or_default());
+            episode.turns.push(earlier.clone());
+        }
+        let samples = source.sampled[..start].iter().filter(|s| **s).count();
+        episode.tokens.extend_from_slice(&source.tokens[..start]);
+        episode.sampled.extend_from_slice(&source.sampled[..start]);
+        episode.logprobs.extend_from_slice(&source.logprobs[..samples]);
+        episode.entropies.extend_from_slice(&source.entropies[..samples.min(source.entropies.len())]);
+        first_turn = turn;
+        forced = reply_prefix;
+    }
+    for turn in first_turn..limits.max_turns {
         let context: Vec<u32> = episode.prompt.iter().chain(&episode.tokens).copied().collect();
         if context.len() + sampling.max_new_tokens > limits.max_tokens {
             episode.end = EpisodeEnd::ContextLimit;
             break;
         }
-        let turn_seed = if turn == 0 { seed } else { sample_seed(seed, turn) };
+        let turn_seed = if turn == first_turn { seed } else { sample_seed(seed, turn) };
         let schema = reply_schema(&tools, limits.predict_observations);
-        let choice = rollout::sample_one(engine, context, sampling, turn_seed, Some(schema)).await?;
+        let choice = rollout::sample_one(engine, context, std::mem::take(&mut forced), sampling, turn_seed, Some(schema)).await?;
         episode.push(&choice.token_ids, Some((&choice.token_logprobs, &choice.token_entropies)));
         if choice.finish_reason == Some(FinishReason::Length) {
             episode.turns.push(Turn { text: choice.text, call: None, result: None });
@@ -196,13 +302,7 @@ pub async fn run_episode(
                 let output = agent_loop::run_tool(&workspace, &no_skills, &config, &call).await;
                 let result = cut(&output.text, limits.result_chars);
                 let before = tokenize(engine, &conversation, &tools, limits.predict_observations).await?;
-                conversation.push(ChatMessage { role: Some(Role::Assistant), tool_calls: vec![call.clone()], ..Default::default() });
-                conversation.push(ChatMessage {
-                    role: Some(Role::Tool),
-                    content: result.clone(),
-                    tool_call_id: Some(call.id.clone()),
-                    ..Default::default()
-                });
+                push_call(&mut conversation, &call, result.clone());
                 let rendered = render(&conversation, &tools, limits.predict_observations);
                 let after = engine.tokenize(&Prompt::Messages(rendered.clone())).await?;
                 let reply = engine.tokenize_text(&rendered[rendered.len() - 2].content).await?;
@@ -221,10 +321,17 @@ pub async fn run_episode(
     Ok(episode)
 }
 
-/// A task without tools: one reply, unconstrained, whose whole text is the answer.
-async fn single_reply(engine: &dyn Engine, task: &Task, sampling: &SamplingConfig, seed: u64) -> anyhow::Result<Episode> {
+/// The conversation goes on with a tool call and what the tool returned.
+fn push_call(conversation: &mut Vec<ChatMessage>, call: &ToolCall, result: String) {
+    conversation.push(ChatMessage { role: Some(Role::Assistant), tool_calls: vec![call.clone()], ..Default::default() });
+    conversation.push(ChatMessage { role: Some(Role::Tool), content: result, tool_call_id: Some(call.id.clone()), ..Default::default() });
+}
+
+/// A task without tools: one reply, unconstrained, beginning with `forced`, whose whole
+/// text is the answer.
+async fn single_reply(engine: &dyn Engine, task: &Task, sampling: &SamplingConfig, seed: u64, forced: &[u32]) -> anyhow::Result<Episode> {
     let prompt = engine.tokenize(&Prompt::Messages(task.messages.clone())).await?;
-    let choice = rollout::sample_one(engine, prompt.clone(), sampling, seed, None).await?;
+    let choice = rollout::sample_one(engine, prompt.clone(), forced, sampling, seed, None).await?;
     let end = if choice.finish_reason == Some(FinishReason::Length) { EpisodeEnd::Length } else { EpisodeEnd::Answered };
     let reward = task.verifier.score(&Outcome { answer: Some(&choice.text), ..Outcome::default() });
     Ok(Episode {

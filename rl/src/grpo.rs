@@ -9,16 +9,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agent::engine::Engine;
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::episode::{self, Episode, EpisodeEnd, EpisodeLimits};
+use crate::episode::{self, Branch, Episode, EpisodeEnd, EpisodeLimits};
 use crate::math::{self, AdvantageEstimator, StepMetrics};
 use crate::methods::role_agent::{self, FailureSampler};
 use crate::methods::{actguide, appo, resum};
 use crate::policy::BaseModel;
 use crate::publish;
-use crate::rollout::{self, Sample, SamplingConfig};
-use crate::task::{Outcome, Task};
+use crate::rollout::SamplingConfig;
+use crate::task::Task;
 use crate::trainer::{Trainer, TrainingSequence};
 
 /// How a step collects and scores its samples: plain GRPO, or an agentic method on it.
@@ -331,18 +332,14 @@ impl GrpoRun {
                 }
             }
             if matches!(self.config.method, Method::Appo | Method::Resum) {
-                if task.is_agentic() {
-                    *method_metrics.entry("agent_tasks_without_branches".into()).or_insert(0.0) += 1.0;
-                } else {
-                    let branched = match self.config.method {
-                        Method::Appo => self.appo_sequences(task, &episodes, group_seed, &mut method_metrics).await?,
-                        _ => self.resum_sequences(task, &episodes, group_seed, &mut method_metrics).await?,
-                    };
-                    sequences.extend(branched);
-                    task_of.resize(sequences.len(), task_index);
-                    ends.extend(episodes.iter().map(|e| e.end));
-                    continue;
-                }
+                let branched = match self.config.method {
+                    Method::Appo => self.appo_sequences(task, &episodes, &limits, group_seed, &mut method_metrics).await?,
+                    _ => self.resum_sequences(task, &episodes, &limits, group_seed, &mut method_metrics).await?,
+                };
+                sequences.extend(branched);
+                task_of.resize(sequences.len(), task_index);
+                ends.extend(episodes.iter().map(|e| e.end));
+                continue;
             }
             let advantages = math::group_advantages(&rewards, self.config.estimator);
             for (episode, advantage) in episodes.iter().zip(advantages) {
@@ -443,47 +440,55 @@ impl GrpoRun {
 }
 
 impl GrpoRun {
-    /// A branch of a single reply (APPO's and ReSum's): the reply's first tokens `fixed`,
-    /// sampled on within the reply's token budget, and the reward of the whole reply.
-    /// Returns the branch's prefix (prompt and `fixed`) and its sample with the reward.
-    async fn sample_branch(&self, task: &Task, prompt: &[u32], fixed: &[u32], seed: u64) -> anyhow::Result<(Vec<u32>, Sample, f64)> {
-        let prefix: Vec<u32> = prompt.iter().chain(fixed).copied().collect();
-        let remaining = self.config.sampling.max_new_tokens.saturating_sub(fixed.len()).max(1);
-        let sampling = SamplingConfig { max_new_tokens: remaining, ..self.config.sampling.clone() };
-        let sample = rollout::sample_group(self.engine.as_ref(), &prefix, 1, &sampling, seed).await?.remove(0);
-        let response: Vec<u32> = fixed.iter().chain(&sample.completion).copied().collect();
-        let text = self.engine.detokenize(&response).await?;
-        let reward = task.verifier.score(&Outcome { answer: Some(text.trim()), ..Outcome::default() });
-        Ok((prefix, sample, reward))
+    /// A branch of `source` at its sampled token `position`: the reply holding it resumed
+    /// with its tokens up to `position` kept, or replaced by `reply_prefix` when given.
+    async fn branch(
+        &self,
+        task: &Task,
+        source: &Episode,
+        limits: &EpisodeLimits,
+        position: usize,
+        reply_prefix: Option<Vec<u32>>,
+        seed: u64,
+    ) -> anyhow::Result<Branch> {
+        let spans = source.reply_spans();
+        let turn = spans.iter().position(|span| span.contains(&position)).context("a branch point must be a token the policy sampled")?;
+        let reply_prefix = reply_prefix.unwrap_or_else(|| source.tokens[spans[turn].start..=position].to_vec());
+        episode::resume_episode(self.engine.as_ref(), task, &self.config.sampling, limits, source, turn, &reply_prefix, seed).await
     }
 
-    /// APPO for one group of single replies: branch points across the group (z-scored
-    /// entropy times z-scored discounted ratio, within each rollout; the top `branches`),
-    /// one continuation sampled from each, and the initial rollouts' token advantages from
-    /// both groups, scaled along the procedure. The rollouts are sampled by the policy being
-    /// trained, so the discounted ratio is 1 everywhere and the entropy ranks the points.
+    /// APPO for one group: branch points across the group (z-scored entropy times z-scored
+    /// discounted ratio over each rollout's own tokens; the top `branches`), one
+    /// continuation from each (in an agent episode, the rest of that reply and the turns
+    /// after it), and the initial rollouts' token advantages from both groups, scaled along
+    /// the procedure. Positions count the policy's tokens only: tool results are neither
+    /// branch points nor steps of the procedure. The rollouts are sampled by the policy
+    /// being trained, so the discounted ratio is 1 everywhere and the entropy ranks points.
     async fn appo_sequences(
         &self,
         task: &Task,
         episodes: &[Episode],
+        limits: &EpisodeLimits,
         group_seed: u64,
         metrics: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<Vec<TrainingSequence>> {
+        // (rollout, index among its sampled tokens) of every candidate position.
         let mut owners: Vec<(usize, usize)> = Vec::new();
         let mut scores = Vec::new();
         let mut eligible = Vec::new();
         for (i, episode) in episodes.iter().enumerate() {
-            let mut content = Vec::with_capacity(episode.tokens.len());
-            for (t, token) in episode.tokens.iter().enumerate() {
-                // The last token has nothing after it to branch into.
-                let last = t + 1 == episode.tokens.len();
-                content.push(!last && appo::is_content_token(&self.engine.detokenize(&[*token]).await?));
+            let positions = episode.sampled_positions();
+            // A reply's last token has nothing after it in the reply to branch into.
+            let reply_ends: Vec<usize> = episode.reply_spans().iter().map(|span| span.end - 1).collect();
+            let mut content = Vec::with_capacity(positions.len());
+            for &p in &positions {
+                content.push(!reply_ends.contains(&p) && appo::is_content_token(&self.engine.detokenize(&[episode.tokens[p]]).await?));
             }
-            let entropy: Vec<f64> = episode.entropies.iter().map(|h| *h as f64).collect();
-            let omega = vec![1.0; episode.tokens.len()];
+            let entropy: Vec<f64> = (0..positions.len()).map(|k| episode.entropies.get(k).copied().unwrap_or(0.0) as f64).collect();
+            let omega = vec![1.0; positions.len()];
             scores.extend(appo::branching_scores(&entropy, &omega, &content));
             eligible.extend(content);
-            owners.extend((0..episode.tokens.len()).map(|t| (i, t)));
+            owners.extend((0..positions.len()).map(|k| (i, k)));
         }
         let points = appo::select_branch_points(&scores, &eligible, self.config.branches);
         *metrics.entry("candidates".into()).or_insert(0.0) +=
@@ -491,11 +496,15 @@ impl GrpoRun {
         *metrics.entry("branch_points".into()).or_insert(0.0) += points.len() as f64;
         let mut branch_rewards = Vec::with_capacity(points.len());
         for (b, &point) in points.iter().enumerate() {
-            let (i, t) = owners[point];
-            let episode = &episodes[i];
+            let (i, k) = owners[point];
+            let source = &episodes[i];
+            let position = source.sampled_positions()[k];
+            if source.reply_spans().first().is_some_and(|first| !first.contains(&position)) {
+                *metrics.entry("branch_points_in_later_turns".into()).or_insert(0.0) += 1.0;
+            }
             let seed = group_seed ^ ((b as u64 + 1) << 32);
-            let (_, _, reward) = self.sample_branch(task, &episode.prompt, &episode.tokens[..=t], seed).await?;
-            branch_rewards.push(reward);
+            let branch = self.branch(task, source, limits, position, None, seed).await?;
+            branch_rewards.push(branch.episode.reward);
         }
         if !branch_rewards.is_empty() {
             *metrics.entry("branch_reward_sum".into()).or_insert(0.0) += branch_rewards.iter().sum::<f64>();
@@ -515,11 +524,12 @@ impl GrpoRun {
                         entry.1 += 1;
                     }
                 }
-                let branches: Vec<(usize, f64)> = at.iter().map(|(t, (sum, n, _))| (*t, sum / *n as f64)).collect();
-                let bs: Vec<(usize, f64)> = at.iter().map(|(t, (_, _, score))| (*t, *score)).collect();
-                let scaling = appo::procedure_scaling(episode.tokens.len(), &bs);
+                let branches: Vec<(usize, f64)> = at.iter().map(|(k, (sum, n, _))| (*k, sum / *n as f64)).collect();
+                let bs: Vec<(usize, f64)> = at.iter().map(|(k, (_, _, score))| (*k, *score)).collect();
+                let trained = episode.sampled_positions().len();
+                let scaling = appo::procedure_scaling(trained, &bs);
                 let mut sequence = episode.training_sequence(initial[i]);
-                sequence.token_advantages = appo::initial_token_advantages(initial[i], episode.tokens.len(), &branches, &scaling);
+                sequence.token_advantages = appo::initial_token_advantages(initial[i], trained, &branches, &scaling);
                 sequence
             })
             .collect())
@@ -527,30 +537,48 @@ impl GrpoRun {
 }
 
 impl GrpoRun {
-    /// ReSum for one group of single replies. Natural points (the policy wrote the phrase)
-    /// branch without it: the reply up to the phrase, sampled on. Artifact points (seeded,
-    /// `branches` per group, one per rollout in turn) branch with it: the reply up to the
-    /// point, the phrase, sampled on. Each pair's advantages are opposite (the side with
-    /// the summary gains what the other lost) and apply from the branch point on; the
-    /// rollouts also keep their group advantage. A branch trains only its own sampled
-    /// tokens: the shared prefix is trained in its rollout, and the injected phrase in none.
+    /// ReSum for one group. Natural points (the policy wrote the phrase) branch without
+    /// it: the reply up to the phrase, sampled on. Artifact points (seeded, `branches` per
+    /// group, one per rollout in turn) branch with it: the reply up to the point, the
+    /// phrase, sampled on. In an agent episode the phrase can only stand where the tool
+    /// grammar takes free text, so artifact points lie inside the final answer's text.
+    /// Each pair's advantages are opposite (the side with the summary gains what the other
+    /// lost) and apply from the branch point on; the rollouts also keep their group
+    /// advantage. A branch trains only its own sampled tokens: the shared prefix is trained
+    /// in its rollout, and the injected phrase in none.
     async fn resum_sequences(
         &self,
         task: &Task,
         episodes: &[Episode],
+        limits: &EpisodeLimits,
         group_seed: u64,
         metrics: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<Vec<TrainingSequence>> {
         let phrase = self.engine.tokenize_text(&format!(" {}", self.config.phrase.trim())).await?;
         let initial = math::group_advantages(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>(), self.config.estimator);
-        let mut token_advantages: Vec<Vec<f64>> = episodes.iter().zip(&initial).map(|(e, a)| vec![*a; e.tokens.len()]).collect();
+        let mut token_advantages: Vec<Vec<f64>> =
+            episodes.iter().zip(&initial).map(|(e, a)| vec![*a; e.sampled_positions().len()]).collect();
         let mut branches = Vec::new();
         let mut artifacts_left = self.config.branches;
         for (i, episode) in episodes.iter().enumerate() {
-            let naturals = resum::natural_points(&episode.tokens, &phrase);
-            let artifacts = if artifacts_left > 0 && episode.tokens.len() > 1 {
-                artifacts_left -= 1;
-                resum::artifact_points(1, episode.tokens.len(), &naturals, phrase.len(), 1, group_seed ^ i as u64)
+            let positions = episode.sampled_positions();
+            let mut naturals = Vec::new();
+            for span in episode.reply_spans() {
+                naturals.extend(resum::natural_points(&episode.tokens[span.clone()], &phrase).into_iter().map(|n| span.start + n));
+            }
+            let artifacts = if artifacts_left > 0 {
+                let free: Vec<usize> = self
+                    .free_text_points(task, episode)
+                    .await?
+                    .into_iter()
+                    .filter(|p| !naturals.iter().any(|n| (*n..n + phrase.len()).contains(p)))
+                    .collect();
+                let picked: Vec<usize> =
+                    resum::artifact_points(0, free.len(), &[], 0, 1, group_seed ^ i as u64).into_iter().map(|k| free[k]).collect();
+                if !picked.is_empty() {
+                    artifacts_left -= 1;
+                }
+                picked
             } else {
                 Vec::new()
             };
@@ -558,34 +586,29 @@ impl GrpoRun {
             *metrics.entry("artifact_points".into()).or_insert(0.0) += artifacts.len() as f64;
             let points = naturals.iter().map(|p| (*p, true)).chain(artifacts.iter().map(|p| (*p, false)));
             for (b, (point, natural)) in points.enumerate() {
-                // The branch's fixed part: the reply up to the point, with the phrase
-                // injected at an artifact point (a natural point drops it).
-                let mut fixed: Vec<u32> = episode.tokens[..point].to_vec();
+                // The branch's reply up to the point, with the phrase injected at an artifact
+                // point (a natural point drops it).
+                let spans = episode.reply_spans();
+                let span = spans.iter().find(|span| span.contains(&point)).context("a ReSum point lies in a reply")?;
+                let mut reply_prefix: Vec<u32> = episode.tokens[span.start..point].to_vec();
                 if !natural {
-                    fixed.extend_from_slice(&phrase);
+                    reply_prefix.extend_from_slice(&phrase);
                 }
                 let seed = group_seed ^ (((i as u64) << 40) | ((b as u64 + 1) << 32));
-                let (prefix, sample, reward) = self.sample_branch(task, &episode.prompt, &fixed, seed).await?;
+                let branch = self.branch(task, episode, limits, point, Some(reply_prefix), seed).await?;
+                let reward = branch.episode.reward;
                 let (with, without) =
                     if natural { resum::paired_advantage(episode.reward, reward) } else { resum::paired_advantage(reward, episode.reward) };
                 let (rollout_side, branch_side) = if natural { (with, without) } else { (without, with) };
                 *metrics.entry("pair_gain_sum".into()).or_insert(0.0) += with;
-                for advantage in &mut token_advantages[i][point..] {
+                let first_trained = positions.partition_point(|p| *p < point);
+                for advantage in &mut token_advantages[i][first_trained..] {
                     *advantage += rollout_side;
                 }
-                if sample.completion.is_empty() {
-                    continue;
+                let sequence = branch.training_sequence(branch_side);
+                if sequence.trained_tokens() > 0 {
+                    branches.push(sequence);
                 }
-                let tokens: Vec<u32> = prefix.iter().chain(&sample.completion).copied().collect();
-                let mask = (0..tokens.len()).map(|t| t >= prefix.len()).collect();
-                branches.push(TrainingSequence {
-                    tokens,
-                    mask,
-                    engine_logprobs: sample.logprobs,
-                    advantage: branch_side,
-                    token_advantages: Vec::new(),
-                    old_policy: None,
-                });
             }
         }
         *metrics.entry("branches".into()).or_insert(0.0) += branches.len() as f64;
@@ -600,6 +623,26 @@ impl GrpoRun {
             .collect();
         sequences.extend(branches);
         Ok(sequences)
+    }
+
+    /// Positions in `episode.tokens` where ReSum may inject its phrase: anywhere after the
+    /// first token of a single reply, and in an agent episode inside the text of its final
+    /// answer (the only free text the tool grammar admits the phrase into).
+    async fn free_text_points(&self, task: &Task, episode: &Episode) -> anyhow::Result<Vec<usize>> {
+        if !task.is_agentic() {
+            return Ok((1..episode.tokens.len()).collect());
+        }
+        let Some(last) = episode.reply_spans().pop().filter(|_| episode.answer.is_some()) else {
+            return Ok(Vec::new());
+        };
+        let mut points = Vec::new();
+        for point in last.start + 1..last.end {
+            let text = self.engine.detokenize(&episode.tokens[last.start..point]).await?;
+            if resum::inside_answer_text(&text) {
+                points.push(point);
+            }
+        }
+        Ok(points)
     }
 }
 

@@ -41,18 +41,22 @@ pub fn sample_seed(group_seed: u64, index: usize) -> u64 {
 
 /// One seeded sample continuing `prompt` (under `json_schema` when given), checked to
 /// carry one logprob per token id: every rollout, episode turn and branch draws through it.
+/// The sample begins with `forced` (a reply resumed part-way), which counts in its token
+/// budget and comes back in it, with the model's logprobs; at least one token is sampled.
 pub async fn sample_one(
     engine: &dyn Engine,
     prompt: Vec<u32>,
+    forced: &[u32],
     sampling: &SamplingConfig,
     seed: u64,
     json_schema: Option<serde_json::Value>,
 ) -> anyhow::Result<Choice> {
-    let mut request = GenerationRequest::new(Prompt::Tokens(prompt), sampling.max_new_tokens);
+    let mut request = GenerationRequest::new(Prompt::Tokens(prompt), sampling.max_new_tokens.max(forced.len() + 1));
     request.temperature = Some(sampling.temperature);
     request.seed = Some(seed);
     request.logprobs = Some(0);
     request.json_schema = json_schema;
+    request.forced = forced.to_vec();
     let choice = engine.generate(request).await?.choices.into_iter().next().context("the engine returned no choice")?;
     anyhow::ensure!(
         choice.token_logprobs.len() == choice.token_ids.len(),
@@ -74,7 +78,7 @@ pub async fn sample_group(
     let requests = (0..group).map(|index| {
         let seed = sample_seed(group_seed, index);
         async move {
-            let choice = sample_one(engine, prompt.to_vec(), sampling, seed, None).await?;
+            let choice = sample_one(engine, prompt.to_vec(), &[], sampling, seed, None).await?;
             Ok::<_, anyhow::Error>(Sample {
                 seed,
                 completion: choice.token_ids,

@@ -229,15 +229,19 @@ impl MistralRsEngine {
             return Err(EngineError::InvalidRequest("logprobs with n > 1 is not supported by the embedded backend".into()));
         }
         let seeded = match (request.seed, request.is_greedy(), request.logprobs.is_some()) {
-            (_, true, true) => Some(Arc::new(SeededSampler::greedy().with_top(top_k))),
-            (Some(seed), false, _) => {
-                Some(Arc::new(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k)))
-            }
+            (_, true, true) => Some(SeededSampler::greedy().with_top(top_k)),
+            (Some(seed), false, _) => Some(SeededSampler::new(seed, request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k)),
             (None, false, true) => {
-                Some(Arc::new(SeededSampler::new(rand::random(), request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k)))
+                Some(SeededSampler::new(rand::random(), request.temperature.unwrap_or(1.0), request.top_p).with_top(top_k))
             }
             _ => None,
         };
+        // A forced beginning is taken by the seeded sampler (validation asked for a seed and
+        // a token prompt); the grammar checks those tokens as any others.
+        let seeded = seeded.map(|sampler| match &request.prompt {
+            Prompt::Tokens(prompt) => Arc::new(sampler.with_forced(prompt.len(), request.forced.clone())),
+            Prompt::Messages(_) => Arc::new(sampler),
+        });
 
         let (messages, constraint) = match &request.prompt {
             Prompt::Tokens(tokens) => {

@@ -137,6 +137,11 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// Number of independent samples for the same prompt.
     pub n: usize,
+    /// Tokens the generation must begin with, before anything is sampled, checked by the
+    /// same constraint and counted in `max_tokens`: a reply resumed part-way (an RL branch
+    /// that keeps a reply's first tokens and samples the rest under the tool grammar).
+    /// Needs a token prompt and a seed; only the embedded backend offers it.
+    pub forced: Vec<u32>,
 }
 
 impl GenerationRequest {
@@ -153,6 +158,7 @@ impl GenerationRequest {
             json_schema: None,
             logprobs: None,
             n: 1,
+            forced: Vec::new(),
         }
     }
 
@@ -382,6 +388,14 @@ pub fn validate_request(request: &GenerationRequest) -> Result<(), EngineError> 
     if let Some(p) = request.top_p {
         if !(p > 0.0 && p <= 1.0) {
             return Err(EngineError::InvalidRequest("top_p must be in (0, 1]".into()));
+        }
+    }
+    if !request.forced.is_empty() {
+        if !matches!(request.prompt, Prompt::Tokens(_)) || request.n != 1 || request.seed.is_none() {
+            return Err(EngineError::InvalidRequest("a forced beginning needs a token prompt, one choice and a seed".into()));
+        }
+        if request.forced.len() >= request.max_tokens {
+            return Err(EngineError::InvalidRequest("the forced beginning leaves no token to sample within max_tokens".into()));
         }
     }
     match &request.prompt {

@@ -46,6 +46,9 @@ pub struct SeededSampler {
     greedy: bool,
     /// How many alternatives each pick records.
     top_k: usize,
+    /// Tokens taken instead of sampled at the first positions of the generation, from
+    /// context position `.0` on; their picks carry the model's logprobs of them.
+    forced: Option<(usize, Vec<u32>)>,
     state: Mutex<SamplerState>,
 }
 
@@ -64,6 +67,7 @@ impl SeededSampler {
             top_p: top_p.unwrap_or(1.0),
             greedy: false,
             top_k: 0,
+            forced: None,
             state: Mutex::new(SamplerState { rng: StdRng::seed_from_u64(seed), picks: BTreeMap::new() }),
         }
     }
@@ -79,6 +83,13 @@ impl SeededSampler {
         self
     }
 
+    /// Makes the generation begin with `tokens` (the prompt being `prompt_len` tokens
+    /// long) and sample from there on.
+    pub fn with_forced(mut self, prompt_len: usize, tokens: Vec<u32>) -> Self {
+        self.forced = (!tokens.is_empty()).then_some((prompt_len, tokens));
+        self
+    }
+
     /// The picks in generation order.
     pub fn picks(&self) -> Vec<SampledToken> {
         let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -91,13 +102,27 @@ impl SeededSampler {
         state.picks.values().nth(index).cloned()
     }
 
-    /// Samples one token index from raw logits. Pure so that it can be tested without a
-    /// model.
-    pub fn sample(&self, logits: &[f32], rng: &mut StdRng) -> SampledToken {
+    /// The sampling distribution's unnormalized weights and their sum.
+    fn weights(&self, logits: &[f32]) -> (Vec<f32>, f32) {
         let temperature = if self.greedy { 1.0 } else { self.temperature.max(1e-5) as f32 };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
         let total: f32 = weights.iter().sum();
+        (weights, total)
+    }
+
+    /// The pick of a forced token: the token itself, with its logprob under the sampling
+    /// distribution (−∞ where the distribution excludes it).
+    pub fn forced_pick(&self, logits: &[f32], token: u32) -> SampledToken {
+        let (weights, total) = self.weights(logits);
+        let weight = weights.get(token as usize).copied().unwrap_or(0.0);
+        SampledToken { token, logprob: (weight / total).ln(), top: Vec::new(), entropy: entropy_of(&weights, total) }
+    }
+
+    /// Samples one token index from raw logits. Pure so that it can be tested without a
+    /// model.
+    pub fn sample(&self, logits: &[f32], rng: &mut StdRng) -> SampledToken {
+        let (weights, total) = self.weights(logits);
         // The first token with the highest logit: what greedy decoding picks.
         let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0;
         if !(total.is_finite() && total > 0.0) {
@@ -152,7 +177,11 @@ impl CustomLogitsProcessor for SeededSampler {
         let values: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let SamplerState { rng, picks } = &mut *state;
-        let pick = self.sample(&values, rng);
+        let forced = self.forced.as_ref().and_then(|(start, tokens)| context.len().checked_sub(*start).and_then(|i| tokens.get(i)));
+        let pick = match forced {
+            Some(&token) if (token as usize) < values.len() => self.forced_pick(&values, token),
+            _ => self.sample(&values, rng),
+        };
         let token = pick.token as usize;
         picks.insert(context.len(), pick);
         let mut forced = vec![f32::NEG_INFINITY; values.len()];
@@ -223,6 +252,26 @@ mod tests {
         let logits = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
         assert_eq!(draw(7, &logits, 32), draw(7, &logits, 32));
         assert_ne!(draw(7, &logits, 32), draw(8, &logits, 32));
+    }
+
+    #[test]
+    fn forced_tokens_are_taken_with_their_logprobs_then_sampling_goes_on() {
+        let logits = [0.0f32, 1.0, 2.0, f32::NEG_INFINITY];
+        let sampler = SeededSampler::new(3, 1.0, None).with_forced(10, vec![0]);
+        let pick = sampler.forced_pick(&logits, 0);
+        assert_eq!(pick.token, 0);
+        assert!((pick.logprob - log_softmax_at(&logits, 0)).abs() < 1e-6);
+        assert_eq!(sampler.forced_pick(&logits, 3).logprob, f32::NEG_INFINITY, "a token the distribution excludes");
+        // Through the processor: position 10 is forced, position 11 sampled (never the
+        // masked token).
+        let tensor = Tensor::from_vec(logits.to_vec(), 4, &mistralrs::Device::Cpu).unwrap();
+        let context: Vec<u32> = vec![5; 10];
+        let forced: Vec<f32> = sampler.apply(&tensor, &context).unwrap().to_vec1().unwrap();
+        assert_eq!(forced, [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]);
+        let next: Vec<f32> = sampler.apply(&tensor, &[context, vec![0]].concat()).unwrap().to_vec1().unwrap();
+        assert_ne!(next.iter().position(|l| *l == 0.0), Some(3));
+        assert_eq!(sampler.picks().len(), 2);
+        assert_eq!(sampler.picks()[0].token, 0);
     }
 
     #[test]

@@ -45,6 +45,25 @@ pub fn artifact_points(start: usize, len: usize, naturals: &[usize], phrase_len:
     picked
 }
 
+/// Whether a tool-protocol reply that begins with `text` has stopped inside the text of
+/// its answer (`{"answer": "...`), where the grammar admits any phrase without quotes: the
+/// one place of an agent's reply where ReSum can inject its phrase.
+pub fn inside_answer_text(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix(r#"{"answer": ""#) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in rest.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
+}
+
 /// The contrastive branch's prefix at a natural point: everything before the phrase.
 pub fn mask_phrase(at: usize, phrase_len: usize) -> PrefixEdit {
     PrefixEdit::Delete { start: at, end: at + phrase_len }
@@ -83,6 +102,17 @@ pub fn paired_advantage(reward_with: f64, reward_without: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_phrase_is_injected_only_inside_an_answer_text() {
+        assert!(inside_answer_text(r#"{"answer": ""#));
+        assert!(inside_answer_text(r#"{"answer": "four lines"#));
+        assert!(inside_answer_text(r#"{"answer": "a \"quoted\" word"#), "escaped quotes stay inside");
+        assert!(!inside_answer_text(r#"{"answer": "done\"#), "right after a backslash the phrase would be an escape");
+        assert!(!inside_answer_text(r#"{"answer": "done""#), "the text has ended");
+        assert!(!inside_answer_text(r#"{"answer"#));
+        assert!(!inside_answer_text(r#"{"tool": "read", "arguments": {"path": "po"#), "a tool call has no free text");
+    }
 
     #[test]
     fn resum_finds_edits_and_pairs_exactly() {
