@@ -11,7 +11,11 @@
 //! - a task's check is the answer that `min_users` distinct users' successful sessions
 //!   agree on; without such an answer the pattern gives feedback rows only;
 //! - everything is redacted again, and a row with anything the redactor would remove is
-//!   dropped rather than cleaned.
+//!   dropped rather than cleaned;
+//! - a task gets a workspace only where `min_users` distinct users' successful sessions
+//!   started from the same files, and reference actions (ActGuide's plan) only where that
+//!   many of them also took the same tool calls: a plan one user took is that user's, and
+//!   the policy is shared.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +25,7 @@ use evolver::redact::contains_secret;
 use evolver::store::{CandidateRecord, ReplayComparison, SummaryRecord, Verdict};
 use serde::Serialize;
 
+use crate::methods::actguide::Action;
 use crate::task::{Task, Verifier};
 
 /// A request or answer as compared across users: lower case, single spaces, no final
@@ -125,22 +130,117 @@ pub fn harvest(records: &[SummaryRecord], min_users: usize) -> Harvest {
             }
         }
         match agreed {
-            Some((answer, agreeing_users)) => out.tasks.push(HarvestedTask {
-                task: Task {
-                    id: format!("harvested-{id}"),
-                    messages: vec![ChatMessage::user(pattern.text)],
-                    verifier: Verifier::ExactAnswer { answer },
-                    tools: Vec::new(),
-                    files: Default::default(),
-                    actions: Vec::new(),
-                },
-                users: users.len(),
-                agreeing_users,
-            }),
+            Some((answer, agreeing_users)) => {
+                let successes: Vec<&SummaryRecord> = pattern
+                    .sessions
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        s.verdict == Verdict::Success && s.replay.answer.as_deref().is_some_and(|a| normalize(a) == normalize(&answer))
+                    })
+                    .collect();
+                let work = match shared_work(&successes, min_users) {
+                    Ok(work) => work,
+                    Err(reason) => {
+                        *out.dropped.entry(reason).or_default() += successes.len();
+                        None
+                    }
+                };
+                let (tools, files, actions) = match work {
+                    Some(work) => (agent_tool_names(), work.files, work.actions),
+                    None => (Vec::new(), BTreeMap::new(), Vec::new()),
+                };
+                out.tasks.push(HarvestedTask {
+                    task: Task {
+                        id: format!("harvested-{id}"),
+                        messages: vec![ChatMessage::user(pattern.text)],
+                        verifier: Verifier::ExactAnswer { answer },
+                        tools,
+                        files,
+                        actions,
+                    },
+                    users: users.len(),
+                    agreeing_users,
+                })
+            }
             None => *out.dropped.entry("no answer that enough users' successes agree on").or_default() += pattern.sessions.len(),
         }
     }
     out
+}
+
+/// The workspace and plan shared by the successful sessions of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SharedWork {
+    files: BTreeMap<String, String>,
+    actions: Vec<Action>,
+}
+
+/// The input files that the most distinct users' `successes` started from, if at least
+/// `min_users` did, with the tool calls that the most of those users took, if at least
+/// `min_users` took them. `None` when no workspace is shared or nothing would make the
+/// task an agent task (no files and no plan); an error names why a shared one is unusable.
+fn shared_work(successes: &[&SummaryRecord], min_users: usize) -> Result<Option<SharedWork>, &'static str> {
+    let most_shared = |keys: Vec<(String, &str)>| -> Option<String> {
+        let mut users: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for (key, user) in keys {
+            users.entry(key).or_default().insert(user);
+        }
+        // The most users; among equals, the first key, so that the choice is reproducible.
+        let (key, by) = users.into_iter().max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
+        (by.len() >= min_users).then_some(key)
+    };
+    let key_of_inputs = |s: &SummaryRecord| serde_json::to_string(&s.replay.inputs).unwrap_or_default();
+    let Some(inputs) = most_shared(successes.iter().map(|s| (key_of_inputs(s), s.user_id.as_str())).collect()) else {
+        return Ok(None);
+    };
+    let from_inputs: Vec<&&SummaryRecord> = successes.iter().filter(|s| key_of_inputs(s) == inputs).collect();
+    let files = from_inputs[0].replay.inputs.clone();
+    if files.iter().any(|(path, content)| contains_secret(path).is_some() || contains_secret(content).is_some()) {
+        return Err("shared workspace holds a secret");
+    }
+    let plans = from_inputs
+        .iter()
+        .filter(|s| !s.replay.procedure.is_empty())
+        .map(|s| (serde_json::to_string(&s.replay.procedure).unwrap_or_default(), s.user_id.as_str()))
+        .collect();
+    let actions: Vec<Action> = match most_shared(plans) {
+        Some(plan) => {
+            let procedure = from_inputs.iter().find(|s| serde_json::to_string(&s.replay.procedure).unwrap_or_default() == plan);
+            let procedure = procedure.map(|s| s.replay.procedure.clone()).unwrap_or_default();
+            if procedure.iter().any(|(tool, arguments)| contains_secret(tool).is_some() || contains_secret(arguments).is_some()) {
+                return Err("shared plan holds a secret");
+            }
+            procedure.into_iter().map(|(tool, arguments)| Action { tool, arguments }).collect()
+        }
+        None => Vec::new(),
+    };
+    Ok((!files.is_empty() || !actions.is_empty()).then_some(SharedWork { files, actions }))
+}
+
+/// The tools of the agent users run, which a harvested agent task offers.
+fn agent_tool_names() -> Vec<String> {
+    agent::agent_loop::tool_specs().into_iter().map(|tool| tool.name).collect()
+}
+
+/// Gives each task without reference actions the plan harvested for the same request on
+/// the same files, where there is one; returns how many tasks got one. A plan taken on
+/// other files is no plan for these, so files must match exactly.
+pub fn attach_actions(tasks: &mut [Task], harvest: &Harvest) -> usize {
+    let request = |task: &Task| task.messages.iter().find(|m| m.role == Some(agent::engine::Role::User)).map(|m| normalize(&m.content));
+    let mut attached = 0;
+    for task in tasks.iter_mut().filter(|t| t.actions.is_empty()) {
+        let found = harvest
+            .tasks
+            .iter()
+            .map(|h| &h.task)
+            .find(|h| !h.actions.is_empty() && request(h).is_some() && request(h) == request(task) && h.files == task.files);
+        if let Some(harvested) = found {
+            task.actions = harvested.actions.clone();
+            attached += 1;
+        }
+    }
+    attached
 }
 
 /// A preference pair (TRL's DPO format) from the evolver's A/B gate: one held-out request
@@ -263,6 +363,57 @@ mod tests {
             summary_discarded: None,
             replay: evolver::store::ReplayCase { answer: Some(answer.into()), ..Default::default() },
         }
+    }
+
+    /// A successful session of `user` counting lines of `files` with `procedure`.
+    fn worked(user: &str, files: &[(&str, &str)], procedure: &[(&str, &str)]) -> SummaryRecord {
+        let mut record = session(user, "How many lines does poem.txt have?", "4", Verdict::Success);
+        record.replay.inputs = files.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
+        record.replay.procedure = procedure.iter().map(|(t, a)| (t.to_string(), a.to_string())).collect();
+        record
+    }
+
+    #[test]
+    fn a_workspace_and_a_plan_come_only_from_enough_users_who_shared_them() {
+        let poem = [("poem.txt", "roses\nviolets\nsugar\nhoney\n")];
+        let wc = [("exec", r#"{"command": "wc -l poem.txt"}"#)];
+        let read = [("read", r#"{"path": "poem.txt"}"#)];
+        let records = vec![
+            worked("ada", &poem, &wc),
+            worked("bo", &poem, &wc),
+            worked("cy", &poem, &read),
+            // Another user's own files: not the shared workspace.
+            worked("dee", &[("poem.txt", "my own\n")], &wc),
+        ];
+        let task = |min_users| harvest(&records, min_users).tasks.remove(0).task;
+
+        // Two users took the same calls on the same files: the task is an agent task with
+        // that plan.
+        let shared = task(2);
+        assert_eq!(shared.files, poem.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect());
+        assert_eq!(shared.actions, [Action { tool: "exec".into(), arguments: wc[0].1.into() }]);
+        assert!(shared.is_agentic() && shared.tools.contains(&"exec".to_string()));
+        // Three users share the files but no plan: the workspace without actions.
+        let files_only = task(3);
+        assert_eq!(files_only.files.len(), 1);
+        assert!(files_only.actions.is_empty());
+
+        // A secret in the shared files drops the workspace, and says so.
+        let secret = [("poem.txt", "token ghp_abcdefghijklmnopqrstuvwxyz0123456789\n")];
+        let leaky = vec![worked("ada", &secret, &wc), worked("bo", &secret, &wc)];
+        let found = harvest(&leaky, 2);
+        assert!(found.tasks[0].task.files.is_empty() && found.tasks[0].task.actions.is_empty());
+        assert_eq!(found.dropped.get("shared workspace holds a secret"), Some(&2));
+
+        // A task given in a file gets the plan harvested for its request on its files only.
+        let mut given = vec![
+            Task { id: "mine".into(), actions: Vec::new(), ..shared.clone() },
+            Task { id: "other files".into(), actions: Vec::new(), files: [("poem.txt".into(), "x\n".into())].into(), ..shared.clone() },
+        ];
+        given[0].messages = vec![ChatMessage::user("how many lines does  POEM.TXT have")];
+        assert_eq!(attach_actions(&mut given, &harvest(&records, 2)), 1);
+        assert_eq!(given[0].actions, shared.actions);
+        assert!(given[1].actions.is_empty());
     }
 
     #[test]

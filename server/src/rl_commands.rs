@@ -202,10 +202,20 @@ pub struct TrainArgs {
     max_episode_tokens: usize,
     /// `grpo`, `actguide` (hard groups re-sampled with the shortest helpful prefix of the
     /// task's `actions`), `role-agent` (predicted tool results shape rewards; failed tasks
-    /// are drawn more often), `appo` (branches at uncertain tokens of single replies) or
-    /// `resum` (branches with and without the summarization phrase in single replies).
+    /// are drawn more often), `appo` (branches at uncertain tokens of replies, inside agent
+    /// episodes too) or `resum` (branches with and without the summarization phrase).
     #[arg(long, default_value = "grpo")]
     method: String,
+    /// Give each task without `actions` the plan that at least `--min-users` users'
+    /// successful sessions of the same request took on the same files (from the sessions
+    /// the evolver recorded): ActGuide's guidance from other users' work.
+    #[arg(long)]
+    actions_from_sessions: bool,
+    #[arg(long, default_value_t = 3)]
+    min_users: usize,
+    /// A PostgreSQL database URL, as for `serve` (`--actions-from-sessions`).
+    #[arg(long, env = "SKILLHIVE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Branch points per task and step (`appo`, `resum`).
     #[arg(long, default_value_t = 2)]
     branches: usize,
@@ -276,7 +286,12 @@ async fn base_model_path(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let tasks = args.tasks.load()?;
+    let mut tasks = args.tasks.load()?;
+    if args.actions_from_sessions {
+        let database = crate::config::DatabaseArgs { data_dir: args.dir.data_dir.clone(), database_url: args.database_url.clone() };
+        let attached = attach_harvested_actions(&mut tasks, &database, args.min_users).await?;
+        eprintln!("reference actions from users' sessions for {attached} of {} task(s)", tasks.len());
+    }
     let targets: Vec<LoraTarget> = args
         .targets
         .iter()
@@ -422,6 +437,18 @@ async fn promote(
             )
         }
     }
+}
+
+/// Gives tasks without reference actions the plans harvested from the recorded sessions
+/// (see [`rl::harvest::attach_actions`]); returns how many got one.
+async fn attach_harvested_actions(tasks: &mut [Task], database: &crate::config::DatabaseArgs, min_users: usize) -> anyhow::Result<usize> {
+    let db = database.open().await?;
+    let records = db.evolver.summaries_since(0).await?;
+    let harvested = rl::harvest::harvest(&records, min_users);
+    for (reason, sessions) in &harvested.dropped {
+        eprintln!("  dropped {sessions} session(s): {reason}");
+    }
+    Ok(rl::harvest::attach_actions(tasks, &harvested))
 }
 
 /// Where exported rows come from.
@@ -600,6 +627,50 @@ mod tests {
         let dpo = std::fs::read_to_string(dir.path().join("trl-dpo.jsonl")).unwrap();
         let row: serde_json::Value = serde_json::from_str(dpo.lines().next().unwrap()).unwrap();
         assert_eq!((row["chosen"][0]["content"].as_str(), row["rejected"][0]["content"].as_str()), (Some("42"), Some("41")));
+    }
+
+    /// ActGuide's plans from a real database file: tasks given in a file get the tool calls
+    /// that enough users' successful sessions of their request took on their files; one
+    /// user's own way of working is never a plan.
+    #[tokio::test]
+    async fn training_tasks_get_the_plans_other_users_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = crate::config::DatabaseArgs { data_dir: dir.path().to_path_buf(), database_url: None };
+        let db = database.open().await.unwrap();
+        let run = db.evolver.start_run("test").await.unwrap();
+        let poem = std::collections::BTreeMap::from([("poem.txt".to_string(), "a\nb\nc\nd\n".to_string())]);
+        let wc = vec![("exec".to_string(), r#"{"command": "wc -l poem.txt"}"#.to_string())];
+        let secret_path = vec![("read".to_string(), r#"{"path": "ada-private/poem.txt"}"#.to_string())];
+        for (user, procedure) in [("ada", &secret_path), ("bo", &wc), ("cy", &wc), ("dee", &wc)] {
+            let user_id = db.store.create_user(user, false).await.unwrap().id;
+            let session = db.store.create_session(&user_id, "t", "m").await.unwrap();
+            let mut summary = record(&session.id, &user_id, "How many lines does poem.txt have?", "4");
+            summary.run_id = run.clone();
+            summary.replay.inputs = poem.clone();
+            summary.replay.procedure = procedure.clone();
+            db.evolver.save_summary(&summary).await.unwrap();
+        }
+        drop(db);
+        let task = |id: &str, files: &std::collections::BTreeMap<String, String>| Task {
+            id: id.into(),
+            messages: vec![agent::engine::ChatMessage::user("How many lines does poem.txt have? Answer with the number only.")],
+            verifier: rl::task::Verifier::Number { value: 4.0 },
+            tools: vec!["exec".into(), "read".into()],
+            files: files.clone(),
+            actions: Vec::new(),
+        };
+        // The request must match up to case, spacing and final punctuation, and so must the files.
+        let mut tasks = vec![task("worded-otherwise", &poem), task("other-files", &Default::default())];
+        tasks[0].messages = vec![agent::engine::ChatMessage::user("how many lines does poem.txt have")];
+        assert_eq!(attach_harvested_actions(&mut tasks, &database, 3).await.unwrap(), 1);
+        assert_eq!(tasks[0].actions.len(), 1);
+        assert_eq!(tasks[0].actions[0].tool, "exec");
+        assert!(tasks[0].actions[0].arguments.contains("wc -l"), "{:?}", tasks[0].actions);
+        assert!(tasks[1].actions.is_empty());
+        // With four users required, three sharing a plan give none.
+        let mut strict = vec![task("strict", &poem)];
+        strict[0].messages = tasks[0].messages.clone();
+        assert_eq!(attach_harvested_actions(&mut strict, &database, 4).await.unwrap(), 0);
     }
 
     fn replayed(session: &str, baseline: &str, candidate: &str) -> ReplayComparison {
