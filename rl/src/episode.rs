@@ -193,30 +193,30 @@ impl Branch {
     }
 }
 
-/// The episode `source` (of `task`) resumed at its reply `turn`, which now begins with
-/// `reply_prefix` and is sampled on from there with `seed`, under the same grammar; later
-/// turns are sampled as in any episode. Earlier turns are kept token for token, and their
-/// tool calls run again in a fresh workspace so that later tools see the files they left.
+/// Where a branch leaves an episode: `source` (an episode of the same task) resumed at
+/// its reply `turn`, which now begins with `reply_prefix`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeAt<'a> {
+    pub source: &'a Episode,
+    pub turn: usize,
+    pub reply_prefix: &'a [u32],
+}
+
+/// An episode resumed `at` a reply of another: the reply is sampled on from its new
+/// beginning with `seed`, under the same grammar, and later turns as in any episode.
+/// Earlier turns are kept token for token, and their tool calls run again in a fresh
+/// workspace so that later tools see the files they left.
 pub async fn resume_episode(
     engine: &dyn Engine,
     task: &Task,
     sampling: &SamplingConfig,
     limits: &EpisodeLimits,
-    source: &Episode,
-    turn: usize,
-    reply_prefix: &[u32],
+    at: ResumeAt<'_>,
     seed: u64,
 ) -> anyhow::Result<Branch> {
-    let span = source.reply_spans().get(turn).cloned().with_context(|| format!("the episode has no reply {turn}"))?;
-    let episode = drive(engine, task, sampling, limits, seed, Some(Resume { source, turn, reply_prefix })).await?;
-    Ok(Branch { episode, fixed: span.start + reply_prefix.len() })
-}
-
-/// Where [`drive`] picks an episode up.
-struct Resume<'a> {
-    source: &'a Episode,
-    turn: usize,
-    reply_prefix: &'a [u32],
+    let span = at.source.reply_spans().get(at.turn).cloned().with_context(|| format!("the episode has no reply {}", at.turn))?;
+    let episode = drive(engine, task, sampling, limits, seed, Some(at)).await?;
+    Ok(Branch { episode, fixed: span.start + at.reply_prefix.len() })
 }
 
 async fn drive(
@@ -225,7 +225,7 @@ async fn drive(
     sampling: &SamplingConfig,
     limits: &EpisodeLimits,
     seed: u64,
-    resume: Option<Resume<'_>>,
+    resume: Option<ResumeAt<'_>>,
 ) -> anyhow::Result<Episode> {
     if !task.is_agentic() {
         return single_reply(engine, task, sampling, seed, resume.map(|r| r.reply_prefix).unwrap_or_default()).await;
@@ -254,7 +254,7 @@ async fn drive(
     let no_skills = StaticSkills::default();
     let mut first_turn = 0;
     let mut forced: &[u32] = &[];
-    if let Some(Resume { source, turn, reply_prefix }) = resume {
+    if let Some(ResumeAt { source, turn, reply_prefix }) = resume {
         anyhow::ensure!(source.prompt == episode.prompt, "the episode to resume is not one of task {}", task.id);
         let start = source.reply_spans().get(turn).with_context(|| format!("the episode has no reply {turn}"))?.start;
         for earlier in &source.turns[..turn] {

@@ -12,7 +12,7 @@ use agent::engine::Engine;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::episode::{self, Branch, Episode, EpisodeEnd, EpisodeLimits};
+use crate::episode::{self, Branch, Episode, EpisodeEnd, EpisodeLimits, ResumeAt};
 use crate::math::{self, AdvantageEstimator, StepMetrics};
 use crate::methods::role_agent::{self, FailureSampler};
 use crate::methods::{actguide, appo, resum};
@@ -454,7 +454,8 @@ impl GrpoRun {
         let spans = source.reply_spans();
         let turn = spans.iter().position(|span| span.contains(&position)).context("a branch point must be a token the policy sampled")?;
         let reply_prefix = reply_prefix.unwrap_or_else(|| source.tokens[spans[turn].start..=position].to_vec());
-        episode::resume_episode(self.engine.as_ref(), task, &self.config.sampling, limits, source, turn, &reply_prefix, seed).await
+        let at = ResumeAt { source, turn, reply_prefix: &reply_prefix };
+        episode::resume_episode(self.engine.as_ref(), task, &self.config.sampling, limits, at, seed).await
     }
 
     /// APPO for one group: branch points across the group (z-scored entropy times z-scored

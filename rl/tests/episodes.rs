@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent::engine::{ChatMessage, Engine, Prompt};
 use agent::model;
-use rl::episode::{self, Episode, EpisodeEnd, EpisodeLimits};
+use rl::episode::{self, Episode, EpisodeEnd, EpisodeLimits, ResumeAt};
 use rl::grpo::{GrpoConfig, GrpoRun, Method};
 use rl::methods::actguide::Action;
 use rl::policy::{BaseModel, LoraConfig};
@@ -134,8 +134,8 @@ async fn a_branch_resumes_an_agent_episode_part_way_through_a_later_reply_under_
     let second = spans[1].clone();
     assert!(second.len() > 3, "{second:?}");
     let point = second.start + 2;
-    let branch =
-        episode::resume_episode(&engine, &task, &SAMPLING, &LIMITS, source, 1, &source.tokens[second.start..=point], 99).await.unwrap();
+    let at = ResumeAt { source, turn: 1, reply_prefix: &source.tokens[second.start..=point] };
+    let branch = episode::resume_episode(&engine, &task, &SAMPLING, &LIMITS, at, 99).await.unwrap();
     let resumed = &branch.episode;
     eprintln!("branch: {:?}, reward {}: {:?}", resumed.end, resumed.reward, resumed.turns.iter().map(|t| &t.text).collect::<Vec<_>>());
 
