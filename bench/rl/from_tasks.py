@@ -1,9 +1,11 @@
 """Writes tasks of the learning experiment's suite (bench/tasks/*.json) as RL tasks (JSON Lines):
 the request as the user's message, the workspace's files, every agent tool, and the task's check
 as a verifier. Checks without a verifier (a file's exact content, text that must be absent) are
-skipped, and said so.
+skipped, and said so. With --plans, each task also carries a reference plan for ActGuide-RL:
+one `read` of each of its files, the first step anyone takes on these tasks, which shows the
+content but not the answer.
 
-Usage: python3 bench/rl/from_tasks.py --split train|heldout [--per-family N] [--families a,b] > out.jsonl
+Usage: python3 bench/rl/from_tasks.py --split train|heldout [--per-family N] [--families a,b] [--plans] > out.jsonl
 """
 import argparse
 import glob
@@ -32,6 +34,7 @@ def main():
     parser.add_argument("--split", required=True, choices=["train", "heldout"])
     parser.add_argument("--per-family", type=int, default=1)
     parser.add_argument("--families", default="")
+    parser.add_argument("--plans", action="store_true")
     args = parser.parse_args()
     wanted = set(filter(None, args.families.split(",")))
     skipped = 0
@@ -47,6 +50,8 @@ def main():
             taken += 1
             row = {"id": task["id"], "messages": [{"role": "user", "content": task["request"]}], "verifier": check,
                    "tools": TOOLS, "files": task.get("files", {})}
+            if args.plans:
+                row["actions"] = [{"tool": "read", "arguments": json.dumps({"path": path})} for path in sorted(row["files"])]
             print(json.dumps(row))
     if skipped:
         print(f"skipped {skipped} task(s) whose check has no verifier", file=sys.stderr)

@@ -126,6 +126,9 @@ pub struct StepReport {
     pub metrics: StepMetrics,
     /// The share of samples that earned the full reward (1).
     pub success_rate: f64,
+    /// Tokens the policy sampled per episode of `metrics` (replies only, no branches).
+    #[serde(default)]
+    pub rollout_length_mean: f64,
     /// How the step's episodes ended (all `answered` for tasks without tools).
     #[serde(default)]
     pub ends: BTreeMap<EpisodeEnd, usize>,
@@ -199,6 +202,9 @@ pub struct Batch {
     pub task_of: Vec<usize>,
     /// Per group, the rewards the policy itself earned (before guidance or shaping).
     pub groups: Vec<Vec<f64>>,
+    /// Per episode of `groups`, the tokens the policy sampled in it (its replies, not the
+    /// tool results): the rollout length, apart from what branches added.
+    pub rollout_lengths: Vec<usize>,
     pub ends: Vec<EpisodeEnd>,
     pub method_metrics: BTreeMap<String, f64>,
     pub rollout_seconds: f64,
@@ -285,6 +291,7 @@ impl GrpoRun {
         let mut sequences = Vec::new();
         let mut task_of = Vec::new();
         let mut groups = Vec::new();
+        let mut rollout_lengths = Vec::new();
         let mut ends: Vec<EpisodeEnd> = Vec::new();
         let mut method_metrics = BTreeMap::new();
         // Role-Agent draws the step's tasks by their failure weights; the others take each once.
@@ -309,6 +316,7 @@ impl GrpoRun {
             let mut episodes =
                 episode::run_group(self.engine.as_ref(), task, self.config.group_size, &self.config.sampling, &limits, group_seed).await?;
             let measured: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
+            rollout_lengths.extend(episodes.iter().map(|e| e.logprobs.len()));
             let mut unguided_prompt = None;
             if self.config.method == Method::ActGuide && actguide::is_hard(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>()) {
                 *method_metrics.entry("hard_groups".into()).or_insert(0.0) += 1.0;
@@ -356,13 +364,13 @@ impl GrpoRun {
                 method_metrics.insert(format!("task_weight_{t}"), *weight);
             }
         }
-        Ok(Batch { sequences, task_of, groups, ends, method_metrics, rollout_seconds: started.elapsed().as_secs_f64() })
+        Ok(Batch { sequences, task_of, groups, rollout_lengths, ends, method_metrics, rollout_seconds: started.elapsed().as_secs_f64() })
     }
 
     /// One step over `tasks`: rollouts, the update, and publishing the new policy.
     pub async fn step(&mut self, tasks: &[Task]) -> anyhow::Result<StepReport> {
         let step = self.trainer.step() + 1;
-        let Batch { sequences, groups, ends, method_metrics, rollout_seconds, .. } = self.collect(tasks, step).await?;
+        let Batch { sequences, groups, rollout_lengths, ends, method_metrics, rollout_seconds, .. } = self.collect(tasks, step).await?;
 
         let stats = self.trainer.update(&sequences)?;
 
@@ -384,6 +392,7 @@ impl GrpoRun {
             step,
             metrics,
             success_rate,
+            rollout_length_mean: rollout_lengths.iter().sum::<usize>() as f64 / rollout_lengths.len().max(1) as f64,
             ends: ends.iter().fold(BTreeMap::new(), |mut counts, end| {
                 *counts.entry(*end).or_insert(0) += 1;
                 counts
