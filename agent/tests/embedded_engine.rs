@@ -157,3 +157,36 @@ async fn concurrent_chats_get_the_replies_they_would_get_alone() {
         assert_eq!(together.unwrap().text(), alone, "the reply to {prompt:?} changed when other chats ran at the same time");
     }
 }
+
+/// A reply whose token limit falls between the bytes of one character (byte tokens of a
+/// multi-byte UTF-8 character) is finished by its limit, not lost: mistral.rs sends no
+/// final chunk for it, which once failed the request (and an RL run with it).
+#[tokio::test]
+async fn a_reply_cut_inside_a_character_is_finished_by_its_limit() {
+    let engine = engine().await;
+    let prompt = engine.tokenize(&Prompt::Messages(vec![ChatMessage::user("Repeat exactly: 🎉🌍🎉🌍🎉🌍🎉🌍")])).await.unwrap();
+    // Emoji are written as byte tokens, so some token limit cuts one.
+    let mut cut = None;
+    for max_tokens in 1..=12 {
+        let mut request = GenerationRequest::new(Prompt::Tokens(prompt.clone()), max_tokens);
+        request.temperature = Some(0.0);
+        request.logprobs = Some(0);
+        let generation = engine.generate(request).await.unwrap_or_else(|e| panic!("{max_tokens} tokens: {e}"));
+        let choice = generation.choices[0].clone();
+        let decoded = engine.detokenize(&choice.token_ids).await.unwrap();
+        eprintln!("{max_tokens}: {decoded:?} {:?} {:?}", choice.finish_reason, choice.text);
+        if choice.token_ids.len() == max_tokens && decoded.ends_with('\u{FFFD}') {
+            cut = Some((max_tokens, generation, choice));
+            break;
+        }
+    }
+    let (max_tokens, generation, choice) = cut.expect("no token limit up to 12 cut a character: the case needs another prompt");
+    assert_eq!(choice.finish_reason, Some(agent::engine::FinishReason::Length));
+    assert_eq!(choice.token_logprobs.len(), max_tokens);
+    assert_eq!(generation.usage.completion_tokens, max_tokens);
+    assert!(!choice.text.ends_with('\u{FFFD}'), "{:?}", choice.text);
+
+    // Teacher forcing the same tokens ends on the same cut character, and scores them all.
+    let scored = engine.score(&prompt, &choice.token_ids).await.expect("the tokens are scored");
+    assert_eq!(scored.len(), max_tokens);
+}

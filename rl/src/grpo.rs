@@ -3,7 +3,7 @@
 //! verifiers, updates the adapters on the CPU, and publishes the updated policy back into
 //! an engine, which samples the next step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +22,8 @@ use crate::rollout::SamplingConfig;
 use crate::task::Task;
 use crate::trainer::{Trainer, TrainingSequence};
 
-/// How a step collects and scores its samples: plain GRPO, or an agentic method on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// One way of collecting and scoring a step's samples on top of GRPO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     #[default]
@@ -31,18 +31,18 @@ pub enum Method {
     /// ActGuide-RL: a group that earned nothing is re-sampled with the shortest prefix of
     /// the task's reference plan that lets a probe succeed, and trained as the unguided
     /// prompt's samples.
+    #[serde(rename = "actguide", alias = "act-guide")]
     ActGuide,
     /// Role-Agent: tool calls predict their results (rewards shaped by the similarity),
     /// and failed tasks are drawn more often, with the failures most like them.
     RoleAgent,
     /// ReSum: where a reply wrote the summarization phrase, a branch without it; at other
     /// positions, a branch with it injected; each branch and its rollout get opposite
-    /// advantages for what the summary gained or lost (tasks with tools: plain GRPO, counted).
+    /// advantages for what the summary gained or lost.
     Resum,
-    /// APPO: each group branches at its most uncertain content tokens; the branches'
-    /// rewards raise or lower the advantage of the prefix they share with their rollout.
-    /// Tasks with tools are trained as plain GRPO (branching inside an agent's reply is
-    /// not built yet), and counted.
+    /// APPO: each group branches at its most uncertain content tokens (inside agent
+    /// episodes too); the branches' rewards raise or lower the advantage of the prefix they
+    /// share with their rollout.
     Appo,
 }
 
@@ -56,6 +56,90 @@ impl Method {
             "resum" => Some(Self::Resum),
             _ => None,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpo => "grpo",
+            Self::ActGuide => "actguide",
+            Self::RoleAgent => "role-agent",
+            Self::Appo => "appo",
+            Self::Resum => "resum",
+        }
+    }
+}
+
+/// The methods a run combines on GRPO. They compose where each changes a different part
+/// of a step: ActGuide-RL the prompts of hard groups, Role-Agent the rewards and the task
+/// draws, APPO or ReSum the branches and the advantages taken from them. APPO and ReSum
+/// both decide advantages from their own branches, so a run has at most one of them; a
+/// group ActGuide guided is trained as ActGuide says, without branches (a branch of a
+/// guided sample would be trained under the guided prompt). Empty: plain GRPO.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Methods(BTreeSet<Method>);
+
+impl Methods {
+    /// `grpo`, one method, or several joined by `+` or `,` (`actguide+role-agent+appo`).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut methods = Vec::new();
+        for name in list.split(['+', ',']).map(str::trim) {
+            methods
+                .push(Method::parse(name).ok_or_else(|| format!("`{name}` is not a method: grpo, actguide, role-agent, appo or resum"))?);
+        }
+        Self::new(methods)
+    }
+
+    pub fn new(methods: impl IntoIterator<Item = Method>) -> Result<Self, String> {
+        let set: BTreeSet<Method> = methods.into_iter().filter(|m| *m != Method::Grpo).collect();
+        if set.contains(&Method::Appo) && set.contains(&Method::Resum) {
+            return Err("APPO and ReSum both take advantages from their own branches: a run combines at most one of them".into());
+        }
+        Ok(Self(set))
+    }
+
+    pub fn uses(&self, method: Method) -> bool {
+        self.0.contains(&method)
+    }
+
+    /// APPO or ReSum, if the run branches.
+    pub fn branching(&self) -> Option<Method> {
+        self.0.iter().copied().find(|m| matches!(m, Method::Appo | Method::Resum))
+    }
+
+    pub fn is_grpo(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `grpo`, or the methods joined by `+`.
+    pub fn name(&self) -> String {
+        if self.0.is_empty() {
+            return "grpo".into();
+        }
+        self.0.iter().map(|m| m.name()).collect::<Vec<_>>().join("+")
+    }
+}
+
+impl From<Method> for Methods {
+    fn from(method: Method) -> Self {
+        // One method always forms a valid set.
+        Self(std::iter::once(method).filter(|m| *m != Method::Grpo).collect())
+    }
+}
+
+/// Checkpoints written before methods combined hold one method; later ones a list.
+impl<'de> Deserialize<'de> for Methods {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Method),
+            Many(Vec<Method>),
+        }
+        let methods = match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(method) => vec![method],
+            OneOrMany::Many(methods) => methods,
+        };
+        Self::new(methods).map_err(serde::de::Error::custom)
     }
 }
 
@@ -73,8 +157,8 @@ pub struct GrpoConfig {
     pub seed: u64,
     /// Published policy files kept on disk (the newest); older ones are deleted.
     pub keep_policies: usize,
-    #[serde(default)]
-    pub method: Method,
+    #[serde(default, alias = "method")]
+    pub methods: Methods,
     /// Branch points per task and step: APPO's, and ReSum's injected phrases.
     #[serde(default = "default_branches")]
     pub branches: usize,
@@ -100,7 +184,7 @@ impl Default for GrpoConfig {
             estimator: AdvantageEstimator::Grpo { epsilon: 1e-6, normalize_std: true },
             seed: 0,
             keep_policies: 2,
-            method: Method::Grpo,
+            methods: Methods::default(),
             branches: default_branches(),
             phrase: default_phrase(),
         }
@@ -295,30 +379,30 @@ impl GrpoRun {
         let mut ends: Vec<EpisodeEnd> = Vec::new();
         let mut method_metrics = BTreeMap::new();
         // Role-Agent draws the step's tasks by their failure weights; the others take each once.
-        let drawn: Vec<usize> = match self.config.method {
-            Method::RoleAgent => {
-                let sampler = self.sampler.get_or_insert_with(|| FailureSampler::new(tasks.len()));
-                anyhow::ensure!(
-                    sampler.weights().len() == tasks.len(),
-                    "the run's task weights cover {} tasks, not {}: resume it with the same tasks",
-                    sampler.weights().len(),
-                    tasks.len()
-                );
-                sampler.draw(tasks.len(), self.config.seed ^ step)
-            }
-            _ => (0..tasks.len()).collect(),
+        let methods = self.config.methods.clone();
+        let drawn: Vec<usize> = if methods.uses(Method::RoleAgent) {
+            let sampler = self.sampler.get_or_insert_with(|| FailureSampler::new(tasks.len()));
+            anyhow::ensure!(
+                sampler.weights().len() == tasks.len(),
+                "the run's task weights cover {} tasks, not {}: resume it with the same tasks",
+                sampler.weights().len(),
+                tasks.len()
+            );
+            sampler.draw(tasks.len(), self.config.seed ^ step)
+        } else {
+            (0..tasks.len()).collect()
         };
         for (index, &task_index) in drawn.iter().enumerate() {
             let task = &tasks[task_index];
             let group_seed = self.config.seed ^ (step << 20) ^ index as u64;
             let mut limits = self.config.limits.clone();
-            limits.predict_observations = self.config.method == Method::RoleAgent;
+            limits.predict_observations = methods.uses(Method::RoleAgent);
             let mut episodes =
                 episode::run_group(self.engine.as_ref(), task, self.config.group_size, &self.config.sampling, &limits, group_seed).await?;
             let measured: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
             rollout_lengths.extend(episodes.iter().map(|e| e.logprobs.len()));
             let mut unguided_prompt = None;
-            if self.config.method == Method::ActGuide && actguide::is_hard(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>()) {
+            if methods.uses(Method::ActGuide) && actguide::is_hard(&measured) {
                 *method_metrics.entry("hard_groups".into()).or_insert(0.0) += 1.0;
                 if let Some((length, guided)) = self.guide(task, &limits, group_seed, &mut method_metrics).await? {
                     *method_metrics.entry("hint_length_sum".into()).or_insert(0.0) += length as f64;
@@ -328,26 +412,27 @@ impl GrpoRun {
             }
             // What the policy itself earned (unguided, unshaped): the step's measured rewards.
             groups.push(measured);
-            let rewards: Vec<f64> = match self.config.method {
-                Method::RoleAgent => episodes.iter().map(|e| role_agent_reward(e, &mut method_metrics)).collect(),
-                _ => episodes.iter().map(|e| e.reward).collect(),
-            };
-            if self.config.method == Method::RoleAgent {
+            let rewards: Vec<f64> = episodes.iter().map(|e| self.reward(e, Some(&mut method_metrics))).collect();
+            if methods.uses(Method::RoleAgent) {
                 let sampler = self.sampler.as_mut().expect("created above");
                 let prompt_of = |t: usize| tasks[t].messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
                 for _failed in episodes.iter().filter(|e| e.reward <= 0.0) {
                     sampler.record_failure(task_index, |a, b| role_agent::similarity(&prompt_of(a), &prompt_of(b)));
                 }
             }
-            if matches!(self.config.method, Method::Appo | Method::Resum) {
-                let branched = match self.config.method {
-                    Method::Appo => self.appo_sequences(task, &episodes, &limits, group_seed, &mut method_metrics).await?,
-                    _ => self.resum_sequences(task, &episodes, &limits, group_seed, &mut method_metrics).await?,
-                };
-                sequences.extend(branched);
-                task_of.resize(sequences.len(), task_index);
-                ends.extend(episodes.iter().map(|e| e.end));
-                continue;
+            match methods.branching() {
+                Some(branching) if unguided_prompt.is_none() => {
+                    let branched = match branching {
+                        Method::Appo => self.appo_sequences(task, &episodes, &rewards, &limits, group_seed, &mut method_metrics).await?,
+                        _ => self.resum_sequences(task, &episodes, &rewards, &limits, group_seed, &mut method_metrics).await?,
+                    };
+                    sequences.extend(branched);
+                    task_of.resize(sequences.len(), task_index);
+                    ends.extend(episodes.iter().map(|e| e.end));
+                    continue;
+                }
+                Some(_) => *method_metrics.entry("guided_groups_without_branches".into()).or_insert(0.0) += 1.0,
+                None => {}
             }
             let advantages = math::group_advantages(&rewards, self.config.estimator);
             for (episode, advantage) in episodes.iter().zip(advantages) {
@@ -478,6 +563,7 @@ impl GrpoRun {
         &self,
         task: &Task,
         episodes: &[Episode],
+        rewards: &[f64],
         limits: &EpisodeLimits,
         group_seed: u64,
         metrics: &mut BTreeMap<String, f64>,
@@ -514,12 +600,12 @@ impl GrpoRun {
             }
             let seed = group_seed ^ ((b as u64 + 1) << 32);
             let branch = self.branch(task, source, limits, position, None, seed).await?;
-            branch_rewards.push(branch.episode.reward);
+            branch_rewards.push(self.reward(&branch.episode, None));
         }
         if !branch_rewards.is_empty() {
             *metrics.entry("branch_reward_sum".into()).or_insert(0.0) += branch_rewards.iter().sum::<f64>();
         }
-        let initial = math::group_advantages(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>(), self.config.estimator);
+        let initial = math::group_advantages(rewards, self.config.estimator);
         let branch = math::group_advantages(&branch_rewards, self.config.estimator);
         Ok(episodes
             .iter()
@@ -560,12 +646,13 @@ impl GrpoRun {
         &self,
         task: &Task,
         episodes: &[Episode],
+        rewards: &[f64],
         limits: &EpisodeLimits,
         group_seed: u64,
         metrics: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<Vec<TrainingSequence>> {
         let phrase = self.engine.tokenize_text(&format!(" {}", self.config.phrase.trim())).await?;
-        let initial = math::group_advantages(&episodes.iter().map(|e| e.reward).collect::<Vec<_>>(), self.config.estimator);
+        let initial = math::group_advantages(rewards, self.config.estimator);
         let mut token_advantages: Vec<Vec<f64>> =
             episodes.iter().zip(&initial).map(|(e, a)| vec![*a; e.sampled_positions().len()]).collect();
         let mut branches = Vec::new();
@@ -606,9 +693,9 @@ impl GrpoRun {
                 }
                 let seed = group_seed ^ (((i as u64) << 40) | ((b as u64 + 1) << 32));
                 let branch = self.branch(task, episode, limits, point, Some(reply_prefix), seed).await?;
-                let reward = branch.episode.reward;
+                let reward = self.reward(&branch.episode, None);
                 let (with, without) =
-                    if natural { resum::paired_advantage(episode.reward, reward) } else { resum::paired_advantage(reward, episode.reward) };
+                    if natural { resum::paired_advantage(rewards[i], reward) } else { resum::paired_advantage(reward, rewards[i]) };
                 let (rollout_side, branch_side) = if natural { (with, without) } else { (without, with) };
                 *metrics.entry("pair_gain_sum".into()).or_insert(0.0) += with;
                 let first_trained = positions.partition_point(|p| *p < point);
@@ -656,19 +743,28 @@ impl GrpoRun {
     }
 }
 
-/// An episode's reward shaped by its predictions (Role-Agent), counting them in `metrics`.
-fn role_agent_reward(episode: &Episode, metrics: &mut BTreeMap<String, f64>) -> f64 {
-    let steps: Vec<(Option<String>, String)> =
-        episode.turns.iter().filter_map(|turn| turn.result.clone().map(|result| (role_agent::prediction(&turn.text), result))).collect();
-    for (prediction, result) in &steps {
-        if let Some(prediction) = prediction {
-            *metrics.entry("predictions".into()).or_insert(0.0) += 1.0;
-            *metrics.entry("prediction_similarity_sum".into()).or_insert(0.0) += role_agent::similarity(prediction, result);
+impl GrpoRun {
+    /// An episode's reward as the run's methods score it: under Role-Agent shaped by its
+    /// predictions (counted in `metrics` when given), otherwise its verifier's.
+    fn reward(&self, episode: &Episode, metrics: Option<&mut BTreeMap<String, f64>>) -> f64 {
+        if !self.config.methods.uses(Method::RoleAgent) {
+            return episode.reward;
         }
+        let steps: Vec<(Option<String>, String)> = episode
+            .turns
+            .iter()
+            .filter_map(|turn| turn.result.clone().map(|result| (role_agent::prediction(&turn.text), result)))
+            .collect();
+        let shaped = role_agent::shaped_reward(episode.reward, &steps, role_agent::PREDICTION_WEIGHT);
+        if let Some(metrics) = metrics {
+            for prediction in steps.iter().filter_map(|(prediction, result)| prediction.as_ref().map(|p| (p, result))) {
+                *metrics.entry("predictions".into()).or_insert(0.0) += 1.0;
+                *metrics.entry("prediction_similarity_sum".into()).or_insert(0.0) += role_agent::similarity(prediction.0, prediction.1);
+            }
+            *metrics.entry("shaped_reward_sum".into()).or_insert(0.0) += shaped;
+        }
+        shaped
     }
-    let shaped = role_agent::shaped_reward(episode.reward, &steps, role_agent::PREDICTION_WEIGHT);
-    *metrics.entry("shaped_reward_sum".into()).or_insert(0.0) += shaped;
-    shaped
 }
 
 fn policy_id(run: &str, step: u64) -> String {
@@ -681,4 +777,38 @@ async fn publish_policy(trainer: &Trainer, dir: &Path, id: &str) -> anyhow::Resu
     publish::write_policy(&trainer.base, Some(&trainer.adapters), &path)?;
     let engine = publish::load_policy_engine(&path, id).await?;
     Ok((Arc::new(engine), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_combine_where_they_change_different_parts_of_a_step() {
+        let all = Methods::parse("actguide+role-agent+appo").unwrap();
+        assert!(all.uses(Method::ActGuide) && all.uses(Method::RoleAgent));
+        assert_eq!(all.branching(), Some(Method::Appo));
+        assert_eq!(all.name(), "actguide+role-agent+appo");
+        assert_eq!(Methods::parse("resum,actguide").unwrap().name(), "actguide+resum");
+        assert!(Methods::parse("grpo").unwrap().is_grpo());
+        assert!(Methods::parse("appo+resum").unwrap_err().contains("at most one"));
+        assert!(Methods::parse("actguide+ppo").unwrap_err().contains("`ppo` is not a method"));
+    }
+
+    #[test]
+    fn a_checkpoint_of_one_method_still_loads() {
+        let old: GrpoConfig = serde_json::from_value(serde_json::json!({
+            "group_size": 4, "sampling": SamplingConfig::default(), "estimator": GrpoConfig::default().estimator,
+            "seed": 1, "keep_policies": 2, "method": "appo"
+        }))
+        .unwrap();
+        assert_eq!(old.methods, Method::Appo.into());
+        let saved = serde_json::to_value(GrpoConfig { methods: Methods::parse("actguide+resum").unwrap(), ..old }).unwrap();
+        assert_eq!(saved["methods"], serde_json::json!(["actguide", "resum"]));
+        let back: GrpoConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!(back.methods.name(), "actguide+resum");
+        let mut bad = serde_json::to_value(GrpoConfig::default()).unwrap();
+        bad["methods"] = serde_json::json!(["appo", "resum"]);
+        assert!(serde_json::from_value::<GrpoConfig>(bad).is_err(), "a combination the run refuses is refused from a file too");
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use agent::engine::{ChatMessage, Engine, Prompt};
 use agent::model;
 use rl::episode::{self, Episode, EpisodeEnd, EpisodeLimits, ResumeAt};
-use rl::grpo::{GrpoConfig, GrpoRun, Method};
+use rl::grpo::{GrpoConfig, GrpoRun, Method, Methods};
 use rl::methods::actguide::Action;
 use rl::policy::{BaseModel, LoraConfig};
 use rl::publish;
@@ -183,46 +183,59 @@ fn hidden_file_task() -> Task {
 #[tokio::test]
 async fn each_method_runs_a_step_on_the_real_model_and_reports_what_it_did() {
     let base = Arc::new(BaseModel::load(&model_path()).unwrap());
-    for method in [Method::ActGuide, Method::RoleAgent, Method::Appo, Method::Resum] {
+    let combined = Methods::parse("actguide+role-agent+appo").unwrap();
+    let runs: Vec<Methods> =
+        [Method::ActGuide, Method::RoleAgent, Method::Appo, Method::Resum].map(Methods::from).into_iter().chain([combined]).collect();
+    for methods in runs {
         let trainer = Trainer::new(base.clone(), LoraConfig::default(), TrainerConfig::default(), 1).unwrap();
         let config = GrpoConfig {
             group_size: 2,
             sampling: SamplingConfig { max_new_tokens: 32, temperature: 1.0 },
             limits: EpisodeLimits { max_turns: 2, ..Default::default() },
-            method,
+            methods: methods.clone(),
             seed: 5,
             ..Default::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let mut run = GrpoRun::start(trainer, config, "method", dir.path()).await.unwrap();
-        let tasks = match method {
-            Method::Appo | Method::Resum => vec![Task::pick_a_number(), read_task()],
+        let tasks = match methods.name().as_str() {
+            "appo" | "resum" => vec![Task::pick_a_number(), read_task()],
             _ => vec![hidden_file_task(), read_task()],
         };
         let report = run.step(&tasks).await.unwrap();
-        eprintln!("{method:?}: {}", report.line());
+        eprintln!("{}: {}", methods.name(), report.line());
         let metric = |key: &str| report.method_metrics.get(key).copied();
         assert!(report.trained_tokens > 0);
-        match method {
-            Method::ActGuide => {
+        match methods.name().as_str() {
+            "actguide" => {
                 // The hidden file's group earned nothing: it was searched and re-sampled
                 // with at most the one-step plan.
                 assert!(metric("hard_groups").unwrap() >= 1.0, "{:?}", report.method_metrics);
                 assert!(metric("probes").unwrap() >= 1.0);
                 assert!(metric("hint_length_sum").unwrap() <= metric("hard_groups").unwrap());
             }
-            Method::Appo => {
+            "appo" => {
                 // Each group branched at two points, the agent task's inside its episodes.
                 assert_eq!(metric("branch_points"), Some(4.0), "{:?}", report.method_metrics);
                 assert!(metric("branch_reward_sum").unwrap() <= 4.0);
             }
-            Method::Resum => {
+            "resum" => {
                 // Two injected phrases on the single-reply task (the untrained model never
                 // summarizes on its own), and more where an agent episode ended with an
                 // answer to inject into; each a trained branch.
                 let artifacts = metric("artifact_points").unwrap();
                 assert!((2.0..=4.0).contains(&artifacts), "{:?}", report.method_metrics);
                 assert_eq!(metric("branches"), Some(artifacts + metric("natural_points").unwrap()));
+            }
+            "actguide+role-agent+appo" => {
+                // Each method did its part in the one step: the hidden file's group was
+                // guided (and so not branched), rewards were shaped, tasks reweighted, and
+                // the unguided group branched inside its episodes.
+                assert!(metric("hard_groups").unwrap() >= 1.0, "{:?}", report.method_metrics);
+                assert!(metric("shaped_reward_sum").is_some());
+                assert!(metric("task_weight_0").is_some());
+                let guided = metric("guided_groups_without_branches").unwrap_or(0.0);
+                assert_eq!(metric("branch_points").unwrap_or(0.0), 2.0 * (2.0 - guided), "{:?}", report.method_metrics);
             }
             _ => {
                 // Every episode's reward was shaped (or kept), and each failure raised a

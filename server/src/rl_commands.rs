@@ -11,7 +11,7 @@ use agent::engine::Engine;
 use agent::model;
 use agent::repack::{self, WeightFormat};
 use rl::episode::EpisodeLimits;
-use rl::grpo::{GrpoConfig, GrpoRun, Method};
+use rl::grpo::{GrpoConfig, GrpoRun, Methods};
 use rl::policy::{BaseModel, LoraConfig, LoraTarget};
 use rl::registry::{Gate, PolicyRegistry, PolicyState, Promotion};
 use rl::rollout::SamplingConfig;
@@ -102,7 +102,8 @@ pub enum RlCommand {
         #[arg(long, default_value_t = 48)]
         max_new_tokens: usize,
         /// The training method whose sequences to write (`verl-agent-loop`): `grpo` writes
-        /// episodes with their rewards; the others write what the method trains on.
+        /// episodes with their rewards; the others (or several joined by `+`) write what
+        /// the methods train on.
         #[arg(long, default_value = "grpo")]
         method: String,
         /// The file to write.
@@ -203,7 +204,8 @@ pub struct TrainArgs {
     /// `grpo`, `actguide` (hard groups re-sampled with the shortest helpful prefix of the
     /// task's `actions`), `role-agent` (predicted tool results shape rewards; failed tasks
     /// are drawn more often), `appo` (branches at uncertain tokens of replies, inside agent
-    /// episodes too) or `resum` (branches with and without the summarization phrase).
+    /// episodes too) or `resum` (branches with and without the summarization phrase); or
+    /// several joined by `+` (`actguide+role-agent+appo`; at most one of appo and resum).
     #[arg(long, default_value = "grpo")]
     method: String,
     /// Give each task without `actions` the plan that at least `--min-users` users'
@@ -237,9 +239,8 @@ pub async fn run(command: RlCommand) -> anyhow::Result<()> {
             promote(&id, &tasks, samples, max_new_tokens, &limits, &dir).await
         }
         RlCommand::Export { format, tasks, harvest, min_users, samples, max_new_tokens, method, out, database } => {
-            let method =
-                Method::parse(&method).with_context(|| format!("`{method}` is not a method: grpo, actguide, role-agent, appo or resum"))?;
-            let source = ExportSource { tasks: tasks.as_deref(), harvest, min_users, samples, max_new_tokens, method };
+            let methods = Methods::parse(&method).map_err(anyhow::Error::msg)?;
+            let source = ExportSource { tasks: tasks.as_deref(), harvest, min_users, samples, max_new_tokens, methods };
             export(&format, &source, &out, &database).await
         }
         RlCommand::ImportPeft { dir, id, model, dir_args } => {
@@ -316,10 +317,9 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         let config = TrainerConfig { learning_rate: args.lr, kl_coef: args.kl_coef, ..Default::default() };
         Trainer::new(base.clone(), lora, config, args.seed)?
     };
-    let method = Method::parse(&args.method)
-        .with_context(|| format!("`{}` is not a method: grpo, actguide, role-agent, appo or resum", args.method))?;
+    let methods = Methods::parse(&args.method).map_err(anyhow::Error::msg)?;
     let config = GrpoConfig {
-        method,
+        methods,
         branches: args.branches,
         group_size: args.group,
         sampling: SamplingConfig { max_new_tokens: args.max_new_tokens, temperature: 1.0 },
@@ -458,7 +458,7 @@ struct ExportSource<'a> {
     min_users: usize,
     samples: usize,
     max_new_tokens: usize,
-    method: Method,
+    methods: Methods,
 }
 
 async fn export(format: &str, source: &ExportSource<'_>, out: &Path, database: &crate::config::DatabaseArgs) -> anyhow::Result<()> {
@@ -496,13 +496,13 @@ async fn export(format: &str, source: &ExportSource<'_>, out: &Path, database: &
     };
     let rows: Vec<serde_json::Value> = match format {
         Format::Verl => tasks.iter().enumerate().map(|(i, task)| export::verl_row(task, i, "train")).collect(),
-        Format::VerlAgentLoop if source.method != Method::Grpo => {
+        Format::VerlAgentLoop if !source.methods.is_grpo() => {
             // The method's own sequences, drawn from the base model as its first step would.
             let path = base_model_path(&None).await?;
             let base = Arc::new(BaseModel::load(&path)?);
             let trainer = Trainer::new(base, LoraConfig::default(), TrainerConfig::default(), 0)?;
             let config = GrpoConfig {
-                method: source.method,
+                methods: source.methods.clone(),
                 group_size: source.samples,
                 sampling: SamplingConfig { max_new_tokens: source.max_new_tokens, temperature: 1.0 },
                 ..Default::default()
@@ -613,7 +613,8 @@ mod tests {
 
         for format in ["verl", "trl-grpo", "trl-sft", "trl-kto", "trl-dpo"] {
             let out = dir.path().join(format!("{format}.jsonl"));
-            let source = ExportSource { tasks: None, harvest: true, min_users: 3, samples: 1, max_new_tokens: 8, method: Method::Grpo };
+            let source =
+                ExportSource { tasks: None, harvest: true, min_users: 3, samples: 1, max_new_tokens: 8, methods: Methods::default() };
             export(format, &source, &out, &database).await.unwrap();
             let text = std::fs::read_to_string(&out).unwrap();
             let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -18,7 +18,7 @@ use mistralrs::core::{
 use mistralrs::{Constraint, CustomLogitsProcessor, NormalRequest, Request, Response, SamplingParams, StopTokens};
 use tokio::sync::mpsc;
 
-use super::seeded::{ForcedContinuation, SeededSampler};
+use super::seeded::{ForcedContinuation, SeededSampler, StepCounter};
 use super::tool_protocol::{self, ParsedReply};
 use super::{
     validate_request, Choice, Engine, EngineError, EventStream, FinishReason, Generation, GenerationRequest, ModelInfo, Prompt,
@@ -217,10 +217,7 @@ impl MistralRsEngine {
         self.admission.clone().acquire_owned().await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))
     }
 
-    async fn submit(
-        &self,
-        request: &GenerationRequest,
-    ) -> Result<(mpsc::Receiver<Response>, Option<Arc<SeededSampler>>, tokio::sync::OwnedSemaphorePermit), EngineError> {
+    async fn submit(&self, request: &GenerationRequest) -> Result<Submitted, EngineError> {
         validate_request(request)?;
         // Logprobs are computed by our own sampler (see `seeded`): mistral.rs's are base-10,
         // and on its greedy path not even of probabilities. One sampler serves one sequence.
@@ -286,7 +283,13 @@ impl MistralRsEngine {
         }
 
         self.check_context(&messages, request.max_tokens).await?;
-        let processors = seeded.clone().map(|sampler| vec![sampler as Arc<dyn CustomLogitsProcessor>]);
+        let counter = Arc::new(StepCounter::default());
+        let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
+        if let Some(sampler) = &seeded {
+            processors.push(sampler.clone());
+        }
+        processors.push(counter.clone());
+        let processors = Some(processors);
         let outgoing = Outgoing {
             messages,
             sampling,
@@ -296,7 +299,7 @@ impl MistralRsEngine {
         };
         let admitted = self.admit().await?;
         let receiver = self.send(outgoing).await?;
-        Ok((receiver, seeded, admitted))
+        Ok(Submitted { receiver, seeded, counter, admitted })
     }
 }
 
@@ -316,6 +319,16 @@ fn json_constraint(mut schema: serde_json::Value) -> Constraint {
         });
     }
     Constraint::JsonSchema(schema)
+}
+
+/// A request in the engine: its responses, its sampler (whose picks carry the true
+/// log-probabilities) if one was installed, the count of tokens it generated, and the
+/// engine's admission, held until the request is done.
+struct Submitted {
+    receiver: mpsc::Receiver<Response>,
+    seeded: Option<Arc<SeededSampler>>,
+    counter: Arc<StepCounter>,
+    admitted: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The parts of a mistral.rs request that differ between our calls.
@@ -464,6 +477,9 @@ impl Engine for MistralRsEngine {
                     Some(Response::Chunk(chunk)) if chunk.choices.iter().all(|c| c.finish_reason.is_none()) => {}
                     Some(Response::CompletionChunk(_) | Response::Chunk(_) | Response::CompletionDone(_) | Response::Done(_)) => break,
                     Some(other) => return Err(response_error(other)),
+                    // Ended on an incomplete character (see `StepCounter`): done once it
+                    // forced at least one token.
+                    None if !forced.picks().is_empty() => break,
                     None => return Err(EngineError::Backend(ENGINE_WENT_AWAY.into())),
                 }
             }
@@ -525,7 +541,8 @@ impl MistralRsEngine {
 
     /// Submits a request and returns its events, plus the seeded sampler if one was installed.
     async fn events(&self, request: &GenerationRequest) -> Result<(EventStream, Option<Arc<SeededSampler>>), EngineError> {
-        let (mut receiver, seeded, admitted) = self.submit(request).await?;
+        let Submitted { mut receiver, seeded, counter, admitted } = self.submit(request).await?;
+        let max_tokens = request.max_tokens;
         let sampler = seeded.clone();
         let runner = self.runner.clone();
         let buffer_for_tools = request.offers_tools();
@@ -548,10 +565,11 @@ impl MistralRsEngine {
             let mut position = 0usize;
             // Texts of the alternative tokens named so far.
             let mut token_texts: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
-            while let Some(response) = receiver.recv().await {
+            let mut closed_without_finish = false;
+            loop {
                 // Each chunk is (choice index, text, logprob, finish reason).
-                let pieces: Vec<(usize, String, Option<mistralrs::core::ResponseLogprob>, Option<String>)> = match response {
-                    Response::Chunk(chunk) => {
+                let pieces: Vec<(usize, String, Option<mistralrs::core::ResponseLogprob>, Option<String>)> = match receiver.recv().await {
+                    Some(Response::Chunk(chunk)) => {
                         if let Some(u) = &chunk.usage {
                             usage = Some(usage_of(u));
                         }
@@ -559,19 +577,32 @@ impl MistralRsEngine {
                             .map(|c| (c.index, c.delta.content.unwrap_or_default(), c.logprobs, c.finish_reason))
                             .collect()
                     }
-                    Response::CompletionChunk(chunk) => chunk.choices.into_iter()
+                    Some(Response::CompletionChunk(chunk)) => chunk.choices.into_iter()
                         .map(|c| (c.index, c.text, c.logprobs, c.finish_reason))
                         .collect(),
-                    other => {
+                    Some(other) => {
                         yield Err(response_error(other));
                         return;
                     }
+                    // A single choice that generated tokens and then lost its final chunk
+                    // ended on an incomplete character (see `StepCounter`): it is finished,
+                    // at the token limit or by end-of-text or a stop string, and its text is
+                    // complete up to that partial character.
+                    None if choices == 1 && !finished[0] && !closed_without_finish && counter.steps() > 0 => {
+                        closed_without_finish = true;
+                        tracing::debug!(steps = counter.steps(), "the engine ended a reply on an incomplete character");
+                        let reason = if counter.steps() >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                        vec![(0, String::new(), None, Some(reason.as_str().to_string()))]
+                    }
+                    None => break,
                 };
                 for (index, text, logprob, finish_reason) in pieces {
                     if index >= choices {
                         continue;
                     }
-                    tokens_seen += 1;
+                    if !closed_without_finish {
+                        tokens_seen += 1;
+                    }
                     if buffer_for_tools {
                         buffered[index].push_str(&text);
                         // An answer is shown as it is written; a tool call only once whole.
@@ -627,7 +658,7 @@ impl MistralRsEngine {
             }
             let usage = usage.unwrap_or(Usage {
                 prompt_tokens: prompt_tokens_known.unwrap_or(0),
-                completion_tokens: tokens_seen,
+                completion_tokens: if closed_without_finish { counter.steps() } else { tokens_seen },
             });
             yield Ok(StreamEvent::Usage(usage));
         };

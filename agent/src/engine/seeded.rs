@@ -190,6 +190,31 @@ impl CustomLogitsProcessor for SeededSampler {
     }
 }
 
+/// Counts the tokens a generation produced, by the positions the engine asked about,
+/// leaving the logits alone. mistral.rs 0.8.1 ends a streamed sequence without a final
+/// chunk when its last token leaves an incomplete UTF-8 character (a byte token of a
+/// multi-byte character, cut off by the token limit or followed by end-of-text): the
+/// count says whether such a stream ended at the limit or earlier.
+#[derive(Default)]
+pub struct StepCounter {
+    positions: Mutex<std::collections::BTreeSet<usize>>,
+}
+
+impl StepCounter {
+    /// Tokens generated so far (a position the grammar made the engine ask about twice
+    /// counts once).
+    pub fn steps(&self) -> usize {
+        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+impl CustomLogitsProcessor for StepCounter {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(context.len());
+        Ok(logits.clone())
+    }
+}
+
 /// Log-softmax of one position's logits at `token`, computed stably.
 fn log_softmax_at(logits: &[f32], token: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
