@@ -572,12 +572,12 @@ impl GrpoRun {
         let mut owners: Vec<(usize, usize)> = Vec::new();
         let mut scores = Vec::new();
         let mut eligible = Vec::new();
-        for (i, episode) in episodes.iter().enumerate() {
-            let positions = episode.sampled_positions();
+        let positions_of: Vec<Vec<usize>> = episodes.iter().map(Episode::sampled_positions).collect();
+        for (i, (episode, positions)) in episodes.iter().zip(&positions_of).enumerate() {
             // A reply's last token has nothing after it in the reply to branch into.
             let reply_ends: Vec<usize> = episode.reply_spans().iter().map(|span| span.end - 1).collect();
             let mut content = Vec::with_capacity(positions.len());
-            for &p in &positions {
+            for &p in positions {
                 content.push(!reply_ends.contains(&p) && appo::is_content_token(&self.engine.detokenize(&[episode.tokens[p]]).await?));
             }
             let entropy: Vec<f64> = (0..positions.len()).map(|k| episode.entropies.get(k).copied().unwrap_or(0.0) as f64).collect();
@@ -594,8 +594,8 @@ impl GrpoRun {
         for (b, &point) in points.iter().enumerate() {
             let (i, k) = owners[point];
             let source = &episodes[i];
-            let position = source.sampled_positions()[k];
-            if source.reply_spans().first().is_some_and(|first| !first.contains(&position)) {
+            let position = positions_of[i][k];
+            if source.sampled[..position].iter().any(|sampled| !sampled) {
                 *metrics.entry("branch_points_in_later_turns".into()).or_insert(0.0) += 1.0;
             }
             let seed = group_seed ^ ((b as u64 + 1) << 32);
@@ -622,7 +622,7 @@ impl GrpoRun {
                 }
                 let branches: Vec<(usize, f64)> = at.iter().map(|(k, (sum, n, _))| (*k, sum / *n as f64)).collect();
                 let bs: Vec<(usize, f64)> = at.iter().map(|(k, (_, _, score))| (*k, *score)).collect();
-                let trained = episode.sampled_positions().len();
+                let trained = positions_of[i].len();
                 let scaling = appo::procedure_scaling(trained, &bs);
                 let mut sequence = episode.training_sequence(initial[i]);
                 sequence.token_advantages = appo::initial_token_advantages(initial[i], trained, &branches, &scaling);
@@ -659,8 +659,9 @@ impl GrpoRun {
         let mut artifacts_left = self.config.branches;
         for (i, episode) in episodes.iter().enumerate() {
             let positions = episode.sampled_positions();
+            let spans = episode.reply_spans();
             let mut naturals = Vec::new();
-            for span in episode.reply_spans() {
+            for span in &spans {
                 naturals.extend(resum::natural_points(&episode.tokens[span.clone()], &phrase).into_iter().map(|n| span.start + n));
             }
             let artifacts = if artifacts_left > 0 {
@@ -685,7 +686,6 @@ impl GrpoRun {
             for (b, (point, natural)) in points.enumerate() {
                 // The branch's reply up to the point, with the phrase injected at an artifact
                 // point (a natural point drops it).
-                let spans = episode.reply_spans();
                 let span = spans.iter().find(|span| span.contains(&point)).context("a ReSum point lies in a reply")?;
                 let mut reply_prefix: Vec<u32> = episode.tokens[span.start..point].to_vec();
                 if !natural {

@@ -562,26 +562,36 @@ mod tests {
         }
     }
 
+    /// A real database file in `dir`, and an evolver run to record summaries under.
+    async fn recording_database(dir: &Path) -> (crate::config::DatabaseArgs, crate::database::Database, String) {
+        let database = crate::config::DatabaseArgs { data_dir: dir.to_path_buf(), database_url: None };
+        let db = database.open().await.unwrap();
+        let run = db.evolver.start_run("test").await.unwrap();
+        (database, db, run)
+    }
+
+    /// Records `summary` as a real session of `user` (created on first use) under `run`, as
+    /// the evolver would; returns the session's id.
+    async fn record_session(db: &crate::database::Database, run: &str, user: &str, mut summary: SummaryRecord) -> String {
+        let user_id = match db.store.user_by_name(user).await.unwrap() {
+            Some(existing) => existing.id,
+            None => db.store.create_user(user, false).await.unwrap().id,
+        };
+        let session = db.store.create_session(&user_id, "t", "m").await.unwrap();
+        summary.session_id = session.id.clone();
+        summary.user_id = user_id;
+        summary.run_id = run.into();
+        db.evolver.save_summary(&summary).await.unwrap();
+        session.id
+    }
+
     /// Harvest from a real database file: the shared pattern is exported in every format;
     /// a planted secret and one user's own request never are.
     #[tokio::test]
     async fn export_harvests_only_shared_patterns_without_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let database = crate::config::DatabaseArgs { data_dir: dir.path().to_path_buf(), database_url: None };
-        let db = database.open().await.unwrap();
-        let run = db.evolver.start_run("test").await.unwrap();
-        // Each recorded summary belongs to a real user's real session.
-        let save = async |user: &str, request: &str, answer: &str| {
-            let user_id = match db.store.user_by_name(user).await.unwrap() {
-                Some(existing) => existing.id,
-                None => db.store.create_user(user, false).await.unwrap().id,
-            };
-            let session = db.store.create_session(&user_id, "t", "m").await.unwrap();
-            let mut summary = record(&session.id, &user_id, request, answer);
-            summary.run_id = run.clone();
-            db.evolver.save_summary(&summary).await.unwrap();
-            session.id
-        };
+        let (database, db, run) = recording_database(dir.path()).await;
+        let save = async |user: &str, request: &str, answer: &str| record_session(&db, &run, user, record("", "", request, answer)).await;
         let mut replays = Vec::new();
         for user in ["ada", "bo", "cy"] {
             let session = save(user, "What is 6 times 7?", "42").await;
@@ -636,20 +646,15 @@ mod tests {
     #[tokio::test]
     async fn training_tasks_get_the_plans_other_users_shared() {
         let dir = tempfile::tempdir().unwrap();
-        let database = crate::config::DatabaseArgs { data_dir: dir.path().to_path_buf(), database_url: None };
-        let db = database.open().await.unwrap();
-        let run = db.evolver.start_run("test").await.unwrap();
+        let (database, db, run) = recording_database(dir.path()).await;
         let poem = std::collections::BTreeMap::from([("poem.txt".to_string(), "a\nb\nc\nd\n".to_string())]);
         let wc = vec![("exec".to_string(), r#"{"command": "wc -l poem.txt"}"#.to_string())];
         let secret_path = vec![("read".to_string(), r#"{"path": "ada-private/poem.txt"}"#.to_string())];
         for (user, procedure) in [("ada", &secret_path), ("bo", &wc), ("cy", &wc), ("dee", &wc)] {
-            let user_id = db.store.create_user(user, false).await.unwrap().id;
-            let session = db.store.create_session(&user_id, "t", "m").await.unwrap();
-            let mut summary = record(&session.id, &user_id, "How many lines does poem.txt have?", "4");
-            summary.run_id = run.clone();
+            let mut summary = record("", "", "How many lines does poem.txt have?", "4");
             summary.replay.inputs = poem.clone();
             summary.replay.procedure = procedure.clone();
-            db.evolver.save_summary(&summary).await.unwrap();
+            record_session(&db, &run, user, summary).await;
         }
         drop(db);
         let task = |id: &str, files: &std::collections::BTreeMap<String, String>| Task {
