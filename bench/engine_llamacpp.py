@@ -11,7 +11,7 @@ from llama_cpp import Llama
 model, prompts_path, new_tokens, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 threads = int(sys.argv[5]) if len(sys.argv) > 5 else 2
 prompts = json.load(open(prompts_path))
-llm = Llama(model_path=model, n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+llm = Llama(model_path=model, n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
 
 for name, tokens in sorted(prompts.items()):
     samples = []

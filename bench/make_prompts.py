@@ -24,5 +24,9 @@ tokens = llm.tokenize(short.encode(), add_bos=False)
 prompts["short"] = tokens[:40]
 long_tokens = llm.tokenize((paragraph * 20).encode(), add_bos=False)
 prompts["long"] = long_tokens[:488] + tokens[:12]
+# What an agent client sends first: a system prompt with its tools and skill catalog, ~7,000
+# tokens (OpenClaw's first request is 7,267), in a file of its own (fewer runs: it is long).
+agent = {"7k": (long_tokens * 15)[:6988] + tokens[:12]}
 json.dump(prompts, open(out, "w"))
+json.dump(agent, open(out.replace(".json", "_7k.json"), "w"))
 print({name: len(t) for name, t in prompts.items()})
