@@ -328,6 +328,9 @@ async fn pull() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    if let Some(threads) = config.threads {
+        agent::engine::mistral::set_compute_threads(threads)?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     run_server(config, listener, shutdown_signal()).await
 }

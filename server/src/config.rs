@@ -89,6 +89,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SKILLHIVE_WEIGHTS", value_enum, default_value = "auto")]
     pub weights: Weights,
 
+    /// Threads the embedded backend computes on (matrix products, attention). Defaults to
+    /// one per core; fewer leave cores to the HTTP server and other work on the machine.
+    #[arg(long, env = "SKILLHIVE_THREADS")]
+    pub threads: Option<usize>,
+
     /// Most sequences the embedded backend batches together.
     #[arg(long, env = "SKILLHIVE_MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,

@@ -117,6 +117,20 @@ async fn tokenize(
     }
 }
 
+/// Sizes the thread pool the engine computes on: candle runs its matrix products, and our
+/// CPU attention its softmax, on rayon's global pool, which otherwise takes one thread per
+/// core. Call before the first model loads; the pool's size cannot change once it exists.
+pub fn set_compute_threads(threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("engine-{i}"))
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot size the engine's threads: {e}"))?;
+    tracing::info!(threads, "engine compute threads");
+    Ok(())
+}
+
 impl MistralRsEngine {
     /// Loads the GGUF file (weights, tokenizer and chat template all come from it).
     pub async fn load(options: MistralRsOptions) -> anyhow::Result<Self> {
