@@ -125,8 +125,12 @@ impl Sdpa {
         let (_, _, _, v_head_dim) = v.dims4()?;
 
         // On the CPU, attention runs as blocks of matrix products over visible keys (see
-        // `cpu_blocked`); the row-at-a-time kernel stays for softcapping, which it applies.
-        if q.device().is_cpu() && sdpa_params.softcap.is_none_or(|cap| cap == 0.0) {
+        // `cpu_blocked`); the row-at-a-time kernel stays for softcapping, which it applies,
+        // and for BF16, which candle's CPU matrix product does not take.
+        if q.device().is_cpu()
+            && matches!(q.dtype(), DType::F32 | DType::F16)
+            && sdpa_params.softcap.is_none_or(|cap| cap == 0.0)
+        {
             return backends::cpu_blocked::blocked_attention(
                 q,
                 k,
