@@ -4,7 +4,7 @@
 //!
 //! Usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [WEIGHTS]
 //! where PROMPTS.json is `{"name": [token ids], ...}` and WEIGHTS is how the weights are
-//! held in memory: as-shipped, q8_0, f32 or auto (the server's default).
+//! held in memory: as-shipped, q8_0, f32, dual or auto (the server's default).
 
 use std::time::Instant;
 
@@ -19,12 +19,13 @@ async fn main() -> anyhow::Result<()> {
     let (model, prompts, new_tokens, runs, weights) = match args.as_slice() {
         [_, model, prompts, new_tokens, runs] => (model, prompts, new_tokens, runs, "auto"),
         [_, model, prompts, new_tokens, runs, weights] => (model, prompts, new_tokens, runs, weights.as_str()),
-        _ => anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [as-shipped|q8_0|f32|auto]"),
+        _ => anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [as-shipped|q8_0|f32|dual|auto]"),
     };
     let format = match weights {
         "as-shipped" => WeightFormat::AsShipped,
         "q8_0" => WeightFormat::Q8_0,
         "f32" => WeightFormat::F32,
+        "dual" => WeightFormat::Dual,
         "auto" => WeightFormat::Auto,
         other => anyhow::bail!("unknown weight format {other}"),
     };
@@ -32,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let new_tokens: usize = new_tokens.parse()?;
     let runs: usize = runs.parse()?;
     let prompts: std::collections::BTreeMap<String, Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(prompts)?)?;
-    let mut options = MistralRsOptions::new(&model, "bench");
+    let mut options = MistralRsOptions::new(model, "bench");
     if std::env::var("BENCH_DTYPE").as_deref() == Ok("auto") {
         options.dtype = ActivationDType::Auto;
     }

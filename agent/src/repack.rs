@@ -38,24 +38,39 @@ pub fn repacked_path(cache: &Path, source: &Path, format: WeightFormat) -> anyho
     Ok(cache.join("models").join("repacked").join(format!("{stem}.{}.{}.gguf", &digest[..16], format.suffix())))
 }
 
-/// Whether a GGUF file has tensors of a type the CPU kernels are slow at.
-pub fn needs_repack(source: &Path) -> anyhow::Result<bool> {
+/// Whether a repack to `target` rewrites a tensor of type `tensor`: to F32, every
+/// quantized tensor (so that nothing is computed on 8-bit activations; the default model's
+/// tied output matrix is Q8_0); to Q8_0, the slow types.
+fn rewrites(target: GgmlDType, tensor: GgmlDType) -> bool {
+    match target {
+        GgmlDType::F32 => !matches!(tensor, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
+        _ => SLOW_TYPES.contains(&tensor),
+    }
+}
+
+/// Whether a GGUF file has tensors a repack to `target` rewrites.
+pub fn needs_repack(source: &Path, target: GgmlDType) -> anyhow::Result<bool> {
     let mut reader = BufReader::new(File::open(source)?);
     let content = gguf_file::Content::read(&mut reader).with_context(|| format!("{} is not a readable GGUF file", source.display()))?;
-    Ok(content.tensor_infos.values().any(|info| SLOW_TYPES.contains(&info.ggml_dtype)))
+    Ok(content.tensor_infos.values().any(|info| rewrites(target, info.ggml_dtype)))
 }
 
 /// How the embedded backend stores weights in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// The file's own tensor types.
+    /// The file's own tensor types. Q4_1 and Q8_0 matrices are multiplied block by block
+    /// (the `cpu-kernels` crate), for prompts too.
     AsShipped,
-    /// Slow types requantized to Q8_0: fast decoding, faster prefill than Q4_1.
+    /// Slow types requantized to Q8_0.
     Q8_0,
-    /// Slow types expanded to F32: prefill runs on dense GEMM kernels (3-4x faster than any
-    /// quantized type here), while decoding reads 4 bytes per weight and slows down.
+    /// Every quantized tensor expanded to F32: prefill runs on dense GEMM kernels, while
+    /// decoding reads 4 bytes per weight and slows down.
     F32,
-    /// F32 for small models, Q8_0 otherwise; see [`choose_auto`].
+    /// The file's blocks for generating tokens, plus an F32 copy of them for reading
+    /// prompts: both at their fastest, for 4 bytes a weight more memory. The two give the
+    /// same products up to the order of additions (the blocks are multiplied in F32).
+    Dual,
+    /// `Dual` for small models, Q8_0 otherwise; see [`choose_auto`].
     Auto,
 }
 
@@ -64,43 +79,65 @@ impl WeightFormat {
         match self {
             WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
             WeightFormat::F32 => Some(GgmlDType::F32),
-            WeightFormat::AsShipped | WeightFormat::Auto => None,
+            WeightFormat::AsShipped | WeightFormat::Dual | WeightFormat::Auto => None,
         }
     }
     fn suffix(self) -> &'static str {
         match self {
-            WeightFormat::F32 => "f32",
+            // Not "f32": files of that name expanded only the slow types.
+            WeightFormat::F32 => "dense",
             _ => "q8_0",
         }
     }
 }
 
-/// Expanded weights above this size are not worth their memory and bandwidth.
-const AUTO_F32_LIMIT_BYTES: u64 = 1 << 30;
+/// What the engine loads: a GGUF file, and whether to keep an F32 copy of its
+/// block-quantized matrices for reading prompts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedWeights {
+    pub path: PathBuf,
+    pub dense_prompts: bool,
+}
 
-/// `Auto` resolved for one file: F32 when the expanded weights stay under 1 GiB (models of
-/// up to ~250M parameters, where prompt processing dominates an agent step), else Q8_0.
+impl From<PathBuf> for PreparedWeights {
+    fn from(path: PathBuf) -> Self {
+        Self { path, dense_prompts: false }
+    }
+}
+
+impl From<&Path> for PreparedWeights {
+    fn from(path: &Path) -> Self {
+        path.to_path_buf().into()
+    }
+}
+
+/// The extra F32 copy above this size is not worth its memory.
+const AUTO_DENSE_LIMIT_BYTES: u64 = 1 << 30;
+
+/// `Auto` resolved for one file: `Dual` when the F32 copy stays under 1 GiB (models of up
+/// to ~250M parameters, where prompt processing dominates an agent step), else Q8_0.
 pub fn choose_auto(source: &Path) -> anyhow::Result<WeightFormat> {
     let mut reader = BufReader::new(File::open(source)?);
     let content = gguf_file::Content::read(&mut reader)?;
     let parameters: u64 = content.tensor_infos.values().map(|info| info.shape.elem_count() as u64).sum();
-    Ok(if parameters * 4 <= AUTO_F32_LIMIT_BYTES { WeightFormat::F32 } else { WeightFormat::Q8_0 })
+    Ok(if parameters * 4 <= AUTO_DENSE_LIMIT_BYTES { WeightFormat::Dual } else { WeightFormat::Q8_0 })
 }
 
-/// Returns a file to load in place of `source`: the source itself when it has nothing to
-/// repack (or `AsShipped` was asked for), else its repacked copy in the cache, written
-/// first if absent.
-pub fn prepare(cache: &Path, source: &Path, format: WeightFormat) -> anyhow::Result<PathBuf> {
+/// Returns what to load in place of `source`: the source itself when it has nothing to
+/// repack (or the format keeps the file's blocks), else its repacked copy in the cache,
+/// written first if absent.
+pub fn prepare(cache: &Path, source: &Path, format: WeightFormat) -> anyhow::Result<PreparedWeights> {
     let format = if format == WeightFormat::Auto { choose_auto(source)? } else { format };
-    let Some(dtype) = format.dtype() else { return Ok(source.to_path_buf()) };
-    if !needs_repack(source)? {
-        return Ok(source.to_path_buf());
+    let dense_prompts = format == WeightFormat::Dual;
+    let Some(dtype) = format.dtype() else { return Ok(PreparedWeights { path: source.to_path_buf(), dense_prompts }) };
+    if !needs_repack(source, dtype)? {
+        return Ok(source.into());
     }
     let target = repacked_path(cache, source, format)?;
     if !target.exists() {
         repack_to(source, &target, dtype)?;
     }
-    Ok(target)
+    Ok(target.into())
 }
 
 /// Writes a copy of `source` whose slow-typed tensors are stored as `dtype`. The file is
@@ -114,7 +151,7 @@ pub fn repack_to(source: &Path, target: &Path, dtype: GgmlDType) -> anyhow::Resu
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let tensor = content.tensor(&mut reader, name, &device)?;
-        let tensor = if SLOW_TYPES.contains(&tensor.dtype()) { QTensor::quantize(&tensor.dequantize(&device)?, dtype)? } else { tensor };
+        let tensor = if rewrites(dtype, tensor.dtype()) { QTensor::quantize(&tensor.dequantize(&device)?, dtype)? } else { tensor };
         tensors.push((name.as_str(), tensor));
     }
     let file_type = gguf_file::Value::U32(file_type_code(dtype));
@@ -163,9 +200,9 @@ mod tests {
         let original = QTensor::quantize(&Tensor::from_vec(values, (2, 64), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
         let source = dir.path().join("m.gguf");
         write_gguf(&source, &original);
-        assert!(needs_repack(&source).unwrap());
+        assert!(needs_repack(&source, GgmlDType::Q8_0).unwrap());
 
-        let target = prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap();
+        let target = prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap().path;
         assert_ne!(target, source);
         let mut reader = BufReader::new(File::open(&target).unwrap());
         let content = gguf_file::Content::read(&mut reader).unwrap();
@@ -181,28 +218,45 @@ mod tests {
         assert!(worst < 0.02, "largest difference {worst}");
 
         // Prepared twice, the copy is reused; a file with nothing slow is used as it is.
-        assert_eq!(prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap(), target);
-        assert!(!needs_repack(&target).unwrap());
-        assert_eq!(prepare(dir.path(), &target, WeightFormat::Q8_0).unwrap(), target);
-        assert_eq!(prepare(dir.path(), &source, WeightFormat::AsShipped).unwrap(), source);
+        assert_eq!(prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap().path, target);
+        assert!(!needs_repack(&target, GgmlDType::Q8_0).unwrap());
+        assert_eq!(prepare(dir.path(), &target, WeightFormat::Q8_0).unwrap().path, target);
+        assert_eq!(
+            prepare(dir.path(), &source, WeightFormat::AsShipped).unwrap(),
+            PreparedWeights { path: source.clone(), dense_prompts: false }
+        );
     }
 
     #[test]
-    fn small_models_expand_to_exact_f32() {
+    fn f32_expansion_is_exact() {
         let dir = tempfile::tempdir().unwrap();
         let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
         let original = QTensor::quantize(&Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
         let source = dir.path().join("m.gguf");
         write_gguf(&source, &original);
-        assert_eq!(choose_auto(&source).unwrap(), WeightFormat::F32);
-        let target = prepare(dir.path(), &source, WeightFormat::Auto).unwrap();
-        assert!(target.to_string_lossy().ends_with(".f32.gguf"));
-        let mut reader = BufReader::new(File::open(&target).unwrap());
+        let target = prepare(dir.path(), &source, WeightFormat::F32).unwrap();
+        assert!(target.path.to_string_lossy().ends_with(".dense.gguf"));
+        assert!(!target.dense_prompts);
+        let mut reader = BufReader::new(File::open(&target.path).unwrap());
         let content = gguf_file::Content::read(&mut reader).unwrap();
         let expanded = content.tensor(&mut reader, "w", &Device::Cpu).unwrap();
         assert_eq!(expanded.dtype(), GgmlDType::F32);
         let before: Vec<f32> = original.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let after: Vec<f32> = expanded.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(before, after);
+    }
+
+    #[test]
+    fn small_models_keep_their_blocks_and_a_dense_copy_for_prompts() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        let original = QTensor::quantize(&Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
+        let source = dir.path().join("m.gguf");
+        write_gguf(&source, &original);
+        assert_eq!(choose_auto(&source).unwrap(), WeightFormat::Dual);
+        assert_eq!(
+            prepare(dir.path(), &source, WeightFormat::Auto).unwrap(),
+            PreparedWeights { path: source.clone(), dense_prompts: true }
+        );
     }
 }

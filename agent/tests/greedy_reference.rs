@@ -1,5 +1,7 @@
-//! Greedy output of the real default model on a fixed prompt set, against the output the
-//! engine gave before its CPU kernels were replaced (`fixtures/greedy_reference.json`).
+//! Greedy output of the real default model on a fixed prompt set, as the server computes it
+//! by default (`--weights auto`: block-quantized products for generated tokens, a dense
+//! copy for prompts, our CPU attention), against the output of the same weights expanded
+//! to F32 everywhere and computed by upstream's dense kernels (`fixtures/greedy_reference.json`).
 //!
 //! A kernel that computes the same function in another order changes logits by rounding
 //! only; this test holds every greedy token equal and every chosen token's log-probability
@@ -9,7 +11,7 @@
 //! prefill chunk (1,024 tokens), where attention over earlier chunks comes into play.
 //!
 //! `UPDATE_EXPECT=1 cargo test --release -p agent --test greedy_reference` re-records the
-//! fixture; only do that on a build whose output is the one to keep.
+//! fixture from the dense expansion; only do that on a build whose output is the one to keep.
 
 use agent::engine::mistral::{MistralRsEngine, MistralRsOptions};
 use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
@@ -34,14 +36,14 @@ struct Case {
     margins: Vec<f32>,
 }
 
-async fn engine() -> MistralRsEngine {
+/// The default model with its weights held as `format`. Neither way rounds activations to
+/// 8 bits (candle's quantized products do, and then rounding differences of 1e-6 flip
+/// some of those roundings and move logprobs by up to ~0.1 between two correct kernels,
+/// which would hide a wrong one).
+async fn engine(format: WeightFormat) -> MistralRsEngine {
     let path = model::default_model_path(&model::cache_dir());
     assert!(path.exists(), "{} is missing: run `skillhive model pull` (scripts/test does)", path.display());
-    // The weights as the server holds them by default (F32 for a model this small). On the
-    // file's own Q4_1 weights each layer's activations are rounded to 8 bits, and rounding
-    // differences of 1e-6 flip some of those roundings: logprobs then move by up to ~0.1
-    // between two correct kernels, which would hide a wrong one.
-    let weights = repack::prepare(&model::cache_dir(), &path, WeightFormat::Auto).expect("repack the default model");
+    let weights = repack::prepare(&model::cache_dir(), &path, format).expect("repack the default model");
     MistralRsEngine::load(MistralRsOptions::new(weights, "test")).await.expect("load the default model")
 }
 
@@ -76,8 +78,8 @@ async fn greedy(engine: &MistralRsEngine, name: String, prompt: Vec<u32>) -> Cas
 
 #[tokio::test]
 async fn greedy_output_of_the_default_model_is_unchanged() {
-    let engine = engine().await;
     if std::env::var("UPDATE_EXPECT").as_deref() == Ok("1") {
+        let engine = engine(WeightFormat::F32).await;
         let mut cases = Vec::new();
         for (name, prompt) in recorded_prompts(&engine).await {
             cases.push(greedy(&engine, name, prompt).await);
@@ -85,6 +87,7 @@ async fn greedy_output_of_the_default_model_is_unchanged() {
         std::fs::write(FIXTURE, serde_json::to_string(&cases).unwrap() + "\n").unwrap();
         return;
     }
+    let engine = engine(WeightFormat::Auto).await;
     let reference: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
     assert!(reference.iter().any(|case| case.prompt.len() > 1_024), "the prompt set must cross a prefill chunk");
     for expected in reference {

@@ -492,27 +492,28 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                 Weights::Q8_0 => WeightFormat::Q8_0,
                 Weights::F32 => WeightFormat::F32,
                 Weights::AsShipped => WeightFormat::AsShipped,
+                Weights::Dual => WeightFormat::Dual,
             };
             let source = path.clone();
-            let load_path =
+            let weights =
                 tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &source, format)).await?.with_context(|| {
                     format!(
                         "cannot read model {} (damaged or truncated?); run `skillhive model pull` or pass another --model",
                         path.display()
                     )
                 })?;
-            if load_path != path {
-                tracing::info!(repacked = %load_path.display(), "using repacked weights");
+            if weights.path != path {
+                tracing::info!(repacked = %weights.path.display(), "using repacked weights");
             }
-            let options = MistralRsOptions {
-                model_path: load_path,
-                model_id: config.model_id.clone().unwrap_or(default_id),
-                dtype: match config.dtype {
-                    DType::F32 => ActivationDType::F32,
-                    DType::Auto => ActivationDType::Auto,
-                },
-                max_batch: config.max_batch,
+            if weights.dense_prompts {
+                tracing::info!("keeping an F32 copy of the weights for reading prompts");
+            }
+            let mut options = MistralRsOptions::new(weights, config.model_id.clone().unwrap_or(default_id));
+            options.dtype = match config.dtype {
+                DType::F32 => ActivationDType::F32,
+                DType::Auto => ActivationDType::Auto,
             };
+            options.max_batch = config.max_batch;
             tracing::info!(path = %path.display(), "loading model");
             // The loader can panic on a malformed file; running it as a task turns that
             // panic into an error we can report in one line.

@@ -24,15 +24,18 @@ pub enum DType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Weights {
-    /// F32 for models of up to ~250M parameters (prompt processing 3x faster), else Q8_0.
+    /// `dual` for models of up to ~250M parameters, else Q8_0.
     Auto,
-    /// Tensor types without fast CPU kernels (Q4_1, Q5_0, Q5_1) requantized to Q8_0.
+    /// Q4_1, Q5_0 and Q5_1 tensors requantized to Q8_0.
     #[value(name = "q8_0")]
     Q8_0,
-    /// Those tensors expanded to F32: fastest prompt processing, slower decoding.
+    /// Those tensors expanded to F32: fast prompt reading, slow decoding.
     F32,
-    /// The file's own types.
+    /// The file's own types (Q4_1 and Q8_0 have fast block kernels, for prompts too).
     AsShipped,
+    /// The file's blocks for generating tokens plus an F32 copy for reading prompts: both
+    /// at their fastest, for 4 bytes a weight more memory.
+    Dual,
 }
 
 /// Where the commands that only touch the database find it.

@@ -43,11 +43,22 @@ pub struct MistralRsOptions {
     pub dtype: ActivationDType,
     /// How many sequences the scheduler runs in one batch.
     pub max_batch: usize,
+    /// Keep an F32 copy of the block-quantized matrices for reading prompts (see
+    /// [`crate::repack::WeightFormat::Dual`]).
+    pub dense_prompts: bool,
 }
 
 impl MistralRsOptions {
-    pub fn new(model_path: impl Into<PathBuf>, model_id: impl Into<String>) -> Self {
-        Self { model_path: model_path.into(), model_id: model_id.into(), dtype: ActivationDType::F32, max_batch: 16 }
+    /// Options for weights from [`crate::repack::prepare`], or for a plain path.
+    pub fn new(weights: impl Into<crate::repack::PreparedWeights>, model_id: impl Into<String>) -> Self {
+        let weights = weights.into();
+        Self {
+            model_path: weights.path,
+            model_id: model_id.into(),
+            dtype: ActivationDType::F32,
+            max_batch: 16,
+            dense_prompts: weights.dense_prompts,
+        }
     }
 }
 
@@ -138,6 +149,8 @@ impl MistralRsEngine {
         let (dir, file) = split_model_path(&options.model_path)?;
         let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
         let device = mistralrs::best_device(cfg!(not(feature = "cuda")))?;
+        // Read by the patched mistral.rs as it builds each linear layer, below.
+        cpu_kernels::set_dense_prompts(options.dense_prompts);
         let dtype = match options.dtype {
             ActivationDType::Auto => ModelDType::Auto,
             ActivationDType::F32 => ModelDType::F32,

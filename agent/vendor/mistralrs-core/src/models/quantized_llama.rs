@@ -489,18 +489,9 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 let feed_forward_w2 = ct.tensor(&format!("{prefix}.ffn_down.weight"), device)?;
                 let feed_forward_w3 = ct.tensor(&format!("{prefix}.ffn_up.weight"), device)?;
                 MlpOrMoe::Mlp(Mlp {
-                    feed_forward_w1: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w1),
-                        b: None,
-                    })?),
-                    feed_forward_w2: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w2),
-                        b: None,
-                    })?),
-                    feed_forward_w3: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w3),
-                        b: None,
-                    })?),
+                    feed_forward_w1: cpu_kernels::gguf_linear(Arc::new(feed_forward_w1), None)?,
+                    feed_forward_w2: cpu_kernels::gguf_linear(Arc::new(feed_forward_w2), None)?,
+                    feed_forward_w3: cpu_kernels::gguf_linear(Arc::new(feed_forward_w3), None)?,
                 })
             } else {
                 let feed_forward_gate_inp =
@@ -590,10 +581,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 }
                 MlpOrMoe::MoE {
                     n_expert_used,
-                    feed_forward_gate_inp: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_gate_inp),
-                        b: None,
-                    })?),
+                    feed_forward_gate_inp: cpu_kernels::gguf_linear(Arc::new(feed_forward_gate_inp), None)?,
                     experts,
                 }
             };
@@ -606,22 +594,10 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 }
             };
             layers.push(LayerWeights {
-                attention_wq: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wq),
-                    b: None,
-                })?),
-                attention_wk: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wk),
-                    b: None,
-                })?),
-                attention_wv: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wv),
-                    b: None,
-                })?),
-                attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wo),
-                    b: None,
-                })?),
+                attention_wq: cpu_kernels::gguf_linear(Arc::new(attention_wq), None)?,
+                attention_wk: cpu_kernels::gguf_linear(Arc::new(attention_wk), None)?,
+                attention_wv: cpu_kernels::gguf_linear(Arc::new(attention_wv), None)?,
+                attention_wo: cpu_kernels::gguf_linear(Arc::new(attention_wo), None)?,
                 attention_norm: QRmsNorm::new(attention_norm, rms_norm_eps)?,
                 mlp_or_moe,
                 ffn_norm: QRmsNorm::new(ffn_norm, rms_norm_eps)?,
@@ -644,10 +620,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             tok_embeddings: Embedding::new(tok_embeddings, embedding_length),
             layers,
             norm,
-            output: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                q_weight: Arc::new(output),
-                b: None,
-            })?),
+            output: cpu_kernels::gguf_linear(Arc::new(output), None)?,
             device: device.clone(),
             cache: EitherCache::Normal(NormalCache::new(block_count, max_seq_len)),
             max_seq_len,
@@ -659,6 +632,22 @@ impl ModelConfig::FromGGUF for ModelWeights {
 
 impl ModelWeights {
     pub fn forward(
+        &self,
+        x: &Tensor,
+        start_offsets: &[usize],
+        context_lens: Vec<(usize, usize)>,
+        metadata: Option<(Vec<(Tensor, Tensor)>, &PagedAttentionInputMetadata)>,
+    ) -> Result<Tensor> {
+        // On the CPU, the whole forward runs on one of the compute pool's threads: each
+        // matrix product then splits its work between that thread and the pool's others,
+        // instead of a caller outside the pool sleeping and waking once per product.
+        if self.device.is_cpu() && metadata.is_none() {
+            return rayon::scope(|_| self.forward_inner(x, start_offsets, context_lens, None));
+        }
+        self.forward_inner(x, start_offsets, context_lens, metadata)
+    }
+
+    fn forward_inner(
         &self,
         x: &Tensor,
         start_offsets: &[usize],

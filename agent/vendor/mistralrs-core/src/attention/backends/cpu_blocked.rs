@@ -41,6 +41,12 @@ pub fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
         None => vec![kv_len; q_len],
     };
 
+    if q_len <= TOKEN_STEP_ROWS {
+        if let Some(out) = token_step_attention(q, k, v, mask.as_ref(), &visible, n_kv_groups, scale)? {
+            return Ok(out);
+        }
+    }
+
     let mut blocks = Vec::with_capacity(q_len.div_ceil(QUERY_BLOCK));
     for start in (0..q_len).step_by(QUERY_BLOCK) {
         let rows = QUERY_BLOCK.min(q_len - start);
@@ -61,6 +67,101 @@ pub fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
         blocks.push(matmul(&weights, &values)?.reshape((b, h, rows, dv))?);
     }
     Tensor::cat(&blocks, 2)
+}
+
+/// Query rows up to which a step takes [`token_step_attention`]: generating tokens, where a
+/// GEMM would spend its time packing the whole KV cache for a handful of rows.
+const TOKEN_STEP_ROWS: usize = 4;
+
+/// Attention for a few query rows as direct dot products over each row's visible keys,
+/// one task per (batch, head), reading the KV cache in place. `None` when the tensors are
+/// not F32 with contiguous rows (the GEMM path takes those).
+fn token_step_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    visible: &[usize],
+    n_kv_groups: usize,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    let (b, h, q_len, d) = q.dims4()?;
+    let dv = v.dim(D::Minus1)?;
+    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    if k.stride()[3] != 1 || v.stride()[3] != 1 {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let (Storage::Cpu(q_cpu), Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*q_storage, &*k_storage, &*v_storage) else {
+        return Ok(None);
+    };
+    let q_data = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..];
+    let k_data = &k_cpu.as_slice::<f32>()?[k_layout.start_offset()..];
+    let v_data = &v_cpu.as_slice::<f32>()?[v_layout.start_offset()..];
+    let (ks, vs) = (k.stride(), v.stride());
+    let mask_guard = mask.map(|mask| mask.storage_and_layout());
+    let mask_view = match &mask_guard {
+        Some((storage, layout)) => {
+            let Storage::Cpu(cpu) = &**storage else { return Ok(None) };
+            Some((&cpu.as_slice::<f32>()?[layout.start_offset()..], layout.stride()))
+        }
+        None => None,
+    };
+    let mut out = vec![0f32; b * h * q_len * dv];
+    out.par_chunks_mut(q_len * dv).enumerate().for_each(|(index, out)| {
+        let (bi, hi) = (index / h, index % h);
+        let g = hi / n_kv_groups;
+        let mut weights = Vec::new();
+        for (row, out) in out.chunks_exact_mut(dv).enumerate() {
+            let query = &q_data[((bi * h + hi) * q_len + row) * d..][..d];
+            let seen = visible[row];
+            weights.clear();
+            for key in 0..seen {
+                let k_row = &k_data[bi * ks[0] + g * ks[1] + key * ks[2]..][..d];
+                let mut score = dot(query, k_row) * scale;
+                if let Some((mask, stride)) = mask_view {
+                    score += mask[bi * stride[0] + hi * stride[1] + row * stride[2] + key * stride[3]];
+                }
+                weights.push(score);
+            }
+            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                continue; // every key hidden: zero output, as in `masked_softmax`
+            }
+            let mut sum = 0f32;
+            for w in weights.iter_mut() {
+                *w = (*w - max).exp();
+                sum += *w;
+            }
+            let inverse = 1.0 / sum;
+            for (key, w) in weights.iter().enumerate() {
+                let v_row = &v_data[bi * vs[0] + g * vs[1] + key * vs[2]..][..dv];
+                let w = w * inverse;
+                for (o, v) in out.iter_mut().zip(v_row) {
+                    *o += w * v;
+                }
+            }
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
+}
+
+/// A dot product in 16 independent lanes, which the compiler vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for i in 0..16 {
+            lanes[i] += a[i] * b[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `softmax(scores·scale + mask)` over the last dimension, one row per task; `scores` is

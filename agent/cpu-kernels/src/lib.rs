@@ -1,0 +1,45 @@
+//! CPU matrix products on GGUF block-quantized weights (Q4_1, Q8_0) for the embedded
+//! engine.
+//!
+//! mistral.rs computes these formats through candle, which rounds each activation row to 8
+//! bits and then runs a scalar Q4_1 dot product, one thread hand-off per activation row.
+//! Here the blocks are multiplied with F32 activations in vectorized loops, one hand-off
+//! per product. The patched mistral.rs (agent/vendor) builds its GGUF linear layers with
+//! [`gguf_linear`]; everything else about the layer stays mistral.rs's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{Result, Tensor};
+use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
+
+pub mod linear;
+pub mod matrix;
+pub mod simd;
+
+pub use linear::{CpuQuantizedLinear, BLOCK_PATH_MAX_ROWS};
+pub use matrix::{BlockFormat, QuantizedMatrix};
+
+static DENSE_PROMPTS: AtomicBool = AtomicBool::new(false);
+
+/// Whether layers built from now on also keep an F32 copy of their weights for products
+/// of more than [`BLOCK_PATH_MAX_ROWS`] rows (prompts): 4 bytes a weight more, for prompt
+/// reading at dense-GEMM speed while tokens are still generated from the blocks. Read when
+/// a model loads, so set it before loading.
+pub fn set_dense_prompts(keep: bool) {
+    DENSE_PROMPTS.store(keep, Ordering::Relaxed);
+}
+
+pub fn dense_prompts() -> bool {
+    DENSE_PROMPTS.load(Ordering::Relaxed)
+}
+
+/// The linear layer for a GGUF weight: ours for Q4_1/Q8_0 matrices in CPU memory,
+/// mistral.rs's own otherwise.
+pub fn gguf_linear(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Arc<dyn QuantMethod>> {
+    match CpuQuantizedLinear::new(weight.clone(), bias.clone(), dense_prompts())? {
+        Some(layer) => Ok(Arc::new(layer)),
+        None => Ok(Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf { q_weight: weight, b: bias })?)),
+    }
+}

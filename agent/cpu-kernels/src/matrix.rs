@@ -1,0 +1,287 @@
+//! A weight matrix held in GGUF's 32-value blocks, multiplied by F32 activations.
+//!
+//! The product is exactly the one a dense F32 copy of the weights would give, up to the
+//! order of additions: every block is expanded to `q * d + m` and multiplied with the
+//! activations in F32. Nothing is rounded to 8 bits on the activation side (llama.cpp and
+//! candle's quantized path do that), so a model gives the same logits through this path as
+//! through its dense F32 expansion, and one greedy reference serves both.
+//!
+//! The loops are written over fixed-size lanes so that the compiler vectorizes them for the
+//! CPU the build targets (the workspace builds with `target-cpu=native`: AVX-512 or AVX2 on
+//! x86, NEON on ARM); the same source is the portable fallback.
+
+use rayon::prelude::*;
+
+use crate::simd;
+
+/// Values per GGUF block for the formats taken here.
+pub const BLOCK: usize = 32;
+
+/// How a block stores its 32 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// 4-bit unsigned values `q` with a scale and a minimum: `q * d + m`. Low nibbles are
+    /// the block's first 16 values, high nibbles its last 16.
+    Q4_1,
+    /// 8-bit signed values with a scale: `q * d`.
+    Q8_0,
+}
+
+impl BlockFormat {
+    /// Bytes one block takes in a GGUF file.
+    pub fn gguf_block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of quantized values per block in [`QuantizedMatrix`]'s layout.
+    fn quant_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_1 => BLOCK / 2,
+            BlockFormat::Q8_0 => BLOCK,
+        }
+    }
+}
+
+/// A `rows × cols` weight matrix (rows are output features), unpacked from GGUF blocks so
+/// that the inner loop reads F32 scales instead of converting F16 ones for every block.
+pub struct QuantizedMatrix {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    /// One scale per block, row-major.
+    scales: Vec<f32>,
+    /// One minimum per block (Q4_1); empty for Q8_0.
+    mins: Vec<f32>,
+    /// The blocks' values, [`BlockFormat::quant_bytes`] per block, row-major.
+    quants: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuantizedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantizedMatrix").field("format", &self.format).field("rows", &self.rows).field("cols", &self.cols).finish()
+    }
+}
+
+/// Why a matrix cannot be taken from GGUF bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MatrixError {
+    ColumnsNotBlockMultiple(usize),
+    WrongByteCount { expected: usize, actual: usize },
+}
+
+impl std::fmt::Display for MatrixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MatrixError::ColumnsNotBlockMultiple(cols) => write!(f, "{cols} columns is not a multiple of {BLOCK}"),
+            MatrixError::WrongByteCount { expected, actual } => write!(f, "expected {expected} bytes of blocks, got {actual}"),
+        }
+    }
+}
+
+impl std::error::Error for MatrixError {}
+
+impl QuantizedMatrix {
+    /// Takes a matrix from its GGUF block bytes (little-endian, as stored in the file).
+    pub fn from_gguf_blocks(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self, MatrixError> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(MatrixError::ColumnsNotBlockMultiple(cols));
+        }
+        let blocks = rows * cols / BLOCK;
+        let block_bytes = format.gguf_block_bytes();
+        if data.len() != blocks * block_bytes {
+            return Err(MatrixError::WrongByteCount { expected: blocks * block_bytes, actual: data.len() });
+        }
+        let f16_at = |bytes: &[u8], at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32();
+        let mut scales = Vec::with_capacity(blocks);
+        let mut mins = Vec::with_capacity(if format == BlockFormat::Q4_1 { blocks } else { 0 });
+        let mut quants = Vec::with_capacity(blocks * format.quant_bytes());
+        for block in data.chunks_exact(block_bytes) {
+            scales.push(f16_at(block, 0));
+            match format {
+                BlockFormat::Q4_1 => {
+                    mins.push(f16_at(block, 2));
+                    quants.extend_from_slice(&block[4..]);
+                }
+                BlockFormat::Q8_0 => quants.extend_from_slice(&block[2..]),
+            }
+        }
+        Ok(Self { format, rows, cols, scales, mins, quants })
+    }
+
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The matrix in F32, row-major, computed value by value (the reference the products
+    /// are checked against, and the dense copy for long prompts).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for block in 0..self.scales.len() {
+            let d = self.scales[block];
+            match self.format {
+                BlockFormat::Q4_1 => {
+                    let m = self.mins[block];
+                    let qs = &self.quants[block * 16..block * 16 + 16];
+                    out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
+                    out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
+                }
+                BlockFormat::Q8_0 => {
+                    out.extend(self.quants[block * 32..block * 32 + 32].iter().map(|&q| q as i8 as f32 * d));
+                }
+            }
+        }
+        out
+    }
+
+    /// `out = x · selfᵀ` for `x` of `m × cols` and `out` of `m × rows`, both row-major.
+    ///
+    /// The output rows are split into one contiguous range per compute thread, so each
+    /// product costs one hand-off to the pool (not one per activation row, nor per small
+    /// chunk), and each thread streams its own slice of the weights once per activation row.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activations must be m × cols");
+        assert_eq!(out.len(), m * self.rows, "output must be m × rows");
+        let blocks_per_row = self.cols / BLOCK;
+        // Sums of each activation block, for Q4_1's `m · Σx` term.
+        let block_sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        let threads = rayon::current_num_threads().max(1);
+        // Ranges of whole rows, a multiple of 8 so that no two threads write one cache line.
+        let rows_per_task = self.rows.div_ceil(threads).next_multiple_of(8).max(8);
+        if m == 1 {
+            // The calling thread computes the first range itself while the pool's other
+            // threads take the rest. The patched mistral.rs runs its forward on a pool
+            // thread, so the ranges add up to exactly one per core.
+            let mut ranges = out.chunks_mut(rows_per_task).enumerate();
+            let own = ranges.next();
+            rayon::in_place_scope(|scope| {
+                for (task, out) in ranges {
+                    let block_sums = &block_sums;
+                    scope.spawn(move |_| self.rows_dot(task * rows_per_task, x, block_sums, out));
+                }
+                if let Some((_, out)) = own {
+                    self.rows_dot(0, x, &block_sums, out);
+                }
+            });
+            return;
+        }
+        // Several activation rows: each task fills its rows for every activation row into a
+        // transposed buffer (its own contiguous slice), reusing each weight row from L1.
+        let mut transposed = vec![0f32; self.rows * m];
+        transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
+            let first = task * rows_per_task;
+            for (i, o) in out.chunks_exact_mut(m).enumerate() {
+                for (token, o) in o.iter_mut().enumerate() {
+                    let x = &x[token * self.cols..(token + 1) * self.cols];
+                    let sums = &block_sums[token * blocks_per_row..(token + 1) * blocks_per_row];
+                    *o = self.row_dot(first + i, x, sums);
+                }
+            }
+        });
+        for (row, values) in transposed.chunks_exact(m).enumerate() {
+            for (token, v) in values.iter().enumerate() {
+                out[token * self.rows + row] = *v;
+            }
+        }
+    }
+
+    /// Output values for consecutive weight rows from `first`, for one activation row.
+    fn rows_dot(&self, first: usize, x: &[f32], block_sums: &[f32], out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.row_dot(first + i, x, block_sums);
+        }
+    }
+
+    /// One output value: weight row `row` times one activation row.
+    fn row_dot(&self, row: usize, x: &[f32], block_sums: &[f32]) -> f32 {
+        let blocks = self.cols / BLOCK;
+        let first = row * blocks;
+        let scales = &self.scales[first..first + blocks];
+        match self.format {
+            BlockFormat::Q4_1 => {
+                let mins = &self.mins[first..first + blocks];
+                let quants = &self.quants[first * 16..(first + blocks) * 16];
+                let minimums: f32 = mins.iter().zip(block_sums).map(|(m, s)| m * s).sum();
+                let products = match simd::level() {
+                    #[cfg(target_arch = "x86_64")]
+                    simd::Level::Avx512 => simd::q4_1_avx512(scales, quants, x),
+                    #[cfg(target_arch = "x86_64")]
+                    simd::Level::Avx2 => simd::q4_1_avx2(scales, quants, x),
+                    simd::Level::Portable => q4_1_row_dot(scales, quants, x),
+                };
+                products + minimums
+            }
+            BlockFormat::Q8_0 => {
+                let quants = &self.quants[first * 32..(first + blocks) * 32];
+                match simd::level() {
+                    #[cfg(target_arch = "x86_64")]
+                    simd::Level::Avx512 => simd::q8_0_avx512(scales, quants, x),
+                    #[cfg(target_arch = "x86_64")]
+                    simd::Level::Avx2 => simd::q8_0_avx2(scales, quants, x),
+                    simd::Level::Portable => q8_0_row_dot(scales, quants, x),
+                }
+            }
+        }
+    }
+}
+
+/// Σ over blocks of `d · Σ q·x` (the caller adds `m · Σx`), in portable code: the
+/// reference for the vector versions and what runs on CPUs without them.
+pub fn q4_1_row_dot(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for (block, d) in scales.iter().enumerate() {
+        q4_1_block(&mut acc, &quants[block * 16..block * 16 + 16], &x[block * BLOCK..(block + 1) * BLOCK], *d);
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn q4_1_block(acc: &mut [f32; 16], qs: &[u8], x: &[f32], d: f32) {
+    let qs: &[u8; 16] = qs.try_into().expect("16 bytes of values");
+    let x: &[f32; BLOCK] = x.try_into().expect("32 activations");
+    // Nibbles first expanded to bytes in value order, so that the products below are two
+    // straight 16-lane passes (written interleaved, the compiler falls back to 4 lanes).
+    let mut values = [0u8; BLOCK];
+    for j in 0..16 {
+        values[j] = qs[j] & 0x0F;
+        values[j + 16] = qs[j] >> 4;
+    }
+    let mut products = [0f32; 16];
+    for j in 0..16 {
+        products[j] = values[j] as f32 * x[j];
+    }
+    for j in 0..16 {
+        products[j] = (values[j + 16] as f32).mul_add(x[j + 16], products[j]);
+    }
+    for j in 0..16 {
+        acc[j] = products[j].mul_add(d, acc[j]);
+    }
+}
+
+/// Σ over blocks of `d · Σ q·x`, in portable code.
+pub fn q8_0_row_dot(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; BLOCK];
+    for (block, d) in scales.iter().enumerate() {
+        q8_0_block(&mut acc, &quants[block * BLOCK..(block + 1) * BLOCK], &x[block * BLOCK..(block + 1) * BLOCK], *d);
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn q8_0_block(acc: &mut [f32; BLOCK], qs: &[u8], x: &[f32], d: f32) {
+    let qs: &[u8; BLOCK] = qs.try_into().expect("32 bytes of values");
+    let x: &[f32; BLOCK] = x.try_into().expect("32 activations");
+    for j in 0..BLOCK {
+        acc[j] = (qs[j] as i8 as f32 * x[j]).mul_add(d, acc[j]);
+    }
+}
