@@ -138,6 +138,24 @@ fn decode_steps_match_the_reference() {
 }
 
 #[test]
+fn token_steps_across_key_chunks_match_the_reference() {
+    // Steps of up to 4 rows split the keys into chunks of 256 and combine them: rows that
+    // see different numbers of keys, per-batch masks, and a sliding window that hides
+    // whole chunks.
+    let cases = [
+        case(3, 700, Mask::Causal),
+        Case { batch: 2, heads: 9, kv_heads: 3, head_dim: 64, q_len: 2, past: 600, mask: Mask::CausalPerBatch },
+        case(1, 600, Mask::SlidingWindow(50)),
+        case(4, 255, Mask::Causal),
+    ];
+    for case in cases {
+        let (q_len, past) = (case.q_len, case.past);
+        let worst = check(case);
+        assert!(worst < TOLERANCE, "{q_len} rows after {past}: off by {worst}");
+    }
+}
+
+#[test]
 fn batches_and_head_layouts_match_the_reference() {
     let cases = [
         Case { batch: 2, heads: 9, kv_heads: 3, head_dim: 64, q_len: 140, past: 20, mask: Mask::CausalPerBatch },

@@ -73,9 +73,16 @@ pub fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
 /// GEMM would spend its time packing the whole KV cache for a handful of rows.
 const TOKEN_STEP_ROWS: usize = 4;
 
+/// Keys per task in [`token_step_attention`]: small enough that a long context splits
+/// into many tasks for the pool, large enough that each task's scores stay in L1.
+const KEY_CHUNK: usize = 256;
+
 /// Attention for a few query rows as direct dot products over each row's visible keys,
-/// one task per (batch, head), reading the KV cache in place. `None` when the tensors are
-/// not F32 with contiguous rows (the GEMM path takes those).
+/// reading the KV cache in place. Work is split by KV head and by chunk of keys (the
+/// split-K of "flash decoding"): a task reads its chunk of a KV head's keys and values once
+/// for every query head sharing it, and keeps, per row, the chunk's maximum score, sum of
+/// exponentials and unnormalised output, which are then combined exactly. `None` when the
+/// tensors are not F32 with contiguous rows (the GEMM path takes those).
 fn token_step_attention(
     q: &Tensor,
     k: &Tensor,
@@ -86,6 +93,7 @@ fn token_step_attention(
     scale: f32,
 ) -> Result<Option<Tensor>> {
     let (b, h, q_len, d) = q.dims4()?;
+    let kv_h = k.dim(1)?;
     let dv = v.dim(D::Minus1)?;
     if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
         return Ok(None);
@@ -112,42 +120,88 @@ fn token_step_attention(
         }
         None => None,
     };
-    let mut out = vec![0f32; b * h * q_len * dv];
-    out.par_chunks_mut(q_len * dv).enumerate().for_each(|(index, out)| {
-        let (bi, hi) = (index / h, index % h);
-        let g = hi / n_kv_groups;
-        let mut weights = Vec::new();
-        for (row, out) in out.chunks_exact_mut(dv).enumerate() {
-            let query = &q_data[((bi * h + hi) * q_len + row) * d..][..d];
-            let seen = visible[row];
-            weights.clear();
-            for key in 0..seen {
-                let k_row = &k_data[bi * ks[0] + g * ks[1] + key * ks[2]..][..d];
+    let chunks = visible.iter().copied().max().unwrap_or(0).div_ceil(KEY_CHUNK).max(1);
+    // The rows of one KV head's group: query head `g·n_kv_groups + i`, row `r`, at `i·q_len + r`.
+    let group_rows = n_kv_groups * q_len;
+    // Per task and group row: the chunk's maximum score, its sum of exponentials, its output.
+    let partial = dv + 2;
+    let mut partials = vec![0f32; b * kv_h * chunks * group_rows * partial];
+    partials.par_chunks_mut(group_rows * partial).enumerate().for_each(|(task, parts)| {
+        let (bi, g, chunk) = (task / (kv_h * chunks), task / chunks % kv_h, task % chunks);
+        let first_key = chunk * KEY_CHUNK;
+        let keys_of = |gr: usize| visible[gr % q_len].min(first_key + KEY_CHUNK).saturating_sub(first_key);
+        let n_keys = (0..group_rows).map(keys_of).max().unwrap_or(0);
+        let mut scores = vec![f32::NEG_INFINITY; group_rows * KEY_CHUNK];
+        for j in 0..n_keys {
+            let key = first_key + j;
+            let k_row = &k_data[bi * ks[0] + g * ks[1] + key * ks[2]..][..d];
+            for gr in (0..group_rows).filter(|&gr| j < keys_of(gr)) {
+                let (hi, r) = (g * n_kv_groups + gr / q_len, gr % q_len);
+                let query = &q_data[((bi * h + hi) * q_len + r) * d..][..d];
                 let mut score = dot(query, k_row) * scale;
                 if let Some((mask, stride)) = mask_view {
-                    score += mask[bi * stride[0] + hi * stride[1] + row * stride[2] + key * stride[3]];
+                    score += mask[bi * stride[0] + hi * stride[1] + r * stride[2] + key * stride[3]];
                 }
-                weights.push(score);
+                scores[gr * KEY_CHUNK + j] = score;
             }
-            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        }
+        for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
+            let row = &mut scores[gr * KEY_CHUNK..gr * KEY_CHUNK + n_keys];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            part[0] = max;
             if max == f32::NEG_INFINITY {
-                continue; // every key hidden: zero output, as in `masked_softmax`
+                continue; // no visible key in this chunk: zero weight in the combination
             }
             let mut sum = 0f32;
-            for w in weights.iter_mut() {
+            for w in row.iter_mut() {
                 *w = (*w - max).exp();
                 sum += *w;
             }
-            let inverse = 1.0 / sum;
-            for (key, w) in weights.iter().enumerate() {
-                let v_row = &v_data[bi * vs[0] + g * vs[1] + key * vs[2]..][..dv];
-                let w = w * inverse;
-                for (o, v) in out.iter_mut().zip(v_row) {
+            part[1] = sum;
+        }
+        for j in 0..n_keys {
+            let v_row = &v_data[bi * vs[0] + g * vs[1] + (first_key + j) * vs[2]..][..dv];
+            for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
+                let w = scores[gr * KEY_CHUNK + j];
+                if part[0] == f32::NEG_INFINITY || w == 0.0 {
+                    continue;
+                }
+                for (o, v) in part[2..].iter_mut().zip(v_row) {
                     *o += w * v;
                 }
             }
         }
     });
+    // Combine the chunks of each row: Σ e^(mᶜ−M)·oᶜ / Σ e^(mᶜ−M)·sᶜ with M the largest mᶜ.
+    let mut out = vec![0f32; b * h * q_len * dv];
+    for (index, out) in out.chunks_exact_mut(dv).enumerate() {
+        let (bi, hi, r) = (index / (h * q_len), index / q_len % h, index % q_len);
+        let (g, gr) = (hi / n_kv_groups, (hi % n_kv_groups) * q_len + r);
+        let part = |chunk: usize| {
+            let task = (bi * kv_h + g) * chunks + chunk;
+            &partials[(task * group_rows + gr) * partial..][..partial]
+        };
+        let max = (0..chunks).map(|c| part(c)[0]).fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            continue; // every key hidden: zero output, as in `masked_softmax`
+        }
+        let mut sum = 0f32;
+        for c in 0..chunks {
+            let p = part(c);
+            if p[0] == f32::NEG_INFINITY {
+                continue;
+            }
+            let factor = (p[0] - max).exp();
+            sum += factor * p[1];
+            for (o, v) in out.iter_mut().zip(&p[2..]) {
+                *o += factor * v;
+            }
+        }
+        let inverse = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inverse;
+        }
+    }
     Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
 }
 
