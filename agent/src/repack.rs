@@ -227,13 +227,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn f32_expansion_is_exact() {
+    /// A one-tensor Q4_1 model file in a fresh directory.
+    fn small_q4_1_model() -> (tempfile::TempDir, QTensor, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
         let original = QTensor::quantize(&Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
         let source = dir.path().join("m.gguf");
         write_gguf(&source, &original);
+        (dir, original, source)
+    }
+
+    #[test]
+    fn f32_expansion_is_exact() {
+        let (dir, original, source) = small_q4_1_model();
         let target = prepare(dir.path(), &source, WeightFormat::F32).unwrap();
         assert!(target.path.to_string_lossy().ends_with(".dense.gguf"));
         assert!(!target.dense_prompts);
@@ -248,11 +254,7 @@ mod tests {
 
     #[test]
     fn small_models_keep_their_blocks_and_a_dense_copy_for_prompts() {
-        let dir = tempfile::tempdir().unwrap();
-        let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
-        let original = QTensor::quantize(&Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q4_1).unwrap();
-        let source = dir.path().join("m.gguf");
-        write_gguf(&source, &original);
+        let (dir, _, source) = small_q4_1_model();
         assert_eq!(choose_auto(&source).unwrap(), WeightFormat::Dual);
         assert_eq!(
             prepare(dir.path(), &source, WeightFormat::Auto).unwrap(),
