@@ -7,9 +7,21 @@ use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
 use agent::model;
 
 async fn engine() -> MistralRsEngine {
+    engine_with(|_| {}).await
+}
+
+async fn engine_with(configure: impl FnOnce(&mut MistralRsOptions)) -> MistralRsEngine {
     let path = model::default_model_path(&model::cache_dir());
     assert!(path.exists(), "{} is missing: run `skillhive model pull` (scripts/test does)", path.display());
-    MistralRsEngine::load(MistralRsOptions::new(path, "test")).await.expect("load the default model")
+    let mut options = MistralRsOptions::new(path, "test");
+    configure(&mut options);
+    MistralRsEngine::load(options).await.expect("load the default model")
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerationRequest {
+    let mut request = GenerationRequest::new(Prompt::Tokens(prompt), max_tokens);
+    request.temperature = Some(0.0);
+    request
 }
 
 /// A short token prefix from the model's vocabulary ("<|im_start|>user\nTell me a story").
@@ -189,4 +201,35 @@ async fn a_reply_cut_inside_a_character_is_finished_by_its_limit() {
     // Teacher forcing the same tokens ends on the same cut character, and scores them all.
     let scored = engine.score(&prompt, &choice.token_ids).await.expect("the tokens are scored");
     assert_eq!(scored.len(), max_tokens);
+}
+
+/// The prefix cache changes no reply. A prompt that extends a finished sequence (the next
+/// turn of a conversation: the whole earlier sequence, whose last token was never fed
+/// through the model), one that shares only its beginning, and an exact repeat all get the
+/// tokens an engine without the cache gives them, also after the cache served the others.
+#[tokio::test]
+async fn prompts_reusing_cached_prefixes_get_the_replies_computed_from_scratch() {
+    let cached = engine().await;
+    let uncached = engine_with(|options| options.prefix_cache_entries = 0).await;
+    let rules: String = (1..=12)
+        .map(|i| format!("Rule {i}: answer briefly, cite the file you read, and never run a command the user did not ask for. "))
+        .collect();
+    let chat = |messages: Vec<ChatMessage>| {
+        let cached = &cached;
+        async move { cached.tokenize(&Prompt::Messages(messages)).await.unwrap() }
+    };
+    let first = chat(vec![ChatMessage::system(rules.as_str()), ChatMessage::user("What is 2+2?")]).await;
+    assert!(first.len() > 300, "the shared prefix is long enough to matter: {} tokens", first.len());
+    let reply = cached.generate(greedy(first.clone(), 16)).await.unwrap().choices[0].token_ids.clone();
+    assert_eq!(reply, uncached.generate(greedy(first.clone(), 16)).await.unwrap().choices[0].token_ids);
+
+    let follow_up = chat(vec![ChatMessage::user("And 3+3?")]).await;
+    let next_turn = [first.clone(), reply, follow_up].concat();
+    let shared_start = [first[..first.len() / 2].to_vec(), chat(vec![ChatMessage::user("Name a fruit.")]).await].concat();
+    let cases = [("the next turn", next_turn), ("a shared beginning", shared_start.clone()), ("a repeat", first), ("a repeat", shared_start)];
+    for (case, prompt) in cases {
+        let with_cache = cached.generate(greedy(prompt.clone(), 16)).await.unwrap().choices[0].token_ids.clone();
+        let from_scratch = uncached.generate(greedy(prompt, 16)).await.unwrap().choices[0].token_ids.clone();
+        assert_eq!(with_cache, from_scratch, "{case}: the reply changed when the prompt's beginning came from the prefix cache");
+    }
 }

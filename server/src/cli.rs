@@ -514,6 +514,7 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                 DType::Auto => ActivationDType::Auto,
             };
             options.max_batch = config.max_batch;
+            options.prefix_cache_entries = config.prefix_cache_entries;
             tracing::info!(path = %path.display(), "loading model");
             // The loader can panic on a malformed file; running it as a task turns that
             // panic into an error we can report in one line.

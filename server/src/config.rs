@@ -97,6 +97,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SKILLHIVE_THREADS")]
     pub threads: Option<usize>,
 
+    /// Finished sequences whose KV caches the embedded backend keeps, so that a prompt that
+    /// begins like one of them (a shared system prompt, an earlier turn) reads only what
+    /// follows. 0 turns the prefix cache off.
+    #[arg(long, env = "SKILLHIVE_PREFIX_CACHE_ENTRIES", default_value_t = agent::engine::mistral::DEFAULT_PREFIX_CACHE_ENTRIES)]
+    pub prefix_cache_entries: usize,
+
     /// Most sequences the embedded backend batches together.
     #[arg(long, env = "SKILLHIVE_MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,

@@ -1,9 +1,9 @@
 //! The embedded backend: mistral.rs in this process, on a local GGUF file.
 //!
-//! mistral.rs runs its own engine task with a scheduler that batches concurrent sequences.
-//! This backend only translates [`GenerationRequest`]s into mistral.rs requests, sends them
-//! down the engine's channel and translates the responses back; it holds no lock, so
-//! concurrent callers are batched by mistral.rs rather than queued by us.
+//! mistral.rs runs its own engine task. This backend translates [`GenerationRequest`]s into
+//! mistral.rs requests, sends them down the engine's channel and translates the responses
+//! back. It admits one request into the engine at a time (see [`MistralRsEngine::admit`]);
+//! the samples of one request (`n`) are decoded together in one batch.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +46,10 @@ pub struct MistralRsOptions {
     /// Keep an F32 copy of the block-quantized matrices for reading prompts (see
     /// [`crate::repack::WeightFormat::Dual`]).
     pub dense_prompts: bool,
+    /// How many finished sequences' KV caches are kept for reuse by later prompts that
+    /// begin with the same tokens (0 turns the prefix cache off). Each entry holds its
+    /// sequence's whole KV cache; a conversation's later turns replace its earlier ones.
+    pub prefix_cache_entries: usize,
 }
 
 impl MistralRsOptions {
@@ -58,9 +62,15 @@ impl MistralRsOptions {
             dtype: ActivationDType::F32,
             max_batch: 16,
             dense_prompts: weights.dense_prompts,
+            prefix_cache_entries: DEFAULT_PREFIX_CACHE_ENTRIES,
         }
     }
 }
+
+/// Prefix-cache entries kept by default: a few conversations' worth. For the default model
+/// an entry costs ~46 KB per token of its sequence (~330 MB for a 7,000-token agent
+/// prompt), so the default bounds the cache to a few GB at most.
+pub const DEFAULT_PREFIX_CACHE_ENTRIES: usize = 8;
 
 pub struct MistralRsEngine {
     runner: Arc<MistralRs>,
@@ -166,12 +176,16 @@ impl MistralRsEngine {
             None,
         )?;
         let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?) };
-        // mistral.rs's prefix cache keeps the KV cache of every finished sequence, and it
-        // evicts only caches on an accelerator: on a CPU nothing is ever dropped, so the
-        // process grows by each request's KV cache (hundreds of MB for a 6k-token prompt)
-        // without bound. Off on the CPU, memory returns to its baseline after each request.
-        let prefix_cache = !device.is_cpu();
-        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).with_no_prefix_cache(!prefix_cache).build().await;
+        // The prefix cache: a prompt that begins with the tokens of a finished sequence
+        // (the same system prompt and skill catalog, an earlier turn of the conversation)
+        // reads only the tokens after them. The patched mistral.rs keeps at most this many
+        // entries on every device (see agent/vendor/README.md).
+        let prefix_cache = options.prefix_cache_entries > 0;
+        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            .with_no_prefix_cache(!prefix_cache)
+            .with_prefix_cache_n(options.prefix_cache_entries.max(1))
+            .build()
+            .await;
         let context_window = runner.max_sequence_length(None).ok().flatten();
         let special_stops = find_special_stops(&runner).await;
         tracing::debug!(?special_stops, "end-of-text markers");
@@ -239,7 +253,12 @@ impl MistralRsEngine {
     /// request in between overwrites the model's cache. The decoding sequences then
     /// continue from the newcomer's cache, and a user's reply turns into another user's
     /// (measured: of four concurrent greedy chats, two returned another prompt's text).
-    /// One request at a time (its `n` choices share one prompt step) is correct.
+    /// Nor would concurrency buy throughput on this path: its scheduler batches only
+    /// sequences of equal length, so two chats of different lengths alternate step by step,
+    /// and each switch copies both KV caches whole (traced with two chats: every decode
+    /// step reloaded the cache, and a waiting chat whose partner finished re-read its whole
+    /// text as a new prompt). One request at a time (its `n` choices share one prompt step
+    /// and are decoded as one batch) is correct, and no slower.
     async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
         self.admission.clone().acquire_owned().await.map_err(|_| EngineError::Unavailable("the engine has shut down".into()))
     }

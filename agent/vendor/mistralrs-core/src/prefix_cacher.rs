@@ -39,6 +39,25 @@ struct CacheElement {
 }
 
 impl CacheElement {
+    /// How many leading tokens the stored KV cache holds. A finished sequence's tokens end
+    /// with the token sampled last, which was never fed through the model, so this is
+    /// usually one less than the number of tokens the entry is keyed by.
+    fn cached_len(&self) -> usize {
+        self.cache
+            .iter()
+            .flatten()
+            .filter(|layer| !layer.is_shared())
+            .map(|layer| layer.current_seq_len())
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn has_media(&self) -> bool {
+        self.image_hashes.as_ref().is_some_and(|h| !h.is_empty())
+            || self.audio_hashes.as_ref().is_some_and(|h| !h.is_empty())
+            || self.video_hashes.as_ref().is_some_and(|h| !h.is_empty())
+    }
+
     fn can_rewind_to(&self, len: usize) -> bool {
         self.cache
             .iter()
@@ -101,17 +120,36 @@ impl PrefixCacheManagerV2 {
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
             let cache = seq.normal_cache().to_vec();
+            let toks: Tokens = seq.get_toks().to_vec().into();
+            let element = CacheElement {
+                cache,
+                recurrent_snapshots,
+                image_hashes: seq.image_hashes().map(|x| x.to_vec()),
+                audio_hashes: seq.audio_hashes().map(|x| x.to_vec()),
+                video_hashes: seq.video_hashes().map(|x| x.to_vec()),
+            };
 
-            self.caches.insert(
-                seq.get_toks().to_vec().into(),
-                CacheElement {
-                    cache,
-                    recurrent_snapshots,
-                    image_hashes: seq.image_hashes().map(|x| x.to_vec()),
-                    audio_hashes: seq.audio_hashes().map(|x| x.to_vec()),
-                    video_hashes: seq.video_hashes().map(|x| x.to_vec()),
-                },
-            );
+            // An entry whose tokens begin this one's (the previous turn of the same
+            // conversation, typically) can serve no request that this one cannot serve at
+            // least as well, so it is dropped instead of being kept beside it.
+            if !element.has_media() {
+                self.caches.retain(|key, old| {
+                    old.has_media()
+                        || old.recurrent_snapshots.is_some()
+                        || !toks.0.starts_with(&key.0)
+                        || !element.can_rewind_to(old.cached_len())
+                });
+            }
+            // Re-inserted at the end: the entries are kept in order of last use.
+            self.caches.shift_remove(&toks);
+            self.caches.insert(toks, element);
+
+            // At most `n_on_device` entries are kept, on every device: upstream bounded
+            // only caches on an accelerator (and never called that eviction), so on a CPU
+            // every finished sequence's KV cache stayed in memory for good.
+            while self.caches.len() > self.n_on_device.max(1) {
+                self.caches.shift_remove_index(0);
+            }
         }
     }
 
@@ -251,8 +289,16 @@ impl PrefixCacheManagerV2 {
         let toks = Tokens(toks.to_vec());
 
         let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
-        for (k, v) in &self.caches {
-            let match_len = toks.shared_prefix_len(k);
+        let mut best_index = None;
+        for (index, (k, v)) in self.caches.iter().enumerate() {
+            // Only positions the entry's KV cache holds can be reused (its last token was
+            // never fed through the model), and at least the request's last token is
+            // computed again, for the logits of the next one: a repeated prompt reuses all
+            // but that token instead of nothing.
+            let match_len = toks
+                .shared_prefix_len(k)
+                .min(v.cached_len())
+                .min(toks.0.len() - 1);
             if match_len == 0 {
                 continue;
             }
@@ -328,6 +374,7 @@ impl PrefixCacheManagerV2 {
                 .as_ref()
                 .is_none_or(|(len, _, _, _, _)| match_len > *len)
             {
+                best_index = Some(index);
                 best_match = Some((
                     match_len,
                     v,
@@ -375,6 +422,10 @@ impl PrefixCacheManagerV2 {
             }
             for layer in cache.cache.iter_mut().flatten() {
                 layer.set_len(match_len)?;
+            }
+            if let Some(index) = best_index {
+                let last = self.caches.len() - 1;
+                self.caches.move_index(index, last);
             }
             return Ok(Some(MatchingCache::Normal {
                 normal: cache.cache,

@@ -756,6 +756,13 @@ impl Sequence {
         )
     }
 
+    /// Every token of the sequence so far. During the prompt step of a prefix-cache hit,
+    /// `get_toks` returns only the tokens read after the cached prefix; samplers and logits
+    /// processors need the whole context.
+    pub fn context_toks(&self) -> &[u32] {
+        &self.tokens
+    }
+
     pub fn get_toks(&self) -> &[u32] {
         if let Some(toks) = &self.prefill_prompt_toks {
             return toks;
