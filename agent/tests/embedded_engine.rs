@@ -226,7 +226,8 @@ async fn prompts_reusing_cached_prefixes_get_the_replies_computed_from_scratch()
     let follow_up = chat(vec![ChatMessage::user("And 3+3?")]).await;
     let next_turn = [first.clone(), reply, follow_up].concat();
     let shared_start = [first[..first.len() / 2].to_vec(), chat(vec![ChatMessage::user("Name a fruit.")]).await].concat();
-    let cases = [("the next turn", next_turn), ("a shared beginning", shared_start.clone()), ("a repeat", first), ("a repeat", shared_start)];
+    let cases =
+        [("the next turn", next_turn), ("a shared beginning", shared_start.clone()), ("a repeat", first), ("a repeat", shared_start)];
     for (case, prompt) in cases {
         let with_cache = cached.generate(greedy(prompt.clone(), 16)).await.unwrap().choices[0].token_ids.clone();
         let from_scratch = uncached.generate(greedy(prompt, 16)).await.unwrap().choices[0].token_ids.clone();
