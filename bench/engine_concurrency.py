@@ -11,6 +11,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 NEW_TOKENS = 64
@@ -19,14 +20,19 @@ TOPICS = ["rivers", "bread", "the moon", "bicycles", "volcanoes", "chess", "bees
 
 
 def stream_chat(url, headers, model, messages):
-    """One streamed, greedy chat. Returns (seconds to the first token, seconds in all, tokens)."""
+    """One streamed, greedy chat. Returns (seconds to the first token, seconds in all, tokens
+    generated, prompt tokens)."""
     body = {"model": model, "messages": messages, "max_tokens": NEW_TOKENS, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={**headers, "Content-Type": "application/json"})
     started = time.perf_counter()
     first, pieces, usage = None, 0, None
-    with urllib.request.urlopen(request, timeout=1800) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=1800)
+    except urllib.error.HTTPError as error:
+        sys.exit(f"{url}: HTTP {error.code}: {error.read().decode(errors='replace')[:500]}")
+    with response:
         for line in response:
             line = line.decode().strip()
             if not line.startswith("data:") or line == "data: [DONE]":
@@ -41,7 +47,7 @@ def stream_chat(url, headers, model, messages):
                         first = time.perf_counter()
     finished = time.perf_counter()
     tokens = usage["completion_tokens"] if usage else pieces
-    return (first or finished) - started, finished - started, tokens
+    return (first or finished) - started, finished - started, tokens, (usage or {}).get("prompt_tokens")
 
 
 def model_of(url, headers):
@@ -92,7 +98,8 @@ def catalog():
     words = ["parse", "render", "audit", "index", "merge", "sync", "lint", "plot", "trace", "pack"]
     subjects = ["csv files", "markdown", "git history", "json logs", "images", "sql dumps", "configs", "tests"]
     i = 0
-    while sum(len(line) for line in lines) < 24000:
+    # ~16,500 characters: about 6,000 tokens of this model's vocabulary.
+    while sum(len(line) for line in lines) < 16500:
         verb, subject = words[i % len(words)], subjects[(i // len(words)) % len(subjects)]
         lines.append(f"<skill name=\"{verb}-{subject.replace(' ', '-')}-{i}\" path=\"skills/{verb}-{i}/SKILL.md\">"
                      f"How to {verb} {subject} step by step (variant {i}), with checks.</skill>")
@@ -110,7 +117,7 @@ def prefix(engines):
                                                   {"role": "user", "content": "Which skill packs csv files?"}])
         second = stream_chat(url, headers, model, [{"role": "system", "content": system},
                                                    {"role": "user", "content": "Which skill lints markdown?"}])
-        print(json.dumps({"bench": "prefix", "engine": name, "system_chars": len(system),
+        print(json.dumps({"bench": "prefix", "engine": name, "prompt_tokens": first[3],
                           "first_ttft_s": first[0], "second_ttft_s": second[0]}), flush=True)
 
 
@@ -125,7 +132,7 @@ def report():
             print(f"{n:>8}{name:>12}{r['tokens']:>8}{r['tok_s']:>11.1f}{ratio:>7.2f}x{r['ttft_p50_s']:>12.2f}{r['ttft_p99_s']:>9.2f}")
     prefix_rows = {r["engine"]: r for r in rows if r["bench"] == "prefix"}
     if prefix_rows:
-        print(f"\nshared system prompt ({prefix_rows['skillhive']['system_chars']} characters): time to first token")
+        print(f"\nshared system prompt ({prefix_rows['skillhive']['prompt_tokens']} prompt tokens): time to first token")
         print(f"{'engine':>12}{'first s':>10}{'second s':>10}{'second/first':>14}")
         for name in ("llama.cpp", "skillhive"):
             r = prefix_rows[name]

@@ -34,6 +34,9 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = runs.parse()?;
     let prompts: std::collections::BTreeMap<String, Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(prompts)?)?;
     let mut options = MistralRsOptions::new(model, "bench");
+    // Every run reads its whole prompt: the same prompt again would come from the prefix
+    // cache (bench/engine-concurrency measures that).
+    options.prefix_cache_entries = 0;
     if std::env::var("BENCH_DTYPE").as_deref() == Ok("auto") {
         options.dtype = ActivationDType::Auto;
     }
