@@ -115,7 +115,13 @@ async fn a_task_without_tools_samples_exactly_what_plain_rollouts_sample() {
     for (episode, sample) in episodes.iter().zip(&samples) {
         assert_eq!(episode.prompt, prompt);
         assert_eq!(episode.tokens, sample.completion);
-        assert_eq!(episode.logprobs, sample.logprobs);
+        // The same values up to float rounding: the second call finds the prompt in the
+        // engine's prefix cache and recomputes only its last token, on the block kernels
+        // rather than the dense prompt path.
+        assert_eq!(episode.logprobs.len(), sample.logprobs.len());
+        for (e, s) in episode.logprobs.iter().zip(&sample.logprobs) {
+            assert!((e - s).abs() < 1e-4, "episode logprob {e}, plain rollout {s}");
+        }
         assert!(episode.sampled.iter().all(|s| *s));
         assert_eq!(episode.reward, task.verifier.reward(&sample.text));
         assert!(matches!(episode.end, EpisodeEnd::Answered | EpisodeEnd::Length));
