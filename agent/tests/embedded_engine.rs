@@ -3,8 +3,9 @@
 //! several samples per prompt, teacher-forced scoring).
 
 use agent::engine::mistral::{MistralRsEngine, MistralRsOptions};
-use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt};
+use agent::engine::{ChatMessage, Engine, GenerationRequest, Prompt, StreamEvent};
 use agent::model;
+use futures::StreamExt;
 
 async fn engine() -> MistralRsEngine {
     engine_with(|_| {}).await
@@ -168,6 +169,37 @@ async fn concurrent_chats_get_the_replies_they_would_get_alone() {
     for ((prompt, alone), together) in prompts.iter().zip(&alone).zip(together) {
         assert_eq!(together.unwrap().text(), alone, "the reply to {prompt:?} changed when other chats ran at the same time");
     }
+}
+
+/// Requests share the engine: a chat that arrives while another request decodes is read
+/// and answered between that one's steps, not after it ends (admitted one at a time, it
+/// waited for the whole other reply; with every decoding sequence in each step, both
+/// advance together).
+#[tokio::test]
+async fn a_chat_is_answered_while_a_long_reply_is_still_decoding() {
+    let engine = engine().await;
+    // The long reply is forced through 300 tokens, so that it cannot stop early.
+    let mut long = GenerationRequest::new(Prompt::Tokens(PREFIX.to_vec()), 301);
+    long.seed = Some(1);
+    long.forced = PREFIX.iter().copied().cycle().take(300).collect();
+    let mut long = engine.generate_stream(long).await.expect("the long request is admitted");
+    let long_tokens = async {
+        let mut arrivals = Vec::new();
+        while let Some(event) = long.next().await {
+            if let StreamEvent::Delta { .. } = event.expect("the long reply streams") {
+                arrivals.push(std::time::Instant::now());
+            }
+        }
+        arrivals
+    };
+    let short = async {
+        let reply = engine.generate(GenerationRequest::chat(vec![ChatMessage::user("Say hello.")], 8)).await;
+        (reply.expect("the short chat is answered"), std::time::Instant::now())
+    };
+    let (arrivals, (reply, answered)) = futures::future::join(long_tokens, short).await;
+    assert!(!reply.text().is_empty());
+    let after = arrivals.iter().filter(|at| **at > answered).count();
+    assert!(after > 0, "all {} pieces of the long reply came before the short chat's answer: it waited for the long one", arrivals.len());
 }
 
 /// A reply whose token limit falls between the bytes of one character (byte tokens of a

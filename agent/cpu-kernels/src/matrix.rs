@@ -153,8 +153,14 @@ impl QuantizedMatrix {
         assert_eq!(x.len(), m * self.cols, "activations must be m × cols");
         assert_eq!(out.len(), m * self.rows, "output must be m × rows");
         let blocks_per_row = self.cols / BLOCK;
-        // Sums of each activation block, for Q4_1's `m · Σx` term.
-        let block_sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        // Tiled also for one row, so that a token's outputs are computed the same way
+        // whichever other tokens share its product: a sequence decoded in a batch gets the
+        // same logits as alone.
+        let tiled = tokens_tiled();
+        // Sums of each activation block, for Q4_1's `m · Σx` term (the tiled products fold
+        // the minimums into the weights instead).
+        let block_sums: Vec<f32> =
+            if self.format == BlockFormat::Q4_1 && !tiled { x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect() } else { Vec::new() };
         let threads = rayon::current_num_threads().max(1);
         // Ranges of whole rows, a multiple of 8 so that no two threads write one cache line.
         let rows_per_task = self.rows.div_ceil(threads).next_multiple_of(8).max(8);
@@ -164,23 +170,37 @@ impl QuantizedMatrix {
             // thread, so the ranges add up to exactly one per core.
             let mut ranges = out.chunks_mut(rows_per_task).enumerate();
             let own = ranges.next();
+            let rows_dot = |first: usize, out: &mut [f32]| {
+                if tiled {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        self.row_dot_tokens(first + i, x, std::slice::from_mut(o));
+                    }
+                } else {
+                    self.rows_dot(first, x, &block_sums, out);
+                }
+            };
             rayon::in_place_scope(|scope| {
                 for (task, out) in ranges {
-                    let block_sums = &block_sums;
-                    scope.spawn(move |_| self.rows_dot(task * rows_per_task, x, block_sums, out));
+                    let rows_dot = &rows_dot;
+                    scope.spawn(move |_| rows_dot(task * rows_per_task, out));
                 }
                 if let Some((_, out)) = own {
-                    self.rows_dot(0, x, &block_sums, out);
+                    rows_dot(0, out);
                 }
             });
             return;
         }
         // Several activation rows: each task fills its rows for every activation row into a
-        // transposed buffer (its own contiguous slice), reusing each weight row from L1.
+        // transposed buffer (its own contiguous slice), reusing each weight row from L1
+        // (and, tiled, each expanded block from registers).
         let mut transposed = vec![0f32; self.rows * m];
         transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
             let first = task * rows_per_task;
             for (i, o) in out.chunks_exact_mut(m).enumerate() {
+                if tiled {
+                    self.row_dot_tokens(first + i, x, o);
+                    continue;
+                }
                 for (token, o) in o.iter_mut().enumerate() {
                     let x = &x[token * self.cols..(token + 1) * self.cols];
                     let sums = &block_sums[token * blocks_per_row..(token + 1) * blocks_per_row];
@@ -199,6 +219,25 @@ impl QuantizedMatrix {
     fn rows_dot(&self, first: usize, x: &[f32], block_sums: &[f32], out: &mut [f32]) {
         for (i, o) in out.iter_mut().enumerate() {
             *o = self.row_dot(first + i, x, block_sums);
+        }
+    }
+
+    /// Weight row `row` times every activation row of `x`, where [`tokens_tiled`].
+    fn row_dot_tokens(&self, row: usize, x: &[f32], out: &mut [f32]) {
+        let blocks = self.cols / BLOCK;
+        let first = row * blocks;
+        let scales = &self.scales[first..first + blocks];
+        #[cfg(target_arch = "x86_64")]
+        match self.format {
+            BlockFormat::Q4_1 => {
+                simd::q4_1_tokens_avx512(scales, &self.mins[first..first + blocks], &self.quants[first * 16..(first + blocks) * 16], x, out)
+            }
+            BlockFormat::Q8_0 => simd::q8_0_tokens_avx512(scales, &self.quants[first * 32..(first + blocks) * 32], x, out),
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (scales, x, out);
+            unreachable!("activation rows are tiled only with AVX-512");
         }
     }
 
@@ -233,6 +272,16 @@ impl QuantizedMatrix {
             }
         }
     }
+}
+
+/// Whether products of several activation rows expand each block once for all of them
+/// (see [`simd::q4_1_tokens_avx512`]); elsewhere each row is a separate dot product.
+fn tokens_tiled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd::level() == simd::Level::Avx512 {
+        return true;
+    }
+    false
 }
 
 /// Σ over blocks of `d · Σ q·x` (the caller adds `m · Σx`), in portable code: the

@@ -2,8 +2,10 @@
 //!
 //! mistral.rs runs its own engine task. This backend translates [`GenerationRequest`]s into
 //! mistral.rs requests, sends them down the engine's channel and translates the responses
-//! back. It admits one request into the engine at a time (see [`MistralRsEngine::admit`]);
-//! the samples of one request (`n`) are decoded together in one batch.
+//! back. Where the model decodes sequences of different lengths in one step (the patched
+//! mistral.rs does so for llama-architecture models on the CPU), requests run concurrently
+//! and their tokens are decoded together; elsewhere it admits one request at a time (see
+//! [`MistralRsEngine::admit`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,7 +77,7 @@ pub const DEFAULT_PREFIX_CACHE_ENTRIES: usize = 8;
 
 pub struct MistralRsEngine {
     runner: Arc<MistralRs>,
-    /// Admits one generation into the engine at a time; see [`MistralRsEngine::admit`].
+    /// Admits generations into the engine; see [`MistralRsEngine::admit`].
     admission: Arc<tokio::sync::Semaphore>,
     /// Requests admitted or waiting for admission; the last one out returns the
     /// allocator's free memory to the system (see [`Admission`]).
@@ -179,6 +181,10 @@ impl MistralRsEngine {
             None,
             None,
         )?;
+        // Whether concurrent requests may share the engine (see `admit`).
+        let concurrent = pipeline.lock().await.ragged_decode();
+        let admitted = if concurrent { options.max_batch.max(1) } else { 1 };
+        tracing::info!(concurrent_requests = admitted, "engine admission");
         let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(options.max_batch.max(1).try_into()?) };
         // The prefix cache: a prompt that begins with the tokens of a finished sequence
         // (the same system prompt and skill catalog, an earlier turn of the conversation)
@@ -195,7 +201,7 @@ impl MistralRsEngine {
         tracing::debug!(?special_stops, "end-of-text markers");
         Ok(Self {
             runner,
-            admission: Arc::new(tokio::sync::Semaphore::new(1)),
+            admission: Arc::new(tokio::sync::Semaphore::new(admitted)),
             in_flight: Arc::new(AtomicUsize::new(0)),
             info: ModelInfo { id: options.model_id, context_window, backend: "mistralrs" },
             special_stops,
@@ -249,21 +255,21 @@ impl MistralRsEngine {
 
     /// Builds a generation request and sends it; returns the receiver of its responses, plus the
     /// seeded sampler when one was installed (its picks carry the true log-probabilities).
-    /// Waits until no other generation runs in the engine, and holds it until the permit is
-    /// dropped.
+    /// Waits for a place in the engine, and holds it until the permit is dropped.
     ///
-    /// mistral.rs 0.8.1 corrupts sequences that run concurrently: its engine loop reloads
-    /// the running sequences' KV caches into the model only when the set of decoding
-    /// sequences changed since the last decode step, but a prompt step of a newly arrived
-    /// request in between overwrites the model's cache. The decoding sequences then
-    /// continue from the newcomer's cache, and a user's reply turns into another user's
-    /// (measured: of four concurrent greedy chats, two returned another prompt's text).
-    /// Nor would concurrency buy throughput on this path: its scheduler batches only
-    /// sequences of equal length, so two chats of different lengths alternate step by step,
-    /// and each switch copies both KV caches whole (traced with two chats: every decode
-    /// step reloaded the cache, and a waiting chat whose partner finished re-read its whole
-    /// text as a new prompt). One request at a time (its `n` choices share one prompt step
-    /// and are decoded as one batch) is correct, and no slower.
+    /// Where the patched mistral.rs decodes sequences of different lengths together, each
+    /// in its own KV cache (`Pipeline::ragged_decode`), there are as many places as the
+    /// scheduler's batch: every decoding request advances one token per step, and a newly
+    /// arrived prompt is read between two steps.
+    ///
+    /// Elsewhere there is one. mistral.rs 0.8.1's own path corrupts sequences that run
+    /// concurrently: its engine loop reloads the running sequences' KV caches into the
+    /// model only when the set of decoding sequences changed since the last decode step,
+    /// but a prompt step of a newly arrived request in between overwrites the model's
+    /// cache, and a user's reply turns into another user's (measured: of four concurrent
+    /// greedy chats, two returned another prompt's text). Nor would concurrency buy
+    /// throughput there: it batches only sequences of equal length, so two chats of
+    /// different lengths alternate step by step, each switch copying both KV caches whole.
     async fn admit(&self) -> Result<Admission, EngineError> {
         // Counted before waiting, so that a request finishing meanwhile sees this one coming.
         let in_flight = InFlight::enter(&self.in_flight);

@@ -258,6 +258,49 @@ impl NormalCache {
     }
 }
 
+/// Decoding sequences of different lengths in one step (`Pipeline::ragged_decode`): the
+/// model reads each sequence's own KV caches in place, instead of copies stacked into one
+/// batch tensor (which needs equal lengths, and copies every cache whole whenever the set
+/// of decoding sequences changes).
+impl NormalCache {
+    /// Puts every sequence's own caches in the model's: all layers of the first sequence,
+    /// then all layers of the next. Returns the model's caches, for [`Self::unload_ragged`].
+    ///
+    /// The model appends to the sequences' cache tensors in place. That is safe because a
+    /// sequence's tensors are its own: a prompt step gives each sequence a slice of freshly
+    /// allocated tensors, and nothing else writes to them afterwards.
+    pub fn load_ragged(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<KvCache>> {
+        let layers = self.0.len();
+        let mut caches = Vec::with_capacity(layers * seqs.len());
+        for seq in seqs.iter_mut() {
+            let own = seq.normal_cache();
+            if own.len() != layers || own.iter().any(|layer| !matches!(layer, Some(KvCache::Normal { .. }))) {
+                candle_core::bail!("sequence {} is decoding without a KV cache of its own", seq.id());
+            }
+            caches.extend(own.iter().flatten().cloned());
+        }
+        Ok(std::mem::replace(&mut self.0, caches))
+    }
+
+    /// Gives each sequence its caches back, now holding this step's keys and values, and
+    /// the model its own caches (empty). With `seqs` None (the step failed), the sequences
+    /// keep the caches they had.
+    pub fn unload_ragged(&mut self, seqs: Option<&mut [&mut Sequence]>, mut model_caches: Vec<KvCache>) {
+        let caches = std::mem::take(&mut self.0);
+        if let Some(seqs) = seqs {
+            for (seq, caches) in seqs.iter_mut().zip(caches.chunks(model_caches.len())) {
+                for (own, cache) in seq.normal_cache().iter_mut().zip(caches) {
+                    *own = Some(cache.clone());
+                }
+            }
+        }
+        for cache in &mut model_caches {
+            cache.reset();
+        }
+        self.0 = model_caches;
+    }
+}
+
 pub struct NormalCacheManager;
 
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {

@@ -209,6 +209,45 @@ impl LayerWeights {
         let y = MatMul.qmethod_matmul(&y.to_dtype(x.dtype())?, &*self.attention_wo)?;
         Ok(y)
     }
+
+    /// One decoding token for each of `b_sz` sequences of any lengths: the projections
+    /// run on all of them at once, attention on each sequence's own cache, which is
+    /// `caches[b * layers + layer]` (see `NormalCache::load_ragged`).
+    fn forward_attn_ragged(
+        &self,
+        x: &Tensor,
+        start_offsets: &[usize],
+        caches: &mut [KvCache],
+        layer: usize,
+        layers: usize,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len, _) = x.dims3()?;
+        if seq_len != 1 {
+            candle_core::bail!("ragged steps decode one token per sequence, got {seq_len}");
+        }
+        let q = MatMul
+            .qmethod_matmul(x, &*self.attention_wq)?
+            .to_dtype(self.dtype)?
+            .reshape((b_sz, self.n_head, 1, self.head_dim))?;
+        let k = MatMul
+            .qmethod_matmul(x, &*self.attention_wk)?
+            .to_dtype(self.dtype)?
+            .reshape((b_sz, self.n_kv_head, 1, self.head_dim))?;
+        let v = MatMul
+            .qmethod_matmul(x, &*self.attention_wv)?
+            .to_dtype(self.dtype)?
+            .reshape((b_sz, self.n_kv_head, 1, self.head_dim))?;
+        let (q, k) = self.rotary.forward(&q, &k, start_offsets)?;
+        let mut ys = Vec::with_capacity(b_sz);
+        for b in 0..b_sz {
+            let cache = &mut caches[b * layers + layer];
+            let (k, v) = cache.append(&k.narrow(0, b, 1)?, &v.narrow(0, b, 1)?)?;
+            let q = q.narrow(0, b, 1)?;
+            ys.push(Sdpa.run_attention(&q, &k, &v, None, None, &self.sdpa_params)?);
+        }
+        let y = Tensor::cat(&ys, 0)?.reshape((b_sz, 1, ()))?;
+        MatMul.qmethod_matmul(&y.to_dtype(x.dtype())?, &*self.attention_wo)
+    }
 }
 
 pub struct ModelWeights {
@@ -631,6 +670,20 @@ impl ModelConfig::FromGGUF for ModelWeights {
 }
 
 impl ModelWeights {
+    /// Whether [`Self::forward`] takes decoding sequences of different lengths in one batch,
+    /// each with its own caches (see `NormalCache::load_ragged`): on the CPU, with the
+    /// model's own KV caches.
+    pub fn ragged_decode(&self) -> bool {
+        self.device.is_cpu()
+            && self.layers.iter().all(|layer| layer.paged_attn.is_none())
+            && self
+                .cache
+                .normal()
+                .0
+                .iter()
+                .all(|cache| matches!(cache, KvCache::Normal { .. }))
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
@@ -656,6 +709,10 @@ impl ModelWeights {
     ) -> Result<Tensor> {
         let mut layer_in = self.tok_embeddings.forward(x)?;
         let cache = &mut self.cache.normal().0;
+        // Decoding sequences of different lengths, each with its own caches, one sequence's
+        // layers after another (see `NormalCache::load_ragged`).
+        let b_sz = x.dim(0)?;
+        let ragged = b_sz > 1 && cache.len() == b_sz * self.layers.len();
         let mask = CausalMasker.make_causal_mask_matrix(
             x,
             metadata
@@ -684,15 +741,19 @@ impl ModelWeights {
             let x = layer_in;
             let residual = &x;
             let x = layer.attention_norm.forward(&x)?;
-            let attn = layer.forward_attn(
-                &x,
-                mask.as_ref().map(|m| m.get(x.device())),
-                start_offsets,
-                &mut cache[i],
-                metadata
-                    .as_ref()
-                    .map(|(kv_cache, metadata)| (kv_cache[i].clone(), *metadata)),
-            )?;
+            let attn = if ragged {
+                layer.forward_attn_ragged(&x, start_offsets, cache, i, self.layers.len())?
+            } else {
+                layer.forward_attn(
+                    &x,
+                    mask.as_ref().map(|m| m.get(x.device())),
+                    start_offsets,
+                    &mut cache[i],
+                    metadata
+                        .as_ref()
+                        .map(|(kv_cache, metadata)| (kv_cache[i].clone(), *metadata)),
+                )?
+            };
             let x = (attn + residual)?;
 
             // MLP

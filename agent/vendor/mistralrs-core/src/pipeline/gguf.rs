@@ -741,6 +741,13 @@ impl MetadataMixin for GGUFPipeline {
 
 #[async_trait::async_trait]
 impl Pipeline for GGUFPipeline {
+    fn ragged_decode(&self) -> bool {
+        match &self.model {
+            Model::Llama(model) => !self.no_kv_cache && model.ragged_decode(),
+            _ => false,
+        }
+    }
+
     fn forward_inputs(
         &mut self,
         inputs: Box<dyn Any>,

@@ -444,6 +444,13 @@ pub trait Pipeline:
         return_raw_logits: bool,
     ) -> Result<ForwardInputsResult, candle_core::Error>;
 
+    /// Whether the model decodes sequences of different lengths in one step, each with
+    /// its own KV cache (see `NormalCache::load_ragged`). Then the scheduler runs every
+    /// decoding sequence in each step, and no cache is copied between steps.
+    fn ragged_decode(&self) -> bool {
+        false
+    }
+
     /// Returns the total of model execution time.
     #[allow(clippy::too_many_arguments)]
     async fn step(
@@ -480,11 +487,30 @@ pub trait Pipeline:
                 let mut embedding_logits = vec![None; input_seqs.len()];
 
                 let mut exec_duration = Duration::ZERO;
+                // Decoding with each sequence's own KV cache, whatever the cache
+                // instructions (which assume one batch cache in the model).
+                let ragged = !is_prompt
+                    && !return_raw_logits
+                    && matches!(post_op, CacheInstruction::Out)
+                    && self.ragged_decode();
                 for (i, inputs) in inputs_iter.into_iter().enumerate() {
                     let InputProcessorOutput {
                         inputs,
                         seq_indices,
                     } = inputs.map_err(candle_core::Error::msg)?;
+                    if ragged {
+                        let model_caches = self.cache().normal().load_ragged(input_seqs)?;
+                        let start = Instant::now();
+                        let forwarded = self.forward_inputs(inputs, return_raw_logits);
+                        exec_duration += start.elapsed();
+                        let done = forwarded.is_ok().then_some(&mut *input_seqs);
+                        self.cache().normal().unload_ragged(done, model_caches);
+                        let raw_logits = forwarded?;
+                        for (logit_idx, seq_idx) in seq_indices.into_iter().enumerate() {
+                            logits[seq_idx] = Some(raw_logits.index_bs(logit_idx)?);
+                        }
+                        continue;
+                    }
                     if i == 0 {
                         match pre_op {
                             CacheInstruction::In => self.clone_in_cache(input_seqs),
@@ -521,6 +547,7 @@ pub trait Pipeline:
                 }
 
                 match post_op {
+                    _ if ragged => (),
                     CacheInstruction::Out => self.clone_out_cache(input_seqs),
                     CacheInstruction::Nothing => (),
                     CacheInstruction::Reset {

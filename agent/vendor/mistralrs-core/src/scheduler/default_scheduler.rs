@@ -72,7 +72,26 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 type BucketKey = (usize, bool, usize);
 
-struct FixedBucketingManager;
+struct FixedBucketingManager {
+    /// Decoding sequences share one bucket whatever their lengths: the pipeline decodes
+    /// them together, each with its own KV cache (`Pipeline::ragged_decode`).
+    ragged_completions: bool,
+}
+
+impl FixedBucketingManager {
+    fn key(&self, seq: &Sequence) -> BucketKey {
+        if self.ragged_completions && seq.is_completion() && !seq.return_raw_logits {
+            // Apart from every prompt's key: no prompt is usize::MAX tokens long.
+            (usize::MAX, false, usize::MAX)
+        } else {
+            (
+                seq.len(),
+                seq.images().is_some() && seq.is_prompt(),
+                seq.token_offset(),
+            )
+        }
+    }
+}
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -84,47 +103,27 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         mut waiting: Backer,
         discrete: bool,
     ) -> BucketedSeqs<Backer> {
+        // With every decoding sequence in one bucket, that bucket's summed priority would
+        // hold a newly arrived prompt back for as many steps as sequences decode. Prompts
+        // go first instead, shortest first (the decoding bucket's key is the longest).
+        let discrete = discrete || self.ragged_completions;
         // Now, get the sequences with the smallest sequence lengths, and allow them to catch up.
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
         for seq in running {
-            let len = seq.len();
-            match seq_buckets.get_mut(&(
-                len,
-                seq.images().is_some() && seq.is_prompt(),
-                seq.token_offset(),
-            )) {
+            let key = self.key(&seq);
+            match seq_buckets.get_mut(&key) {
                 Some(bucket) => {
                     if !discrete {
-                        *seq_priorities
-                            .get_mut(&(
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ))
-                            .unwrap() += seq.compute_priority();
+                        *seq_priorities.get_mut(&key).unwrap() += seq.compute_priority();
                     }
                     bucket.push(seq);
                 }
                 None => {
                     if !discrete {
-                        seq_priorities.insert(
-                            (
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ),
-                            seq.compute_priority(),
-                        );
+                        seq_priorities.insert(key, seq.compute_priority());
                     }
-                    seq_buckets.insert(
-                        (
-                            len,
-                            seq.images().is_some() && seq.is_prompt(),
-                            seq.token_offset(),
-                        ),
-                        vec![seq],
-                    );
+                    seq_buckets.insert(key, vec![seq]);
                 }
             }
         }
@@ -180,7 +179,9 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged_completions: false,
+            }),
         };
         Self {
             running: Vec::new(),
@@ -224,7 +225,12 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
             }
             (_, 0) => {
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
+                    // A waitlisted sequence that was decoding goes on decoding: its KV
+                    // cache is its own. (Set back to a prompt, it would read its whole
+                    // text, prompt and reply, again.)
+                    if !seq.is_completion() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
                     self.running.push(seq);
                 }
                 self.waiting = Backer::new();
@@ -232,9 +238,11 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                let (completion, prompt): (Vec<_>, Vec<_>) =
+                    self.running.iter_mut().partition(|seq| seq.is_completion());
                 return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             (0, _) => {
@@ -346,5 +354,11 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+    fn set_ragged_completions(&mut self, enabled: bool) {
+        let DefaultSchedulerMethod::Fixed(_) = self.method;
+        self.bucketing_manager = Box::new(FixedBucketingManager {
+            ragged_completions: enabled,
+        });
     }
 }

@@ -69,4 +69,9 @@ pub trait Scheduler: Send + Sync {
     /// Set whether prefix caching is enabled. Called by Engine after creation
     /// to synchronize with the global no_prefix_cache setting.
     fn set_prefix_caching_enabled(&mut self, enabled: bool);
+
+    /// Set whether decoding sequences of different lengths may be scheduled in one step.
+    /// Called by Engine after creation with what the pipeline supports
+    /// (`Pipeline::ragged_decode`).
+    fn set_ragged_completions(&mut self, _enabled: bool) {}
 }
