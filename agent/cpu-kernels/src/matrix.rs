@@ -196,11 +196,21 @@ impl QuantizedMatrix {
         let mut transposed = vec![0f32; self.rows * m];
         transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
             let first = task * rows_per_task;
-            for (i, o) in out.chunks_exact_mut(m).enumerate() {
-                if tiled {
-                    self.row_dot_tokens(first + i, x, o);
-                    continue;
+            if tiled {
+                // One tile of activation rows at a time across all of this task's weight
+                // rows: the tile stays in L1 and the task's weights in L2. (Each weight
+                // row against all activation rows reads those again for every weight row:
+                // from 24 rows on they spill L1: 24 and 32 rows took 1.3× this order's time.)
+                for start in (0..m).step_by(simd::TOKEN_TILE) {
+                    let end = (start + simd::TOKEN_TILE).min(m);
+                    let tile = &x[start * self.cols..end * self.cols];
+                    for (i, o) in out.chunks_exact_mut(m).enumerate() {
+                        self.row_dot_tokens(first + i, tile, &mut o[start..end]);
+                    }
                 }
+                return;
+            }
+            for (i, o) in out.chunks_exact_mut(m).enumerate() {
                 for (token, o) in o.iter_mut().enumerate() {
                     let x = &x[token * self.cols..(token + 1) * self.cols];
                     let sums = &block_sums[token * blocks_per_row..(token + 1) * blocks_per_row];
@@ -222,7 +232,8 @@ impl QuantizedMatrix {
         }
     }
 
-    /// Weight row `row` times every activation row of `x`, where [`tokens_tiled`].
+    /// Weight row `row` times every activation row of `x` (one value each into `out`), where
+    /// [`tokens_tiled`].
     fn row_dot_tokens(&self, row: usize, x: &[f32], out: &mut [f32]) {
         let blocks = self.cols / BLOCK;
         let first = row * blocks;
