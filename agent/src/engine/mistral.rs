@@ -79,8 +79,9 @@ pub struct MistralRsEngine {
     runner: Arc<MistralRs>,
     /// Admits generations into the engine; see [`MistralRsEngine::admit`].
     admission: Arc<tokio::sync::Semaphore>,
-    /// Requests admitted or waiting for admission; the last one out returns the
-    /// allocator's free memory to the system (see [`Admission`]).
+    /// Requests admitted or waiting for admission; once the last one is out and none
+    /// came for a moment, the allocator's free memory goes back to the system (see
+    /// [`Admission`]).
     in_flight: Arc<AtomicUsize>,
     info: ModelInfo,
     /// End-of-text markers of this model that its chat template does not stop on; see
@@ -370,8 +371,9 @@ struct Admission {
     _in_flight: InFlight,
 }
 
-/// One request admitted or waiting. When the last one leaves, the engine is idle and the
-/// allocator's free memory goes back to the system.
+/// One request admitted or waiting. When the last one leaves and no other comes within
+/// [`IDLE_BEFORE_TRIM`], the engine is idle and the allocator's free memory goes back to
+/// the system.
 struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
@@ -384,9 +386,30 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
-            release_free_memory();
+            release_free_memory_when_still_idle(self.0.clone());
         }
     }
+}
+
+/// How long the engine stays idle before its free memory goes back to the system. An
+/// agent's next step arrives a few milliseconds after its last one ended; trimmed in
+/// between, it faulted every page of its working set back in (hundreds of MB for a prompt
+/// served from the prefix cache).
+const IDLE_BEFORE_TRIM: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Returns free memory to the system if no request entered the engine during
+/// [`IDLE_BEFORE_TRIM`], on a blocking thread (a trim of a large heap takes milliseconds).
+fn release_free_memory_when_still_idle(in_flight: Arc<AtomicUsize>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        release_free_memory();
+        return;
+    };
+    runtime.spawn(async move {
+        tokio::time::sleep(IDLE_BEFORE_TRIM).await;
+        if in_flight.load(Ordering::SeqCst) == 0 {
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        }
+    });
 }
 
 /// Inference allocates and frees tensors of many megabytes per step. glibc keeps freed
