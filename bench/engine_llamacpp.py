@@ -31,5 +31,5 @@ for name, tokens in sorted(prompts.items()):
             samples.append((first - started, finished - first, generated))
     prefill = statistics.median(len(tokens) / s[0] for s in samples)
     decode = statistics.median(max(s[2] - 1, 0) / max(s[1], 1e-9) for s in samples)
-    print(json.dumps({"engine": "llama.cpp", "prompt": name, "prompt_tokens": len(tokens),
+    print(json.dumps({"engine": "llama.cpp (Q4_1)", "prompt": name, "prompt_tokens": len(tokens),
                       "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0][2]}))

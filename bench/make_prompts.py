@@ -1,13 +1,45 @@
-"""Writes the benchmark prompts as token ids, tokenized by llama.cpp from the model's own
-vocabulary, so both engines process exactly the same tokens."""
+"""Writes the benchmark prompts as token ids, tokenized from the model's own vocabulary, so
+that every engine compared processes exactly the same tokens. Tokenized by llama.cpp where
+llama-cpp-python is installed (bench/engine); elsewhere (bench/engine-gpu, on a machine
+without it) by a byte-level BPE tokenizer built from the GGUF file's vocabulary and merges,
+which is what the default model's tokenizer is."""
 
 import json
 import sys
 
-from llama_cpp import Llama
-
 model, out = sys.argv[1], sys.argv[2]
-llm = Llama(model_path=model, vocab_only=True, verbose=False)
+
+
+class GgufBpe:
+    """The `tokenizers` library's byte-level BPE over the vocabulary and merges stored in
+    the GGUF file (the form a GPT-2 style tokenizer takes there)."""
+
+    def __init__(self, path):
+        import gguf
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        reader = gguf.GGUFReader(path)
+
+        def strings(key):
+            field = reader.fields[key]
+            return [bytes(field.parts[i]).decode() for i in field.data]
+
+        vocab = {token: i for i, token in enumerate(strings("tokenizer.ggml.tokens"))}
+        merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
+        self.tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        self.tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self.tokenizer.decoder = decoders.ByteLevel()
+
+    def tokenize(self, text, add_bos=False):
+        return self.tokenizer.encode(text.decode(), add_special_tokens=add_bos).ids
+
+
+try:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model, vocab_only=True, verbose=False)
+except ImportError:
+    llm = GgufBpe(model)
 # Both prompts stop mid-sentence so that greedy decoding runs on for all 64 new tokens
 # instead of ending at once, which would leave nothing to time.
 short = (

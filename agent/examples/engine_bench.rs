@@ -4,7 +4,7 @@
 //!
 //! Usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [WEIGHTS]
 //! where PROMPTS.json is `{"name": [token ids], ...}` and WEIGHTS is how the weights are
-//! held in memory: as-shipped, q8_0, f32, dual or auto (the server's default).
+//! held in memory: as-shipped, q8_0, f32 or auto (the server's default).
 
 use std::time::Instant;
 
@@ -19,13 +19,12 @@ async fn main() -> anyhow::Result<()> {
     let (model, prompts, new_tokens, runs, weights) = match args.as_slice() {
         [_, model, prompts, new_tokens, runs] => (model, prompts, new_tokens, runs, "auto"),
         [_, model, prompts, new_tokens, runs, weights] => (model, prompts, new_tokens, runs, weights.as_str()),
-        _ => anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [as-shipped|q8_0|f32|dual|auto]"),
+        _ => anyhow::bail!("usage: engine_bench MODEL.gguf PROMPTS.json NEW_TOKENS RUNS [as-shipped|q8_0|f32|auto]"),
     };
     let format = match weights {
         "as-shipped" => WeightFormat::AsShipped,
         "q8_0" => WeightFormat::Q8_0,
         "f32" => WeightFormat::F32,
-        "dual" => WeightFormat::Dual,
         "auto" => WeightFormat::Auto,
         other => anyhow::bail!("unknown weight format {other}"),
     };
@@ -37,8 +36,10 @@ async fn main() -> anyhow::Result<()> {
     // Every run reads its whole prompt: the same prompt again would come from the prefix
     // cache (bench/engine-concurrency measures that).
     options.prefix_cache_entries = 0;
+    let mut label = format!("skillhive ({weights})");
     if std::env::var("BENCH_DTYPE").as_deref() == Ok("auto") {
         options.dtype = ActivationDType::Auto;
+        label = format!("skillhive ({weights}, dtype auto)");
     }
     let engine = MistralRsEngine::load(options).await?;
 
@@ -73,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         let decode = median(samples.iter().map(|s| (s.2.saturating_sub(1)) as f64 / s.1.max(1e-9)).collect());
         println!(
             "{}",
-            serde_json::json!({"engine": format!("skillhive ({weights})"), "prompt": name, "prompt_tokens": tokens.len(), "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0].2})
+            serde_json::json!({"engine": label, "prompt": name, "prompt_tokens": tokens.len(), "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0].2})
         );
     }
     Ok(())

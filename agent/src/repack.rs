@@ -1,13 +1,12 @@
 //! Repacking GGUF weights into a type the CPU kernels are fast at.
 //!
-//! candle, the tensor library under mistral.rs, has AVX2 dot products for Q4_0, Q8_0 and
-//! the k-quants, but computes Q4_1 (the default model's type), Q5_0 and Q5_1 with scalar
-//! code: profiled on the default model, that scalar dot product was 61% of all CPU time.
-//! Rewriting those tensors as Q8_0 once, into the cache, moves the work onto the AVX2
-//! path. The values are the same to within Q8_0's rounding: every Q4_1 block is 32
-//! weights on 16 levels, which 8-bit blocks of the same size represent almost exactly.
-//! Small models can instead be expanded to F32, which puts prompt processing on dense
-//! GEMM kernels; see [`WeightFormat`] for the trade-off.
+//! Q4_1 and Q8_0 matrices (the default model's types) are multiplied by our own kernels
+//! (`cpu-kernels`), for generated tokens and prompts alike, so the file's blocks serve as
+//! they are. candle, the tensor library under mistral.rs, computes Q5_0 and Q5_1 with
+//! scalar code; rewriting those tensors as Q8_0 once, into the cache, moves their work
+//! onto fast kernels. The values are the same to within Q8_0's rounding: a 5-bit block is
+//! 32 weights on 32 levels, which 8-bit blocks of the same size represent almost exactly.
+//! See [`WeightFormat`] for the choices.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -18,8 +17,13 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
 /// Tensor types that candle computes without SIMD on x86 and that Q8_0 holds without loss
-/// worth measuring.
+/// worth measuring. (Q4_1 goes to our kernels as it is; an explicit `q8_0` repack still
+/// rewrites it, as it did before those kernels existed.)
 const SLOW_TYPES: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// The types among [`SLOW_TYPES`] that no kernel of ours takes: a file holding any of them
+/// is repacked to Q8_0 by `Auto`.
+const SLOW_WITHOUT_OUR_KERNELS: &[GgmlDType] = &[GgmlDType::Q5_0, GgmlDType::Q5_1];
 
 /// GGUF's `general.file_type` code for a file whose weights are mostly `dtype`.
 fn file_type_code(dtype: GgmlDType) -> u32 {
@@ -59,18 +63,16 @@ pub fn needs_repack(source: &Path, target: GgmlDType) -> anyhow::Result<bool> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     /// The file's own tensor types. Q4_1 and Q8_0 matrices are multiplied block by block
-    /// (the `cpu-kernels` crate), for prompts too.
+    /// (the `cpu-kernels` crate) for generated tokens, and through panels expanded to F32
+    /// for a dense GEMM kernel for prompts: one copy of the weights, fast for both.
     AsShipped,
     /// Slow types requantized to Q8_0.
     Q8_0,
-    /// Every quantized tensor expanded to F32: prefill runs on dense GEMM kernels, while
-    /// decoding reads 4 bytes per weight and slows down.
+    /// Every quantized tensor expanded to F32: exact values, but decoding reads 4 bytes per
+    /// weight and slows down.
     F32,
-    /// The file's blocks for generating tokens, plus an F32 copy of them for reading
-    /// prompts: both at their fastest, for 4 bytes a weight more memory. The two give the
-    /// same products up to the order of additions (the blocks are multiplied in F32).
-    Dual,
-    /// `Dual` for small models, Q8_0 otherwise; see [`choose_auto`].
+    /// `AsShipped`, unless the file holds types only a repack makes fast; see
+    /// [`choose_auto`].
     Auto,
 }
 
@@ -79,7 +81,7 @@ impl WeightFormat {
         match self {
             WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
             WeightFormat::F32 => Some(GgmlDType::F32),
-            WeightFormat::AsShipped | WeightFormat::Dual | WeightFormat::Auto => None,
+            WeightFormat::AsShipped | WeightFormat::Auto => None,
         }
     }
     fn suffix(self) -> &'static str {
@@ -91,53 +93,29 @@ impl WeightFormat {
     }
 }
 
-/// What the engine loads: a GGUF file, and whether to keep an F32 copy of its
-/// block-quantized matrices for reading prompts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreparedWeights {
-    pub path: PathBuf,
-    pub dense_prompts: bool,
-}
-
-impl From<PathBuf> for PreparedWeights {
-    fn from(path: PathBuf) -> Self {
-        Self { path, dense_prompts: false }
-    }
-}
-
-impl From<&Path> for PreparedWeights {
-    fn from(path: &Path) -> Self {
-        path.to_path_buf().into()
-    }
-}
-
-/// The extra F32 copy above this size is not worth its memory.
-const AUTO_DENSE_LIMIT_BYTES: u64 = 1 << 30;
-
-/// `Auto` resolved for one file: `Dual` when the F32 copy stays under 1 GiB (models of up
-/// to ~250M parameters, where prompt processing dominates an agent step), else Q8_0.
+/// `Auto` resolved for one file: the file as it is, unless it holds Q5_0/Q5_1 tensors,
+/// which no kernel of ours takes and candle computes with scalar code: then Q8_0.
 pub fn choose_auto(source: &Path) -> anyhow::Result<WeightFormat> {
     let mut reader = BufReader::new(File::open(source)?);
     let content = gguf_file::Content::read(&mut reader)?;
-    let parameters: u64 = content.tensor_infos.values().map(|info| info.shape.elem_count() as u64).sum();
-    Ok(if parameters * 4 <= AUTO_DENSE_LIMIT_BYTES { WeightFormat::Dual } else { WeightFormat::Q8_0 })
+    let slow = content.tensor_infos.values().any(|info| SLOW_WITHOUT_OUR_KERNELS.contains(&info.ggml_dtype));
+    Ok(if slow { WeightFormat::Q8_0 } else { WeightFormat::AsShipped })
 }
 
 /// Returns what to load in place of `source`: the source itself when it has nothing to
 /// repack (or the format keeps the file's blocks), else its repacked copy in the cache,
 /// written first if absent.
-pub fn prepare(cache: &Path, source: &Path, format: WeightFormat) -> anyhow::Result<PreparedWeights> {
+pub fn prepare(cache: &Path, source: &Path, format: WeightFormat) -> anyhow::Result<PathBuf> {
     let format = if format == WeightFormat::Auto { choose_auto(source)? } else { format };
-    let dense_prompts = format == WeightFormat::Dual;
-    let Some(dtype) = format.dtype() else { return Ok(PreparedWeights { path: source.to_path_buf(), dense_prompts }) };
+    let Some(dtype) = format.dtype() else { return Ok(source.to_path_buf()) };
     if !needs_repack(source, dtype)? {
-        return Ok(source.into());
+        return Ok(source.to_path_buf());
     }
     let target = repacked_path(cache, source, format)?;
     if !target.exists() {
         repack_to(source, &target, dtype)?;
     }
-    Ok(target.into())
+    Ok(target)
 }
 
 /// Writes a copy of `source` whose slow-typed tensors are stored as `dtype`. The file is
@@ -202,7 +180,7 @@ mod tests {
         write_gguf(&source, &original);
         assert!(needs_repack(&source, GgmlDType::Q8_0).unwrap());
 
-        let target = prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap().path;
+        let target = prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap();
         assert_ne!(target, source);
         let mut reader = BufReader::new(File::open(&target).unwrap());
         let content = gguf_file::Content::read(&mut reader).unwrap();
@@ -218,13 +196,10 @@ mod tests {
         assert!(worst < 0.02, "largest difference {worst}");
 
         // Prepared twice, the copy is reused; a file with nothing slow is used as it is.
-        assert_eq!(prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap().path, target);
+        assert_eq!(prepare(dir.path(), &source, WeightFormat::Q8_0).unwrap(), target);
         assert!(!needs_repack(&target, GgmlDType::Q8_0).unwrap());
-        assert_eq!(prepare(dir.path(), &target, WeightFormat::Q8_0).unwrap().path, target);
-        assert_eq!(
-            prepare(dir.path(), &source, WeightFormat::AsShipped).unwrap(),
-            PreparedWeights { path: source.clone(), dense_prompts: false }
-        );
+        assert_eq!(prepare(dir.path(), &target, WeightFormat::Q8_0).unwrap(), target);
+        assert_eq!(prepare(dir.path(), &source, WeightFormat::AsShipped).unwrap(), source);
     }
 
     /// A one-tensor Q4_1 model file in a fresh directory.
@@ -241,9 +216,8 @@ mod tests {
     fn f32_expansion_is_exact() {
         let (dir, original, source) = small_q4_1_model();
         let target = prepare(dir.path(), &source, WeightFormat::F32).unwrap();
-        assert!(target.path.to_string_lossy().ends_with(".dense.gguf"));
-        assert!(!target.dense_prompts);
-        let mut reader = BufReader::new(File::open(&target.path).unwrap());
+        assert!(target.to_string_lossy().ends_with(".dense.gguf"));
+        let mut reader = BufReader::new(File::open(&target).unwrap());
         let content = gguf_file::Content::read(&mut reader).unwrap();
         let expanded = content.tensor(&mut reader, "w", &Device::Cpu).unwrap();
         assert_eq!(expanded.dtype(), GgmlDType::F32);
@@ -253,12 +227,21 @@ mod tests {
     }
 
     #[test]
-    fn small_models_keep_their_blocks_and_a_dense_copy_for_prompts() {
+    fn auto_keeps_the_files_blocks_where_our_kernels_take_them() {
         let (dir, _, source) = small_q4_1_model();
-        assert_eq!(choose_auto(&source).unwrap(), WeightFormat::Dual);
-        assert_eq!(
-            prepare(dir.path(), &source, WeightFormat::Auto).unwrap(),
-            PreparedWeights { path: source.clone(), dense_prompts: true }
-        );
+        assert_eq!(choose_auto(&source).unwrap(), WeightFormat::AsShipped);
+        assert_eq!(prepare(dir.path(), &source, WeightFormat::Auto).unwrap(), source);
+    }
+
+    #[test]
+    fn auto_repacks_types_no_fast_kernel_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        let original = QTensor::quantize(&Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap(), GgmlDType::Q5_0).unwrap();
+        let source = dir.path().join("m.gguf");
+        write_gguf(&source, &original);
+        assert_eq!(choose_auto(&source).unwrap(), WeightFormat::Q8_0);
+        let target = prepare(dir.path(), &source, WeightFormat::Auto).unwrap();
+        assert!(target.to_string_lossy().ends_with(".q8_0.gguf"), "{}", target.display());
     }
 }

@@ -1,6 +1,6 @@
 //! Greedy output of the real default model on a fixed prompt set, as the server computes it
-//! by default (`--weights auto`: block-quantized products for generated tokens, a dense
-//! copy for prompts, our CPU attention), against the output of the same weights expanded
+//! by default (`--weights auto`: block-quantized products for generated tokens, panels of
+//! the blocks expanded to F32 for prompts, our CPU attention), against the output of the same weights expanded
 //! to F32 everywhere and computed by upstream's dense kernels (`fixtures/greedy_reference.json`).
 //!
 //! A kernel that computes the same function in another order changes logits by rounding

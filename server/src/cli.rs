@@ -492,7 +492,6 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                 Weights::Q8_0 => WeightFormat::Q8_0,
                 Weights::F32 => WeightFormat::F32,
                 Weights::AsShipped => WeightFormat::AsShipped,
-                Weights::Dual => WeightFormat::Dual,
             };
             let source = path.clone();
             let weights =
@@ -502,11 +501,8 @@ async fn build_engine(config: &ServeConfig) -> anyhow::Result<Arc<dyn Engine>> {
                         path.display()
                     )
                 })?;
-            if weights.path != path {
-                tracing::info!(repacked = %weights.path.display(), "using repacked weights");
-            }
-            if weights.dense_prompts {
-                tracing::info!("keeping an F32 copy of the weights for reading prompts");
+            if weights != path {
+                tracing::info!(repacked = %weights.display(), "using repacked weights");
             }
             let mut options = MistralRsOptions::new(weights, config.model_id.clone().unwrap_or(default_id));
             options.dtype = match config.dtype {

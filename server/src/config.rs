@@ -24,7 +24,7 @@ pub enum DType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Weights {
-    /// `dual` for models of up to ~250M parameters, else Q8_0.
+    /// The file's own types, unless it holds Q5_0/Q5_1 tensors: then Q8_0.
     Auto,
     /// Q4_1, Q5_0 and Q5_1 tensors requantized to Q8_0.
     #[value(name = "q8_0")]
@@ -32,10 +32,10 @@ pub enum Weights {
     /// Those tensors expanded to F32: fast prompt reading, slow decoding.
     F32,
     /// The file's own types (Q4_1 and Q8_0 have fast block kernels, for prompts too).
+    /// `dual` (the blocks plus an F32 copy for prompts, until prompts ran as fast from the
+    /// blocks) is still accepted and means this.
+    #[value(alias = "dual")]
     AsShipped,
-    /// The file's blocks for generating tokens plus an F32 copy for reading prompts: both
-    /// at their fastest, for 4 bytes a weight more memory.
-    Dual,
 }
 
 /// Where the commands that only touch the database find it.

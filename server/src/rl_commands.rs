@@ -408,7 +408,7 @@ async fn promote(
         // The base model as the server serves it by default.
         None => {
             let base = candidate.base_model.clone();
-            tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &base, WeightFormat::Auto)).await??.path
+            tokio::task::spawn_blocking(move || repack::prepare(&model::cache_dir(), &base, WeightFormat::Auto)).await??
         }
     };
     let sampling = SamplingConfig { max_new_tokens, temperature: 1.0 };

@@ -7,7 +7,7 @@ use e2e::load::{run, LoadSpec};
 use e2e::Server;
 
 /// The steady-state ceiling README.md documents for the default model, in MiB.
-const CEILING_MIB: u64 = 1200;
+const CEILING_MIB: u64 = 640;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_load_is_served_without_errors_and_memory_returns_under_the_ceiling() {

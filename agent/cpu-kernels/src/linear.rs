@@ -1,7 +1,8 @@
-//! A GGUF linear layer for mistral.rs on the CPU: decoding steps (one token for each of up
-//! to [`BLOCK_PATH_MAX_ROWS`] sequences) multiply the blocks in place ([`QuantizedMatrix`]);
-//! prompt-sized products go to a dense F32 copy when one is kept, since a tiled dense GEMM
-//! reads a long prompt faster than any block loop here.
+//! A GGUF linear layer for mistral.rs on the CPU: decoding steps (one token for each
+//! sequence) and short prompts multiply the blocks in place
+//! ([`QuantizedMatrix::matmul`]); prompt-sized products expand the blocks panel by panel
+//! for a dense GEMM kernel ([`QuantizedMatrix::matmul_panels`]), which reads a long prompt
+//! faster than any block loop here. Only the file's blocks are kept in memory.
 
 use std::borrow::Cow;
 use std::sync::atomic::AtomicUsize;
@@ -13,20 +14,22 @@ use mistralrs_quant::{GgufMatMul, IsqType, QuantMethod, QuantMethodConfig, Quant
 
 use crate::matrix::{BlockFormat, QuantizedMatrix};
 
-/// Products with at most this many activation rows use the blocks even when a dense copy
-/// exists: the blocks are 5–6× fewer bytes than F32, and up to a tile of rows share each
-/// expanded block (`examples/block_rows`, the model's MLP matrices streamed from memory:
-/// 16 rows in 0.56× the dense GEMM's time, 24 rows 0.8×, 32 rows 1.13×, where the F32
-/// multiply-adds of the blocks' expansion bound it). It covers the scheduler's default batch
-/// (16 decoding sequences), so that a decoding token's products never depend on how many
-/// sequences share its step; longer products (prompts) go to the dense GEMM.
-pub const BLOCK_PATH_MAX_ROWS: usize = 16;
+/// Products of at least this many activation rows (prompts) go through panels of the blocks
+/// expanded to F32 for a dense GEMM kernel; shorter ones multiply the blocks in place,
+/// where the blocks are 5–6× fewer bytes than F32 and up to a tile of rows share each
+/// expanded block. Measured with `examples/block_rows` (the model's MLP matrices streamed
+/// from memory, against a dense GEMM on an F32 copy, on a noisy 2-core machine): at 32 rows
+/// the blocks take ~0.8× the dense time and the panels ~1.1×; from 64 to 128 rows the two
+/// are within ~10% of each other; at 256 rows the blocks take ~1.6× and the panels ~1.1×.
+///
+/// Decoding steps (one row per sequence, 16 sequences by default) stay below it, so a
+/// decoding token's products do not depend on how many sequences share its step (the block
+/// products are batch-invariant; see `QuantizedMatrix::matmul`).
+pub const PANEL_PATH_MIN_ROWS: usize = 64;
 
 #[derive(Debug)]
 pub struct CpuQuantizedLinear {
     blocks: QuantizedMatrix,
-    /// The same weights in F32, for prompt-sized products (see [`crate::set_dense_prompts`]).
-    dense: Option<GgufMatMul>,
     /// The layer mistral.rs would have built. It answers everything this one does not do
     /// itself: other devices and dtypes, LoRA deltas, re-quantization and serialization.
     upstream: Arc<GgufMatMul>,
@@ -35,7 +38,7 @@ pub struct CpuQuantizedLinear {
 
 impl CpuQuantizedLinear {
     /// `None` when the weights are not a 2-D Q4_1/Q8_0 matrix in CPU memory.
-    pub fn new(weight: Arc<QTensor>, bias: Option<Tensor>, keep_dense: bool) -> Result<Option<Self>> {
+    pub fn new(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Option<Self>> {
         let format = match weight.dtype() {
             GgmlDType::Q4_1 => BlockFormat::Q4_1,
             GgmlDType::Q8_0 => BlockFormat::Q8_0,
@@ -49,17 +52,8 @@ impl CpuQuantizedLinear {
             return Ok(None);
         }
         let blocks = QuantizedMatrix::from_gguf_blocks(format, rows, cols, &weight.data()?).map_err(candle_core::Error::wrap)?;
-        let dense = if keep_dense {
-            let values = Tensor::from_vec(blocks.dequantize(), (rows, cols), &Device::Cpu)?;
-            Some(GgufMatMul::new(QuantMethodConfig::Gguf {
-                q_weight: Arc::new(QTensor::quantize(&values, GgmlDType::F32)?),
-                b: bias.clone(),
-            })?)
-        } else {
-            None
-        };
         let upstream = Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf { q_weight: weight, b: bias.clone() })?);
-        Ok(Some(Self { blocks, dense, upstream, bias }))
+        Ok(Some(Self { blocks, upstream, bias }))
     }
 
     fn blocks_forward(&self, a: &Tensor) -> Result<Tensor> {
@@ -67,7 +61,11 @@ impl CpuQuantizedLinear {
         let m = a.elem_count() / self.blocks.cols();
         let x = a.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * self.blocks.rows()];
-        self.blocks.matmul(&x, m, &mut out);
+        if m >= PANEL_PATH_MIN_ROWS {
+            self.blocks.matmul_panels(&x, m, &mut out);
+        } else {
+            self.blocks.matmul(&x, m, &mut out);
+        }
         *dims.last_mut().expect("a matrix product's input has a last dimension") = self.blocks.rows();
         let y = Tensor::from_vec(out, dims, &Device::Cpu)?;
         match &self.bias {
@@ -91,11 +89,7 @@ impl QuantMethod for CpuQuantizedLinear {
         if !ours {
             return self.upstream.forward(a);
         }
-        let rows = a.elem_count() / self.blocks.cols();
-        match &self.dense {
-            Some(dense) if rows > BLOCK_PATH_MAX_ROWS => dense.forward(a),
-            _ => self.blocks_forward(a),
-        }
+        self.blocks_forward(a)
     }
 
     fn gather_forward(&self, a: &Tensor, indices: &Tensor) -> Result<Tensor> {

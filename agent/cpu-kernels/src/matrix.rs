@@ -17,6 +17,22 @@ use crate::simd;
 /// Values per GGUF block for the formats taken here.
 pub const BLOCK: usize = 32;
 
+/// Bytes of F32 weights [`QuantizedMatrix::matmul_panels`] expands at a time per thread:
+/// a quarter of a typical core's L2, so that the panel and the activation tiles the GEMM
+/// kernel packs beside it stay there.
+const PANEL_BYTES: usize = 256 * 1024;
+
+/// The output matrix's first value, shared by the panel tasks of one product, which write
+/// disjoint columns of it.
+struct OutputColumns(*mut f32);
+
+// SAFETY: the pointer is only used inside `matmul_panels`, whose tasks write disjoint
+// columns of a buffer that outlives them.
+#[allow(unsafe_code)]
+unsafe impl Sync for OutputColumns {}
+#[allow(unsafe_code)]
+unsafe impl Send for OutputColumns {}
+
 /// How a block stores its 32 values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockFormat {
@@ -124,24 +140,92 @@ impl QuantizedMatrix {
     }
 
     /// The matrix in F32, row-major, computed value by value (the reference the products
-    /// are checked against, and the dense copy for long prompts).
+    /// are checked against).
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for block in 0..self.scales.len() {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+
+    /// Weight rows from `first` in F32 into `out` (a whole number of rows, row-major):
+    /// `q * d + m` for Q4_1, `q * d` for Q8_0, each rounded once as written.
+    fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
+        let blocks_per_row = self.cols / BLOCK;
+        let first_block = first * blocks_per_row;
+        for (i, values) in out.chunks_exact_mut(BLOCK).enumerate() {
+            // Fixed-size arrays, so that the loops below are whole vector operations.
+            let values: &mut [f32; BLOCK] = values.try_into().expect("chunks of one block");
+            let block = first_block + i;
             let d = self.scales[block];
             match self.format {
                 BlockFormat::Q4_1 => {
                     let m = self.mins[block];
-                    let qs = &self.quants[block * 16..block * 16 + 16];
-                    out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
-                    out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
+                    let qs: &[u8; 16] = self.quants[block * 16..block * 16 + 16].try_into().expect("16 bytes of values");
+                    for j in 0..16 {
+                        values[j] = (qs[j] & 0x0F) as f32 * d + m;
+                        values[j + 16] = (qs[j] >> 4) as f32 * d + m;
+                    }
                 }
                 BlockFormat::Q8_0 => {
-                    out.extend(self.quants[block * 32..block * 32 + 32].iter().map(|&q| q as i8 as f32 * d));
+                    let qs: &[u8; BLOCK] = self.quants[block * BLOCK..block * BLOCK + BLOCK].try_into().expect("32 bytes of values");
+                    for j in 0..BLOCK {
+                        values[j] = qs[j] as i8 as f32 * d;
+                    }
                 }
             }
         }
-        out
+    }
+
+    /// `out = x · selfᵀ` for products of many activation rows (prompts), at the speed of a
+    /// dense F32 GEMM without keeping a dense copy of the weights: each panel of weight rows
+    /// is expanded to F32 once, into a buffer that stays in the core's L2, and the `gemm`
+    /// crate's kernel (the one candle's dense products use) multiplies every activation row
+    /// with it. The expansion costs one pass over the weights, small beside `m` rows of
+    /// multiply-adds once `m` is a few dozen. Each value is the same as in a dense F32 copy,
+    /// so the products equal the dense path's up to the order of additions.
+    pub fn matmul_panels(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activations must be m × cols");
+        assert_eq!(out.len(), m * self.rows, "output must be m × rows");
+        let panel_rows = (PANEL_BYTES / (4 * self.cols)).next_multiple_of(16).min(self.rows);
+        let panels = self.rows.div_ceil(panel_rows);
+        let out = OutputColumns(out.as_mut_ptr());
+        (0..panels).into_par_iter().for_each_init(Vec::new, |panel, p| {
+            let first = p * panel_rows;
+            let rows = panel_rows.min(self.rows - first);
+            panel.resize(rows * self.cols, 0f32);
+            self.dequantize_rows(first, panel);
+            let out = &out;
+            // SAFETY: `out` points to `m × self.rows` F32 values (asserted above) that live
+            // until this parallel loop returns; this task writes only columns
+            // `first..first + rows` of each of the `m` rows (row stride `self.rows`), and no
+            // two panels share a column. `x` holds `m × cols` values (row stride `cols`) and
+            // `panel` `rows × cols` (row-major, so column stride `cols` as the right-hand
+            // `cols × rows` matrix). `read_dst` is false, so the output is only written.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    self.cols,
+                    out.0.add(first),
+                    1,
+                    self.rows as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    self.cols as isize,
+                    panel.as_ptr(),
+                    self.cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
     }
 
     /// `out = x · selfᵀ` for `x` of `m × cols` and `out` of `m × rows`, both row-major.
@@ -263,10 +347,10 @@ impl QuantizedMatrix {
                 let quants = &self.quants[first * 16..(first + blocks) * 16];
                 let minimums: f32 = mins.iter().zip(block_sums).map(|(m, s)| m * s).sum();
                 let products = match simd::level() {
+                    // AVX-512 CPUs take the tiled products and never come here; they run
+                    // the AVX2 loop too.
                     #[cfg(target_arch = "x86_64")]
-                    simd::Level::Avx512 => simd::q4_1_avx512(scales, quants, x),
-                    #[cfg(target_arch = "x86_64")]
-                    simd::Level::Avx2 => simd::q4_1_avx2(scales, quants, x),
+                    simd::Level::Avx512 | simd::Level::Avx2 => simd::q4_1_avx2(scales, quants, x),
                     simd::Level::Portable => q4_1_row_dot(scales, quants, x),
                 };
                 products + minimums
@@ -275,9 +359,7 @@ impl QuantizedMatrix {
                 let quants = &self.quants[first * 32..(first + blocks) * 32];
                 match simd::level() {
                     #[cfg(target_arch = "x86_64")]
-                    simd::Level::Avx512 => simd::q8_0_avx512(scales, quants, x),
-                    #[cfg(target_arch = "x86_64")]
-                    simd::Level::Avx2 => simd::q8_0_avx2(scales, quants, x),
+                    simd::Level::Avx512 | simd::Level::Avx2 => simd::q8_0_avx2(scales, quants, x),
                     simd::Level::Portable => q8_0_row_dot(scales, quants, x),
                 }
             }

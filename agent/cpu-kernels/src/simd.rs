@@ -44,18 +44,6 @@ fn check_row(scales: &[f32], quants: &[u8], x: &[f32], quant_bytes: usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub fn q4_1_avx512(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
-    check_row(scales, quants, x, 16);
-    assert!(is_x86_feature_detected!("avx512f"));
-    // SAFETY: the CPU has AVX-512F (asserted above), and
-    // `check_row` proved that every block's 16 value bytes and 32 activations are in bounds.
-    #[allow(unsafe_code)]
-    unsafe {
-        x86::q4_1_avx512(scales, quants, x)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 pub fn q4_1_avx2(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
     check_row(scales, quants, x, 16);
     assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
@@ -64,17 +52,6 @@ pub fn q4_1_avx2(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
     #[allow(unsafe_code)]
     unsafe {
         x86::q4_1_avx2(scales, quants, x)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub fn q8_0_avx512(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
-    check_row(scales, quants, x, 32);
-    assert!(is_x86_feature_detected!("avx512f"));
-    // SAFETY: as for `q4_1_avx512`, with 32 value bytes per block.
-    #[allow(unsafe_code)]
-    unsafe {
-        x86::q8_0_avx512(scales, quants, x)
     }
 }
 
@@ -139,41 +116,6 @@ fn check_tokens(scales: &[f32], quants: &[u8], tokens: &[f32], out: &[f32], quan
 #[allow(unsafe_code)]
 mod x86 {
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn q4_1_avx512(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
-        let low_nibbles = _mm_set1_epi8(0x0F);
-        // Two accumulators, for even and odd blocks, so that two chains of multiply-adds
-        // are in flight.
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (block, &d) in scales.iter().enumerate() {
-            let qs = _mm_loadu_si128(quants.as_ptr().add(block * 16).cast());
-            let low = _mm_and_si128(qs, low_nibbles);
-            let high = _mm_and_si128(_mm_srli_epi16::<4>(qs), low_nibbles);
-            let first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low));
-            let second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high));
-            let xs = x.as_ptr().add(block * 32);
-            let products = _mm512_mul_ps(first, _mm512_loadu_ps(xs));
-            let products = _mm512_fmadd_ps(second, _mm512_loadu_ps(xs.add(16)), products);
-            acc[block % 2] = _mm512_fmadd_ps(products, _mm512_set1_ps(d), acc[block % 2]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn q8_0_avx512(scales: &[f32], quants: &[u8], x: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (block, &d) in scales.iter().enumerate() {
-            let qs = quants.as_ptr().add(block * 32);
-            let first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qs.cast())));
-            let second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qs.add(16).cast())));
-            let xs = x.as_ptr().add(block * 32);
-            let products = _mm512_mul_ps(first, _mm512_loadu_ps(xs));
-            let products = _mm512_fmadd_ps(second, _mm512_loadu_ps(xs.add(16)), products);
-            acc[block % 2] = _mm512_fmadd_ps(products, _mm512_set1_ps(d), acc[block % 2]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-    }
 
     /// Up to [`super::TOKEN_TILE`] activation rows (`out.len()`) times one weight row, in
     /// Q4_1 (`Q4_1` true: 16 bytes of nibbles and a minimum per block) or Q8_0 (32 signed

@@ -17,7 +17,8 @@ fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
 
 /// Quantizes random weights with candle, reads the blocks into a matrix, and checks that
 /// (1) the matrix dequantizes to exactly candle's values and (2) its product with random
-/// activations (for each number of activation rows) equals an f64 product of those values.
+/// activations (for each number of activation rows, by the block loops and by expanded
+/// panels) equals an f64 product of those values.
 fn check(format: BlockFormat, rows: usize, cols: usize, activation_rows: &[usize]) {
     let mut rng = rand::rngs::StdRng::seed_from_u64((rows * 31 + cols) as u64);
     let weights = Tensor::from_vec(random(&mut rng, rows * cols), (rows, cols), &Device::Cpu).unwrap();
@@ -31,10 +32,13 @@ fn check(format: BlockFormat, rows: usize, cols: usize, activation_rows: &[usize
     let values = matrix.dequantize();
     assert_eq!(values, expected_values, "{format:?} {rows}x{cols}: blocks read differently from candle");
 
-    for &m in activation_rows {
+    for (&m, product) in activation_rows.iter().flat_map(|m| [(m, "blocks"), (m, "panels")]) {
         let x = random(&mut rng, m * cols);
         let mut out = vec![f32::NAN; m * rows];
-        matrix.matmul(&x, m, &mut out);
+        match product {
+            "blocks" => matrix.matmul(&x, m, &mut out),
+            _ => matrix.matmul_panels(&x, m, &mut out),
+        }
         for token in 0..m {
             let x = &x[token * cols..(token + 1) * cols];
             for row in 0..rows {
@@ -44,7 +48,7 @@ fn check(format: BlockFormat, rows: usize, cols: usize, activation_rows: &[usize
                 let got = out[token * rows + row] as f64;
                 assert!(
                     (got - exact).abs() <= TOLERANCE * scale.max(1.0),
-                    "{format:?} {rows}x{cols}, {m} rows: out[{token}][{row}] = {got}, reference {exact}"
+                    "{format:?} {rows}x{cols}, {m} rows by {product}: out[{token}][{row}] = {got}, reference {exact}"
                 );
             }
         }
@@ -58,14 +62,14 @@ fn q4_1_matches_the_dense_product() {
     // decode (1 row) as well as short and prompt-sized products.
     check(BlockFormat::Q4_1, 576, 576, &[1, 2, 4, 8, 16, 37]);
     check(BlockFormat::Q4_1, 192, 576, &[1, 5]);
-    check(BlockFormat::Q4_1, 576, 1536, &[1, 3]);
+    check(BlockFormat::Q4_1, 576, 1536, &[1, 3, 70]);
     check(BlockFormat::Q4_1, 13, 96, &[1, 7]);
 }
 
 #[test]
 fn q8_0_matches_the_dense_product() {
     check(BlockFormat::Q8_0, 576, 576, &[1, 2, 4, 8, 16, 37]);
-    check(BlockFormat::Q8_0, 1536, 576, &[1, 3]);
+    check(BlockFormat::Q8_0, 1536, 576, &[1, 3, 70]);
     check(BlockFormat::Q8_0, 13, 96, &[1, 7]);
 }
 
@@ -96,8 +100,13 @@ fn each_vector_level_matches_the_portable_loop() {
                 close(cpu_kernels::simd::q8_0_avx2(&scales, &q8, &x) / 8.0, q8_ref, "q8_0 avx2");
             }
             if is_x86_feature_detected!("avx512f") {
-                close(cpu_kernels::simd::q4_1_avx512(&scales, &q4, &x), q4_ref, "q4_1 avx512");
-                close(cpu_kernels::simd::q8_0_avx512(&scales, &q8, &x) / 8.0, q8_ref, "q8_0 avx512");
+                // The tiled kernels fold each block's minimum into its weights; zero
+                // minimums leave the sum the row functions compute.
+                let (mut q4_tiled, mut q8_tiled) = ([0f32], [0f32]);
+                cpu_kernels::simd::q4_1_tokens_avx512(&scales, &vec![0.0; blocks], &q4, &x, &mut q4_tiled);
+                cpu_kernels::simd::q8_0_tokens_avx512(&scales, &q8, &x, &mut q8_tiled);
+                close(q4_tiled[0], q4_ref, "q4_1 avx512");
+                close(q8_tiled[0] / 8.0, q8_ref, "q8_0 avx512");
             }
         }
         let _ = (close, q4_ref, q8_ref);
@@ -110,7 +119,8 @@ fn each_vector_level_matches_the_portable_loop() {
 #[test]
 fn a_rows_products_do_not_depend_on_the_rows_beside_it() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let (rows, cols, m) = (200, 576, cpu_kernels::BLOCK_PATH_MAX_ROWS);
+    // The scheduler's default batch: 16 sequences decoding at once.
+    let (rows, cols, m) = (200, 576, 16);
     for (format, dtype) in [(BlockFormat::Q4_1, GgmlDType::Q4_1), (BlockFormat::Q8_0, GgmlDType::Q8_0)] {
         let weights = Tensor::from_vec(random(&mut rng, rows * cols), (rows, cols), &Device::Cpu).unwrap();
         let quantized = QTensor::quantize(&weights, dtype).unwrap();

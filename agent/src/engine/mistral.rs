@@ -46,9 +46,6 @@ pub struct MistralRsOptions {
     pub dtype: ActivationDType,
     /// How many sequences the scheduler runs in one batch.
     pub max_batch: usize,
-    /// Keep an F32 copy of the block-quantized matrices for reading prompts (see
-    /// [`crate::repack::WeightFormat::Dual`]).
-    pub dense_prompts: bool,
     /// How many finished sequences' KV caches are kept for reuse by later prompts that
     /// begin with the same tokens (0 turns the prefix cache off). Each entry holds its
     /// sequence's whole KV cache; a conversation's later turns replace its earlier ones.
@@ -56,15 +53,13 @@ pub struct MistralRsOptions {
 }
 
 impl MistralRsOptions {
-    /// Options for weights from [`crate::repack::prepare`], or for a plain path.
-    pub fn new(weights: impl Into<crate::repack::PreparedWeights>, model_id: impl Into<String>) -> Self {
-        let weights = weights.into();
+    /// Options for a GGUF file (from [`crate::repack::prepare`], or any path).
+    pub fn new(model_path: impl Into<PathBuf>, model_id: impl Into<String>) -> Self {
         Self {
-            model_path: weights.path,
+            model_path: model_path.into(),
             model_id: model_id.into(),
             dtype: ActivationDType::F32,
             max_batch: 16,
-            dense_prompts: weights.dense_prompts,
             prefix_cache_entries: DEFAULT_PREFIX_CACHE_ENTRIES,
         }
     }
@@ -166,8 +161,6 @@ impl MistralRsEngine {
         let (dir, file) = split_model_path(&options.model_path)?;
         let loader = GGUFLoaderBuilder::new(None, None, dir, vec![file], GGUFSpecificConfig { topology: None }, false, None).build();
         let device = mistralrs::best_device(cfg!(not(feature = "cuda")))?;
-        // Read by the patched mistral.rs as it builds each linear layer, below.
-        cpu_kernels::set_dense_prompts(options.dense_prompts);
         let dtype = match options.dtype {
             ActivationDType::Auto => ModelDType::Auto,
             ActivationDType::F32 => ModelDType::F32,
