@@ -186,7 +186,12 @@ impl QuantizedMatrix {
     pub fn matmul_panels(&self, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "activations must be m × cols");
         assert_eq!(out.len(), m * self.rows, "output must be m × rows");
-        let panel_rows = (PANEL_BYTES / (4 * self.cols)).next_multiple_of(16).min(self.rows);
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        // Whole weight rows, a multiple of 16 of them, about `PANEL_BYTES` of F32 (at least
+        // 16 rows however wide they are).
+        let panel_rows = (PANEL_BYTES / (4 * self.cols).max(1)).max(1).next_multiple_of(16).min(self.rows);
         let panels = self.rows.div_ceil(panel_rows);
         let out = OutputColumns(out.as_mut_ptr());
         (0..panels).into_par_iter().for_each_init(Vec::new, |panel, p| {

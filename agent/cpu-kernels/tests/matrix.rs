@@ -73,6 +73,15 @@ fn q8_0_matches_the_dense_product() {
     check(BlockFormat::Q8_0, 13, 96, &[1, 7]);
 }
 
+/// Products with nothing to compute leave the output as it is instead of failing.
+#[test]
+fn empty_products_compute_nothing() {
+    let matrix = QuantizedMatrix::from_gguf_blocks(BlockFormat::Q8_0, 0, 64, &[]).unwrap();
+    matrix.matmul_panels(&[0.5; 64], 1, &mut []);
+    let matrix = QuantizedMatrix::from_gguf_blocks(BlockFormat::Q8_0, 2, 64, &[0; 136]).unwrap();
+    matrix.matmul_panels(&[], 0, &mut []);
+}
+
 #[test]
 fn malformed_blocks_are_refused() {
     assert!(QuantizedMatrix::from_gguf_blocks(BlockFormat::Q4_1, 2, 48, &[0; 60]).is_err());
