@@ -1,12 +1,14 @@
-//! Attention on the CPU as blocks of matrix products over the keys each block can see.
+//! Attention on the CPU as matrix products over the keys each query row can see.
 //!
 //! The row-at-a-time flash kernel in `cpu.rs` walks every key for every query row, masked
 //! or not, with a scalar dot product, exponential and value update per key: reading a
 //! 7,000-token prompt spent ~87 % of its time there, and prefill speed fell from ~214 tok/s
-//! at 500 tokens to ~23 at 7,000. Here the query rows of one KV head's group are taken in
-//! blocks of `QUERY_BLOCK`; each block multiplies with only the keys its mask leaves
+//! at 500 tokens to ~23 at 7,000. Here a prompt step in F32 takes the query rows of one KV
+//! head's group in blocks, and each block walks tiles of only the keys its mask leaves
 //! visible (under a causal mask, the keys up to its last row), so masked keys cost nothing,
-//! and the work runs in candle's tiled GEMM and vectorised softmax.
+//! with a GEMM per tile and a running softmax ([`tiled_prompt_attention`]); steps of a few
+//! rows (generating tokens) take direct dot products ([`token_step_attention`]); F16 takes
+//! whole rows of scores per block through candle.
 //!
 //! The result equals `softmax(q·kᵀ·scale + mask)·v` up to rounding: keys past the last
 //! finite mask entry of every row of a block contribute `exp(-inf) = 0` there, so leaving
@@ -46,6 +48,11 @@ pub fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
             return Ok(out);
         }
     }
+    if let Some(out) = tiled_prompt_attention(q, k, v, mask.as_ref(), &visible, n_kv_groups, scale)? {
+        return Ok(out);
+    }
+
+    // Anything else (F16): whole rows of scores per block of queries, through candle.
 
     let mut blocks = Vec::with_capacity(q_len.div_ceil(QUERY_BLOCK));
     for start in (0..q_len).step_by(QUERY_BLOCK) {
@@ -105,19 +112,17 @@ fn token_step_attention(
     let (q_storage, q_layout) = q.storage_and_layout();
     let (k_storage, k_layout) = k.storage_and_layout();
     let (v_storage, v_layout) = v.storage_and_layout();
-    let (Storage::Cpu(q_cpu), Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*q_storage, &*k_storage, &*v_storage) else {
+    let (Some(q_data), Some(k_data), Some(v_data)) = (cpu_f32(&q_storage, q_layout), cpu_f32(&k_storage, k_layout), cpu_f32(&v_storage, v_layout))
+    else {
         return Ok(None);
     };
-    let q_data = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..];
-    let k_data = &k_cpu.as_slice::<f32>()?[k_layout.start_offset()..];
-    let v_data = &v_cpu.as_slice::<f32>()?[v_layout.start_offset()..];
     let (ks, vs) = (k.stride(), v.stride());
     let mask_guard = mask.map(|mask| mask.storage_and_layout());
     let mask_view = match &mask_guard {
-        Some((storage, layout)) => {
-            let Storage::Cpu(cpu) = &**storage else { return Ok(None) };
-            Some((&cpu.as_slice::<f32>()?[layout.start_offset()..], layout.stride()))
-        }
+        Some((storage, layout)) => match cpu_f32(storage, layout) {
+            Some(data) => Some((data, layout.stride())),
+            None => return Ok(None),
+        },
         None => None,
     };
     let chunks = visible.iter().copied().max().unwrap_or(0).div_ceil(KEY_CHUNK).max(1);
@@ -200,6 +205,213 @@ fn token_step_attention(
     Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
 }
 
+/// The f32 elements of a CPU tensor's storage from its layout's first one; `None` for
+/// another dtype or device.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<f32>().ok().map(|data| &data[layout.start_offset()..]),
+        _ => None,
+    }
+}
+
+/// Query rows per task of [`tiled_prompt_attention`], for each query head of a KV head's
+/// group (3 heads × 64 rows for the default model).
+const TILE_QUERY_ROWS: usize = 64;
+
+/// Keys per tile of [`tiled_prompt_attention`]: a tile's scores (192 rows × 256 keys, 192
+/// KiB), keys, values and running output stay in a core's L2 cache.
+const TILE_KEYS: usize = 256;
+
+/// Attention for a prompt step in F32, one task per KV head and block of query rows, over
+/// tiles of keys with a running ("online") softmax, as flash attention computes it: per
+/// tile, one GEMM for the scores, the mask, the exponentials against the row's running
+/// maximum (rescaling the sums and outputs so far when it grows), and one GEMM that adds
+/// the weighted values. No buffer grows with the prompt: holding whole rows of scores per
+/// block (the path below, for F16) allocated, faulted in and freed tens of megabytes per
+/// block at 7,000 tokens, and the kernel's page work, which varied from run to run, cost
+/// up to half as much time again as the arithmetic. `None` when the tensors are not F32
+/// on the CPU with contiguous rows.
+fn tiled_prompt_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    visible: &[usize],
+    n_kv_groups: usize,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    let (b, h, q_len, d) = q.dims4()?;
+    let kv_h = k.dim(1)?;
+    let dv = v.dim(D::Minus1)?;
+    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    if k.stride()[3] != 1 || v.stride()[3] != 1 {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let (Some(q_data), Some(k_data), Some(v_data)) = (cpu_f32(&q_storage, q_layout), cpu_f32(&k_storage, k_layout), cpu_f32(&v_storage, v_layout))
+    else {
+        return Ok(None);
+    };
+    let (ks, vs) = (k.stride(), v.stride());
+    let mask_guard = mask.map(|mask| mask.storage_and_layout());
+    let mask_view = match &mask_guard {
+        Some((storage, layout)) => match cpu_f32(storage, layout) {
+            Some(data) => Some((data, layout.stride())),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+
+    let blocks = q_len.div_ceil(TILE_QUERY_ROWS);
+    // Each task's output rows: query head `g·n_kv_groups + i`, row `start + r`, at `i·rows + r`.
+    let task_outputs: Vec<Vec<f32>> = (0..b * kv_h * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (bi, g, block) = (task / (kv_h * blocks), task / blocks % kv_h, task % blocks);
+            let start = block * TILE_QUERY_ROWS;
+            let rows = TILE_QUERY_ROWS.min(q_len - start);
+            let group_rows = n_kv_groups * rows;
+            let head_and_row = |gr: usize| (g * n_kv_groups + gr / rows, start + gr % rows);
+            let seen = visible[start..start + rows].iter().copied().max().unwrap_or(0);
+            // The block's queries, scaled once here rather than every score.
+            let mut queries = Vec::with_capacity(group_rows * d);
+            for gr in 0..group_rows {
+                let (hi, r) = head_and_row(gr);
+                queries.extend(q_data[((bi * h + hi) * q_len + r) * d..][..d].iter().map(|x| x * scale));
+            }
+            let mut out = vec![0f32; group_rows * dv];
+            let mut row_max = vec![f32::NEG_INFINITY; group_rows];
+            let mut row_sum = vec![0f32; group_rows];
+            let mut scores = vec![0f32; group_rows * TILE_KEYS];
+            for first_key in (0..seen).step_by(TILE_KEYS) {
+                let n_keys = TILE_KEYS.min(seen - first_key);
+                let scores = &mut scores[..group_rows * n_keys];
+                // The tile's keys and values, `n_keys` rows apart by the cache's stride;
+                // slicing checks that every element the products read is in the buffer.
+                let keys = &k_data[bi * ks[0] + g * ks[1] + first_key * ks[2]..][..(n_keys - 1) * ks[2] + d];
+                let values = &v_data[bi * vs[0] + g * vs[1] + first_key * vs[2]..][..(n_keys - 1) * vs[2] + dv];
+                // scores (group_rows × n_keys) = queries (group_rows × d) · keysᵀ (d × n_keys).
+                // SAFETY: `gemm` reads `group_rows × d` queries with row stride `d`, `d ×
+                // n_keys` of `keys` with column stride `ks[2]` (both within the slices
+                // above), and writes `group_rows × n_keys` scores with row stride `n_keys`,
+                // exactly `scores`' length. `read_dst` is false: the scores are only written.
+                unsafe {
+                    gemm::gemm(
+                        group_rows,
+                        n_keys,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        n_keys as isize,
+                        false,
+                        queries.as_ptr(),
+                        1,
+                        d as isize,
+                        keys.as_ptr(),
+                        ks[2] as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                for (gr, row) in scores.chunks_exact_mut(n_keys).enumerate() {
+                    if let Some((mask, stride)) = mask_view {
+                        let (hi, r) = head_and_row(gr);
+                        add_mask_row(row, mask, bi * stride[0] + hi * stride[1] + r * stride[2] + first_key * stride[3], stride[3]);
+                    }
+                    let max = row_max[gr].max(lanes_max(row));
+                    if max == f32::NEG_INFINITY {
+                        row.fill(0.0); // every key so far hidden: no weight yet
+                        continue;
+                    }
+                    // e^(old max − new max) rescales what earlier tiles summed: 1 when the
+                    // maximum did not grow, 0 before the first visible key.
+                    let rescale = exp(row_max[gr] - max);
+                    row_sum[gr] = row_sum[gr] * rescale + exp_shifted_sum(row, max);
+                    row_max[gr] = max;
+                    if rescale != 1.0 {
+                        out[gr * dv..(gr + 1) * dv].iter_mut().for_each(|o| *o *= rescale);
+                    }
+                }
+                // out (group_rows × dv) += weights (group_rows × n_keys) · values (n_keys × dv).
+                // SAFETY: reads `group_rows × n_keys` weights (the whole of `scores`) and
+                // `n_keys × dv` of `values` with row stride `vs[2]` (within the slice), and
+                // reads and writes `group_rows × dv` outputs, exactly `out`'s length.
+                unsafe {
+                    gemm::gemm(
+                        group_rows,
+                        dv,
+                        n_keys,
+                        out.as_mut_ptr(),
+                        1,
+                        dv as isize,
+                        true,
+                        scores.as_ptr(),
+                        1,
+                        n_keys as isize,
+                        values.as_ptr(),
+                        1,
+                        vs[2] as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+            }
+            for (o, sum) in out.chunks_exact_mut(dv).zip(&row_sum) {
+                // A row with every key hidden has a zero sum and keeps zero output, as in
+                // `masked_softmax`.
+                if *sum > 0.0 {
+                    let inverse = 1.0 / sum;
+                    o.iter_mut().for_each(|x| *x *= inverse);
+                }
+            }
+            out
+        })
+        .collect();
+
+    let mut out = vec![0f32; b * h * q_len * dv];
+    out.par_chunks_mut(q_len * dv).enumerate().for_each(|(index, head_out)| {
+        let (bi, hi) = (index / h, index % h);
+        let (g, i) = (hi / n_kv_groups, hi % n_kv_groups);
+        for block in 0..blocks {
+            let start = block * TILE_QUERY_ROWS;
+            let rows = TILE_QUERY_ROWS.min(q_len - start);
+            let task_out = &task_outputs[(bi * kv_h + g) * blocks + block];
+            head_out[start * dv..(start + rows) * dv].copy_from_slice(&task_out[i * rows * dv..(i + 1) * rows * dv]);
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
+}
+
+/// Adds a mask row of `row.len()` entries, `stride` apart from `base`, to `row`. A mask
+/// row in consecutive memory (the usual causal mask) takes a straight pass that the
+/// compiler vectorizes; any other stride, one entry at a time.
+fn add_mask_row(row: &mut [f32], mask: &[f32], base: usize, stride: usize) {
+    if stride == 1 {
+        let len = row.len();
+        for (x, m) in row.iter_mut().zip(&mask[base..base + len]) {
+            *x += m;
+        }
+    } else {
+        for (col, x) in row.iter_mut().enumerate() {
+            *x += mask[base + col * stride];
+        }
+    }
+}
+
 /// The largest value of a row (`-inf` for an empty one), in 16 independent lanes, which the
 /// compiler vectorizes (a plain fold over `f32::max` runs one value at a time).
 fn lanes_max(row: &[f32]) -> f32 {
@@ -231,7 +443,7 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     }
     let mut tail = 0f32;
     for v in chunks.into_remainder() {
-        *v = (*v - max).exp();
+        *v = exp(*v - max);
         tail += *v;
     }
     sums.iter().sum::<f32>() + tail
@@ -245,12 +457,19 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // 1.5·2²³: adding it to a whole number |n| < 2²² leaves `n` in the low mantissa bits.
+    const INTEGER_BITS: f32 = 12_582_912.0;
     let clamped = x.clamp(-87.0, 88.0);
     let n = (clamped * LOG2_E + 0.5).floor();
     let r = clamped - n * 0.693_359_375 + n * 2.121_944_4e-4;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `2^n` with `n` in −126..=127 here: its biased exponent `n + 127` from the bits of
+    // `n + 1.5·2²³` by integer operations. `n as i32` would do, but a float-to-int cast
+    // saturates, and the compiler emits that one lane at a time with compares and moves:
+    // with it, this function took 11 % of a 7,000-token prompt's time.
+    let biased = (n + INTEGER_BITS).to_bits().wrapping_sub(INTEGER_BITS.to_bits()).wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
     if x < -87.0 {
         0.0
     } else {
@@ -278,40 +497,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     let (b, h, rows, seen) = scores.dims4()?;
     let (storage, layout) = scores.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("the CPU attention got scores off the CPU") };
-    let scores_data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+    let Some(scores_data) = cpu_f32(&storage, layout) else { candle_core::bail!("the CPU attention got scores off the CPU") };
     let mask_guard = mask.map(|mask| mask.storage_and_layout());
     let mask_view = match &mask_guard {
-        Some((storage, layout)) => {
-            let Storage::Cpu(cpu) = &**storage else { candle_core::bail!("the CPU attention got a mask off the CPU") };
-            Some((&cpu.as_slice::<f32>()?[layout.start_offset()..], layout.stride()))
-        }
+        Some((storage, layout)) => match cpu_f32(storage, layout) {
+            Some(data) => Some((data, layout.stride())),
+            None => candle_core::bail!("the CPU attention got a mask off the CPU"),
+        },
         None => None,
     };
     let mut out = vec![0f32; b * h * rows * seen];
     out.par_chunks_mut(seen).enumerate().for_each(|(index, out_row)| {
         let scores_row = &scores_data[index * seen..(index + 1) * seen];
         let (bi, hi, row) = (index / (h * rows), index / rows % h, index % rows);
-        match mask_view {
-            // A mask row in consecutive memory (the usual causal mask): a straight pass
-            // that the compiler vectorizes.
-            Some((mask, stride)) if stride[3] == 1 => {
-                let base = bi * stride[0] + hi * stride[1] + row * stride[2];
-                for ((o, s), m) in out_row.iter_mut().zip(scores_row).zip(&mask[base..base + seen]) {
-                    *o = s * scale + m;
-                }
-            }
-            Some((mask, stride)) => {
-                let base = bi * stride[0] + hi * stride[1] + row * stride[2];
-                for (col, (o, s)) in out_row.iter_mut().zip(scores_row).enumerate() {
-                    *o = s * scale + mask[base + col * stride[3]];
-                }
-            }
-            None => {
-                for (o, s) in out_row.iter_mut().zip(scores_row) {
-                    *o = s * scale;
-                }
-            }
+        for (o, s) in out_row.iter_mut().zip(scores_row) {
+            *o = s * scale;
+        }
+        if let Some((mask, stride)) = mask_view {
+            add_mask_row(out_row, mask, bi * stride[0] + hi * stride[1] + row * stride[2], stride[3]);
         }
         let max = lanes_max(out_row);
         if max == f32::NEG_INFINITY {
