@@ -18,14 +18,15 @@ use crate::matrix::{BlockFormat, QuantizedMatrix};
 /// expanded to F32 for a dense GEMM kernel; shorter ones multiply the blocks in place,
 /// where the blocks are 5–6× fewer bytes than F32 and up to a tile of rows share each
 /// expanded block. Measured with `examples/block_rows` (the model's MLP matrices streamed
-/// from memory, against a dense GEMM on an F32 copy, on a noisy 2-core machine): at 32 rows
-/// the blocks take ~0.8× the dense time and the panels ~1.1×; from 64 to 128 rows the two
-/// are within ~10% of each other; at 256 rows the blocks take ~1.6× and the panels ~1.1×.
+/// from memory, against a dense GEMM on an F32 copy, on a noisy 2-core machine with
+/// AVX-512): at 24 rows the blocks take ~0.6× the dense time and the panels ~0.7×; at 32
+/// rows the blocks ~1.0× and the panels ~0.7×; at 64 rows the blocks ~1.9× and the panels
+/// ~0.8×.
 ///
 /// Decoding steps (one row per sequence, 16 sequences by default) stay below it, so a
 /// decoding token's products do not depend on how many sequences share its step (the block
 /// products are batch-invariant; see `QuantizedMatrix::matmul`).
-pub const PANEL_PATH_MIN_ROWS: usize = 64;
+pub const PANEL_PATH_MIN_ROWS: usize = 32;
 
 #[derive(Debug)]
 pub struct CpuQuantizedLinear {
