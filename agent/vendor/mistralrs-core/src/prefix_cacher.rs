@@ -398,6 +398,9 @@ impl PrefixCacheManagerV2 {
                 return Ok(None);
             }
 
+            // The request continues the entry's sequence (the next turn of a conversation,
+            // or an agent's next step) when it reuses every position the entry holds.
+            let continues_entry = match_len == cache_element.cached_len();
             let mut cache = cache_element.clone();
             // Count how many input images are not already cached
             let images_to_keep = if let Some(input_hashes) = image_hashes {
@@ -423,9 +426,26 @@ impl PrefixCacheManagerV2 {
             for layer in cache.cache.iter_mut().flatten() {
                 layer.set_len(match_len)?;
             }
+            // The sequence will append to these buffers in place (one sequence's step takes
+            // its own buffers as the model's cache, uncopied), so it must be their only
+            // writer and no entry may read them. A continuation takes the entry's buffers
+            // and the entry leaves the cache: the sequence's own entry, when it finishes,
+            // serves everything the old one could. Any other hit (a shared system prompt,
+            // typically) leaves the entry for other requests and copies the positions it
+            // reuses.
             if let Some(index) = best_index {
-                let last = self.caches.len() - 1;
-                self.caches.move_index(index, last);
+                if continues_entry {
+                    self.caches.shift_remove_index(index);
+                } else {
+                    let last = self.caches.len() - 1;
+                    self.caches.move_index(index, last);
+                    for layer in cache.cache.iter_mut().flatten() {
+                        if let KvCache::Normal { k, v } = layer {
+                            k.copy_into_own_buffer()?;
+                            v.copy_into_own_buffer()?;
+                        }
+                    }
+                }
             }
             return Ok(Some(MatchingCache::Normal {
                 normal: cache.cache,

@@ -72,6 +72,17 @@ impl SingleCache {
         Ok(())
     }
 
+    /// Puts the buffer in a contiguous one that this cache alone holds, so that appending
+    /// writes into nothing that another holder of the old buffer reads. One pass, into
+    /// memory that is not zeroed first (positions past `current_seq_len` are copied too,
+    /// and are written before anything reads them).
+    pub fn copy_into_own_buffer(&mut self) -> Result<()> {
+        if let Some(data) = &self.all_data {
+            self.all_data = Some(data.force_contiguous()?);
+        }
+        Ok(())
+    }
+
     pub fn append(&mut self, src: &Tensor) -> Result<()> {
         let seq_len = src.dim(self.dim)?;
         // This doesn't seem very idiomatic but because the creation can fail, it's tricky to use
