@@ -10,8 +10,14 @@ from llama_cpp import Llama
 
 model, prompts_path, new_tokens, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 threads = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+# "gpu": every layer on the GPU (a CUDA build of llama.cpp), with llama.cpp's default batch.
+on_gpu = len(sys.argv) > 6 and sys.argv[6] == "gpu"
 prompts = json.load(open(prompts_path))
-llm = Llama(model_path=model, n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
+if on_gpu:
+    llm = Llama(model_path=model, n_ctx=8192, n_threads=threads, n_batch=2048, n_gpu_layers=-1, verbose=False)
+else:
+    llm = Llama(model_path=model, n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
+label = "llama.cpp CUDA (Q4_1)" if on_gpu else "llama.cpp (Q4_1)"
 
 for name, tokens in sorted(prompts.items()):
     samples = []
@@ -31,5 +37,5 @@ for name, tokens in sorted(prompts.items()):
             samples.append((first - started, finished - first, generated))
     prefill = statistics.median(len(tokens) / s[0] for s in samples)
     decode = statistics.median(max(s[2] - 1, 0) / max(s[1], 1e-9) for s in samples)
-    print(json.dumps({"engine": "llama.cpp (Q4_1)", "prompt": name, "prompt_tokens": len(tokens),
+    print(json.dumps({"engine": label, "prompt": name, "prompt_tokens": len(tokens),
                       "prefill_tok_s": prefill, "decode_tok_s": decode, "new_tokens": samples[0][2]}))
