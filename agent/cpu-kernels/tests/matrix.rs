@@ -15,6 +15,13 @@ fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// The two ways a matrix multiplies activations: its block loops, and panels expanded to F32.
+#[derive(Clone, Copy, Debug)]
+enum Product {
+    Blocks,
+    Panels,
+}
+
 /// Quantizes random weights with candle, reads the blocks into a matrix, and checks that
 /// (1) the matrix dequantizes to exactly candle's values and (2) its product with random
 /// activations (for each number of activation rows, by the block loops and by expanded
@@ -32,12 +39,12 @@ fn check(format: BlockFormat, rows: usize, cols: usize, activation_rows: &[usize
     let values = matrix.dequantize();
     assert_eq!(values, expected_values, "{format:?} {rows}x{cols}: blocks read differently from candle");
 
-    for (&m, product) in activation_rows.iter().flat_map(|m| [(m, "blocks"), (m, "panels")]) {
+    for (&m, product) in activation_rows.iter().flat_map(|m| [(m, Product::Blocks), (m, Product::Panels)]) {
         let x = random(&mut rng, m * cols);
         let mut out = vec![f32::NAN; m * rows];
         match product {
-            "blocks" => matrix.matmul(&x, m, &mut out),
-            _ => matrix.matmul_panels(&x, m, &mut out),
+            Product::Blocks => matrix.matmul(&x, m, &mut out),
+            Product::Panels => matrix.matmul_panels(&x, m, &mut out),
         }
         for token in 0..m {
             let x = &x[token * cols..(token + 1) * cols];
@@ -48,7 +55,7 @@ fn check(format: BlockFormat, rows: usize, cols: usize, activation_rows: &[usize
                 let got = out[token * rows + row] as f64;
                 assert!(
                     (got - exact).abs() <= TOLERANCE * scale.max(1.0),
-                    "{format:?} {rows}x{cols}, {m} rows by {product}: out[{token}][{row}] = {got}, reference {exact}"
+                    "{format:?} {rows}x{cols}, {m} rows by {product:?}: out[{token}][{row}] = {got}, reference {exact}"
                 );
             }
         }

@@ -356,7 +356,6 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
         // DefaultScheduler doesn't use PagedAttention prefix caching
     }
     fn set_ragged_completions(&mut self, enabled: bool) {
-        let DefaultSchedulerMethod::Fixed(_) = self.method;
         self.bucketing_manager = Box::new(FixedBucketingManager {
             ragged_completions: enabled,
         });
