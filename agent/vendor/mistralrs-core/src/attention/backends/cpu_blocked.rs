@@ -102,6 +102,109 @@ fn token_step_attention(
     let (b, h, q_len, d) = q.dims4()?;
     let kv_h = k.dim(1)?;
     let dv = v.dim(D::Minus1)?;
+    with_cpu_operands(q, k, v, mask, |CpuOperands { q: q_data, k: k_data, v: v_data, k_stride: ks, v_stride: vs, mask: mask_view }| {
+        let chunks = visible.iter().copied().max().unwrap_or(0).div_ceil(KEY_CHUNK).max(1);
+        // The rows of one KV head's group: query head `g·n_kv_groups + i`, row `r`, at `i·q_len + r`.
+        let group_rows = n_kv_groups * q_len;
+        // Per task and group row: the chunk's maximum score, its sum of exponentials, its output.
+        let partial = dv + 2;
+        let mut partials = vec![0f32; b * kv_h * chunks * group_rows * partial];
+        partials.par_chunks_mut(group_rows * partial).enumerate().for_each(|(task, parts)| {
+            let (bi, g, chunk) = (task / (kv_h * chunks), task / chunks % kv_h, task % chunks);
+            let first_key = chunk * KEY_CHUNK;
+            let keys_of = |gr: usize| visible[gr % q_len].min(first_key + KEY_CHUNK).saturating_sub(first_key);
+            let n_keys = (0..group_rows).map(keys_of).max().unwrap_or(0);
+            let mut scores = vec![f32::NEG_INFINITY; group_rows * KEY_CHUNK];
+            for j in 0..n_keys {
+                let key = first_key + j;
+                let k_row = &k_data[bi * ks[0] + g * ks[1] + key * ks[2]..][..d];
+                for gr in (0..group_rows).filter(|&gr| j < keys_of(gr)) {
+                    let (hi, r) = (g * n_kv_groups + gr / q_len, gr % q_len);
+                    let query = &q_data[((bi * h + hi) * q_len + r) * d..][..d];
+                    let mut score = dot(query, k_row) * scale;
+                    if let Some((mask, stride)) = mask_view {
+                        score += mask[bi * stride[0] + hi * stride[1] + r * stride[2] + key * stride[3]];
+                    }
+                    scores[gr * KEY_CHUNK + j] = score;
+                }
+            }
+            for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
+                let row = &mut scores[gr * KEY_CHUNK..gr * KEY_CHUNK + n_keys];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                part[0] = max;
+                if max == f32::NEG_INFINITY {
+                    continue; // no visible key in this chunk: zero weight in the combination
+                }
+                part[1] = exp_shifted_sum(row, max);
+            }
+            for j in 0..n_keys {
+                let v_row = &v_data[bi * vs[0] + g * vs[1] + (first_key + j) * vs[2]..][..dv];
+                for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
+                    let w = scores[gr * KEY_CHUNK + j];
+                    if part[0] == f32::NEG_INFINITY || w == 0.0 {
+                        continue;
+                    }
+                    for (o, v) in part[2..].iter_mut().zip(v_row) {
+                        *o += w * v;
+                    }
+                }
+            }
+        });
+        // Combine the chunks of each row: Σ e^(mᶜ−M)·oᶜ / Σ e^(mᶜ−M)·sᶜ with M the largest mᶜ.
+        let mut out = vec![0f32; b * h * q_len * dv];
+        for (index, out) in out.chunks_exact_mut(dv).enumerate() {
+            let (bi, hi, r) = (index / (h * q_len), index / q_len % h, index % q_len);
+            let (g, gr) = (hi / n_kv_groups, (hi % n_kv_groups) * q_len + r);
+            let part = |chunk: usize| {
+                let task = (bi * kv_h + g) * chunks + chunk;
+                &partials[(task * group_rows + gr) * partial..][..partial]
+            };
+            let max = (0..chunks).map(|c| part(c)[0]).fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                continue; // every key hidden: zero output, as in `masked_softmax`
+            }
+            let mut sum = 0f32;
+            for c in 0..chunks {
+                let p = part(c);
+                if p[0] == f32::NEG_INFINITY {
+                    continue;
+                }
+                let factor = (p[0] - max).exp();
+                sum += factor * p[1];
+                for (o, v) in out.iter_mut().zip(&p[2..]) {
+                    *o += factor * v;
+                }
+            }
+            let inverse = 1.0 / sum;
+            for o in out.iter_mut() {
+                *o *= inverse;
+            }
+        }
+        Tensor::from_vec(out, (b, h, q_len, dv), q.device())
+    })
+}
+
+/// Attention's operands on the CPU in F32: each tensor's elements from its layout's first
+/// one, the strides of the keys, the values and the mask (queries are contiguous).
+struct CpuOperands<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    k_stride: &'a [usize],
+    v_stride: &'a [usize],
+    mask: Option<(&'a [f32], &'a [usize])>,
+}
+
+/// Calls `f` with the operands' data, borrowed from their storage for the call, when all
+/// are F32 on the CPU and each key and value row is contiguous; `None` otherwise (the
+/// candle path takes those).
+fn with_cpu_operands<R>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    f: impl FnOnce(CpuOperands<'_>) -> Result<R>,
+) -> Result<Option<R>> {
     if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -125,84 +228,7 @@ fn token_step_attention(
         },
         None => None,
     };
-    let chunks = visible.iter().copied().max().unwrap_or(0).div_ceil(KEY_CHUNK).max(1);
-    // The rows of one KV head's group: query head `g·n_kv_groups + i`, row `r`, at `i·q_len + r`.
-    let group_rows = n_kv_groups * q_len;
-    // Per task and group row: the chunk's maximum score, its sum of exponentials, its output.
-    let partial = dv + 2;
-    let mut partials = vec![0f32; b * kv_h * chunks * group_rows * partial];
-    partials.par_chunks_mut(group_rows * partial).enumerate().for_each(|(task, parts)| {
-        let (bi, g, chunk) = (task / (kv_h * chunks), task / chunks % kv_h, task % chunks);
-        let first_key = chunk * KEY_CHUNK;
-        let keys_of = |gr: usize| visible[gr % q_len].min(first_key + KEY_CHUNK).saturating_sub(first_key);
-        let n_keys = (0..group_rows).map(keys_of).max().unwrap_or(0);
-        let mut scores = vec![f32::NEG_INFINITY; group_rows * KEY_CHUNK];
-        for j in 0..n_keys {
-            let key = first_key + j;
-            let k_row = &k_data[bi * ks[0] + g * ks[1] + key * ks[2]..][..d];
-            for gr in (0..group_rows).filter(|&gr| j < keys_of(gr)) {
-                let (hi, r) = (g * n_kv_groups + gr / q_len, gr % q_len);
-                let query = &q_data[((bi * h + hi) * q_len + r) * d..][..d];
-                let mut score = dot(query, k_row) * scale;
-                if let Some((mask, stride)) = mask_view {
-                    score += mask[bi * stride[0] + hi * stride[1] + r * stride[2] + key * stride[3]];
-                }
-                scores[gr * KEY_CHUNK + j] = score;
-            }
-        }
-        for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
-            let row = &mut scores[gr * KEY_CHUNK..gr * KEY_CHUNK + n_keys];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            part[0] = max;
-            if max == f32::NEG_INFINITY {
-                continue; // no visible key in this chunk: zero weight in the combination
-            }
-            part[1] = exp_shifted_sum(row, max);
-        }
-        for j in 0..n_keys {
-            let v_row = &v_data[bi * vs[0] + g * vs[1] + (first_key + j) * vs[2]..][..dv];
-            for (gr, part) in parts.chunks_exact_mut(partial).enumerate() {
-                let w = scores[gr * KEY_CHUNK + j];
-                if part[0] == f32::NEG_INFINITY || w == 0.0 {
-                    continue;
-                }
-                for (o, v) in part[2..].iter_mut().zip(v_row) {
-                    *o += w * v;
-                }
-            }
-        }
-    });
-    // Combine the chunks of each row: Σ e^(mᶜ−M)·oᶜ / Σ e^(mᶜ−M)·sᶜ with M the largest mᶜ.
-    let mut out = vec![0f32; b * h * q_len * dv];
-    for (index, out) in out.chunks_exact_mut(dv).enumerate() {
-        let (bi, hi, r) = (index / (h * q_len), index / q_len % h, index % q_len);
-        let (g, gr) = (hi / n_kv_groups, (hi % n_kv_groups) * q_len + r);
-        let part = |chunk: usize| {
-            let task = (bi * kv_h + g) * chunks + chunk;
-            &partials[(task * group_rows + gr) * partial..][..partial]
-        };
-        let max = (0..chunks).map(|c| part(c)[0]).fold(f32::NEG_INFINITY, f32::max);
-        if max == f32::NEG_INFINITY {
-            continue; // every key hidden: zero output, as in `masked_softmax`
-        }
-        let mut sum = 0f32;
-        for c in 0..chunks {
-            let p = part(c);
-            if p[0] == f32::NEG_INFINITY {
-                continue;
-            }
-            let factor = (p[0] - max).exp();
-            sum += factor * p[1];
-            for (o, v) in out.iter_mut().zip(&p[2..]) {
-                *o += factor * v;
-            }
-        }
-        let inverse = 1.0 / sum;
-        for o in out.iter_mut() {
-            *o *= inverse;
-        }
-    }
-    Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
+    f(CpuOperands { q: q_data, k: k_data, v: v_data, k_stride: ks, v_stride: vs, mask: mask_view }).map(Some)
 }
 
 /// The f32 elements of a CPU tensor's storage from its layout's first one; `None` for
@@ -243,157 +269,136 @@ fn tiled_prompt_attention(
     let (b, h, q_len, d) = q.dims4()?;
     let kv_h = k.dim(1)?;
     let dv = v.dim(D::Minus1)?;
-    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    if k.stride()[3] != 1 || v.stride()[3] != 1 {
-        return Ok(None);
-    }
-    let q = q.contiguous()?;
-    let (q_storage, q_layout) = q.storage_and_layout();
-    let (k_storage, k_layout) = k.storage_and_layout();
-    let (v_storage, v_layout) = v.storage_and_layout();
-    let (Some(q_data), Some(k_data), Some(v_data)) = (cpu_f32(&q_storage, q_layout), cpu_f32(&k_storage, k_layout), cpu_f32(&v_storage, v_layout))
-    else {
-        return Ok(None);
-    };
-    let (ks, vs) = (k.stride(), v.stride());
-    let mask_guard = mask.map(|mask| mask.storage_and_layout());
-    let mask_view = match &mask_guard {
-        Some((storage, layout)) => match cpu_f32(storage, layout) {
-            Some(data) => Some((data, layout.stride())),
-            None => return Ok(None),
-        },
-        None => None,
-    };
+    with_cpu_operands(q, k, v, mask, |CpuOperands { q: q_data, k: k_data, v: v_data, k_stride: ks, v_stride: vs, mask: mask_view }| {
 
-    let blocks = q_len.div_ceil(TILE_QUERY_ROWS);
-    // Each task's output rows: query head `g·n_kv_groups + i`, row `start + r`, at `i·rows + r`.
-    let task_outputs: Vec<Vec<f32>> = (0..b * kv_h * blocks)
-        .into_par_iter()
-        .map(|task| {
-            let (bi, g, block) = (task / (kv_h * blocks), task / blocks % kv_h, task % blocks);
-            let start = block * TILE_QUERY_ROWS;
-            let rows = TILE_QUERY_ROWS.min(q_len - start);
-            let group_rows = n_kv_groups * rows;
-            let head_and_row = |gr: usize| (g * n_kv_groups + gr / rows, start + gr % rows);
-            let seen = visible[start..start + rows].iter().copied().max().unwrap_or(0);
-            // The block's queries, scaled once here rather than every score.
-            let mut queries = Vec::with_capacity(group_rows * d);
-            for gr in 0..group_rows {
-                let (hi, r) = head_and_row(gr);
-                queries.extend(q_data[((bi * h + hi) * q_len + r) * d..][..d].iter().map(|x| x * scale));
-            }
-            let mut out = vec![0f32; group_rows * dv];
-            let mut row_max = vec![f32::NEG_INFINITY; group_rows];
-            let mut row_sum = vec![0f32; group_rows];
-            let mut scores = vec![0f32; group_rows * TILE_KEYS];
-            for first_key in (0..seen).step_by(TILE_KEYS) {
-                let n_keys = TILE_KEYS.min(seen - first_key);
-                let scores = &mut scores[..group_rows * n_keys];
-                // The tile's keys and values, `n_keys` rows apart by the cache's stride;
-                // slicing checks that every element the products read is in the buffer.
-                let keys = &k_data[bi * ks[0] + g * ks[1] + first_key * ks[2]..][..(n_keys - 1) * ks[2] + d];
-                let values = &v_data[bi * vs[0] + g * vs[1] + first_key * vs[2]..][..(n_keys - 1) * vs[2] + dv];
-                // scores (group_rows × n_keys) = queries (group_rows × d) · keysᵀ (d × n_keys).
-                // SAFETY: `gemm` reads `group_rows × d` queries with row stride `d`, `d ×
-                // n_keys` of `keys` with column stride `ks[2]` (both within the slices
-                // above), and writes `group_rows × n_keys` scores with row stride `n_keys`,
-                // exactly `scores`' length. `read_dst` is false: the scores are only written.
-                unsafe {
-                    gemm::gemm(
-                        group_rows,
-                        n_keys,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        n_keys as isize,
-                        false,
-                        queries.as_ptr(),
-                        1,
-                        d as isize,
-                        keys.as_ptr(),
-                        ks[2] as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                };
-                for (gr, row) in scores.chunks_exact_mut(n_keys).enumerate() {
-                    if let Some((mask, stride)) = mask_view {
-                        let (hi, r) = head_and_row(gr);
-                        add_mask_row(row, mask, bi * stride[0] + hi * stride[1] + r * stride[2] + first_key * stride[3], stride[3]);
+        let blocks = q_len.div_ceil(TILE_QUERY_ROWS);
+        // Each task's output rows: query head `g·n_kv_groups + i`, row `start + r`, at `i·rows + r`.
+        let task_outputs: Vec<Vec<f32>> = (0..b * kv_h * blocks)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, g, block) = (task / (kv_h * blocks), task / blocks % kv_h, task % blocks);
+                let start = block * TILE_QUERY_ROWS;
+                let rows = TILE_QUERY_ROWS.min(q_len - start);
+                let group_rows = n_kv_groups * rows;
+                let head_and_row = |gr: usize| (g * n_kv_groups + gr / rows, start + gr % rows);
+                let seen = visible[start..start + rows].iter().copied().max().unwrap_or(0);
+                // The block's queries, scaled once here rather than every score.
+                let mut queries = Vec::with_capacity(group_rows * d);
+                for gr in 0..group_rows {
+                    let (hi, r) = head_and_row(gr);
+                    queries.extend(q_data[((bi * h + hi) * q_len + r) * d..][..d].iter().map(|x| x * scale));
+                }
+                let mut out = vec![0f32; group_rows * dv];
+                let mut row_max = vec![f32::NEG_INFINITY; group_rows];
+                let mut row_sum = vec![0f32; group_rows];
+                let mut scores = vec![0f32; group_rows * TILE_KEYS];
+                for first_key in (0..seen).step_by(TILE_KEYS) {
+                    let n_keys = TILE_KEYS.min(seen - first_key);
+                    let scores = &mut scores[..group_rows * n_keys];
+                    // The tile's keys and values, `n_keys` rows apart by the cache's stride;
+                    // slicing checks that every element the products read is in the buffer.
+                    let keys = &k_data[bi * ks[0] + g * ks[1] + first_key * ks[2]..][..(n_keys - 1) * ks[2] + d];
+                    let values = &v_data[bi * vs[0] + g * vs[1] + first_key * vs[2]..][..(n_keys - 1) * vs[2] + dv];
+                    // scores (group_rows × n_keys) = queries (group_rows × d) · keysᵀ (d × n_keys).
+                    // SAFETY: `gemm` reads `group_rows × d` queries with row stride `d`, `d ×
+                    // n_keys` of `keys` with column stride `ks[2]` (both within the slices
+                    // above), and writes `group_rows × n_keys` scores with row stride `n_keys`,
+                    // exactly `scores`' length. `read_dst` is false: the scores are only written.
+                    unsafe {
+                        gemm::gemm(
+                            group_rows,
+                            n_keys,
+                            d,
+                            scores.as_mut_ptr(),
+                            1,
+                            n_keys as isize,
+                            false,
+                            queries.as_ptr(),
+                            1,
+                            d as isize,
+                            keys.as_ptr(),
+                            ks[2] as isize,
+                            1,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    };
+                    for (gr, row) in scores.chunks_exact_mut(n_keys).enumerate() {
+                        if let Some((mask, stride)) = mask_view {
+                            let (hi, r) = head_and_row(gr);
+                            add_mask_row(row, mask, bi * stride[0] + hi * stride[1] + r * stride[2] + first_key * stride[3], stride[3]);
+                        }
+                        let max = row_max[gr].max(lanes_max(row));
+                        if max == f32::NEG_INFINITY {
+                            row.fill(0.0); // every key so far hidden: no weight yet
+                            continue;
+                        }
+                        // e^(old max − new max) rescales what earlier tiles summed: 1 when the
+                        // maximum did not grow, 0 before the first visible key.
+                        let rescale = exp(row_max[gr] - max);
+                        row_sum[gr] = row_sum[gr] * rescale + exp_shifted_sum(row, max);
+                        row_max[gr] = max;
+                        if rescale != 1.0 {
+                            out[gr * dv..(gr + 1) * dv].iter_mut().for_each(|o| *o *= rescale);
+                        }
                     }
-                    let max = row_max[gr].max(lanes_max(row));
-                    if max == f32::NEG_INFINITY {
-                        row.fill(0.0); // every key so far hidden: no weight yet
-                        continue;
-                    }
-                    // e^(old max − new max) rescales what earlier tiles summed: 1 when the
-                    // maximum did not grow, 0 before the first visible key.
-                    let rescale = exp(row_max[gr] - max);
-                    row_sum[gr] = row_sum[gr] * rescale + exp_shifted_sum(row, max);
-                    row_max[gr] = max;
-                    if rescale != 1.0 {
-                        out[gr * dv..(gr + 1) * dv].iter_mut().for_each(|o| *o *= rescale);
+                    // out (group_rows × dv) += weights (group_rows × n_keys) · values (n_keys × dv).
+                    // SAFETY: reads `group_rows × n_keys` weights (the whole of `scores`) and
+                    // `n_keys × dv` of `values` with row stride `vs[2]` (within the slice), and
+                    // reads and writes `group_rows × dv` outputs, exactly `out`'s length.
+                    unsafe {
+                        gemm::gemm(
+                            group_rows,
+                            dv,
+                            n_keys,
+                            out.as_mut_ptr(),
+                            1,
+                            dv as isize,
+                            true,
+                            scores.as_ptr(),
+                            1,
+                            n_keys as isize,
+                            values.as_ptr(),
+                            1,
+                            vs[2] as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    };
+                }
+                for (o, sum) in out.chunks_exact_mut(dv).zip(&row_sum) {
+                    // A row with every key hidden has a zero sum and keeps zero output, as in
+                    // `masked_softmax`.
+                    if *sum > 0.0 {
+                        let inverse = 1.0 / sum;
+                        o.iter_mut().for_each(|x| *x *= inverse);
                     }
                 }
-                // out (group_rows × dv) += weights (group_rows × n_keys) · values (n_keys × dv).
-                // SAFETY: reads `group_rows × n_keys` weights (the whole of `scores`) and
-                // `n_keys × dv` of `values` with row stride `vs[2]` (within the slice), and
-                // reads and writes `group_rows × dv` outputs, exactly `out`'s length.
-                unsafe {
-                    gemm::gemm(
-                        group_rows,
-                        dv,
-                        n_keys,
-                        out.as_mut_ptr(),
-                        1,
-                        dv as isize,
-                        true,
-                        scores.as_ptr(),
-                        1,
-                        n_keys as isize,
-                        values.as_ptr(),
-                        1,
-                        vs[2] as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                };
-            }
-            for (o, sum) in out.chunks_exact_mut(dv).zip(&row_sum) {
-                // A row with every key hidden has a zero sum and keeps zero output, as in
-                // `masked_softmax`.
-                if *sum > 0.0 {
-                    let inverse = 1.0 / sum;
-                    o.iter_mut().for_each(|x| *x *= inverse);
-                }
-            }
-            out
-        })
-        .collect();
+                out
+            })
+            .collect();
 
-    let mut out = vec![0f32; b * h * q_len * dv];
-    out.par_chunks_mut(q_len * dv).enumerate().for_each(|(index, head_out)| {
-        let (bi, hi) = (index / h, index % h);
-        let (g, i) = (hi / n_kv_groups, hi % n_kv_groups);
-        for block in 0..blocks {
-            let start = block * TILE_QUERY_ROWS;
-            let rows = TILE_QUERY_ROWS.min(q_len - start);
-            let task_out = &task_outputs[(bi * kv_h + g) * blocks + block];
-            head_out[start * dv..(start + rows) * dv].copy_from_slice(&task_out[i * rows * dv..(i + 1) * rows * dv]);
-        }
-    });
-    Ok(Some(Tensor::from_vec(out, (b, h, q_len, dv), q.device())?))
+        let mut out = vec![0f32; b * h * q_len * dv];
+        out.par_chunks_mut(q_len * dv).enumerate().for_each(|(index, head_out)| {
+            let (bi, hi) = (index / h, index % h);
+            let (g, i) = (hi / n_kv_groups, hi % n_kv_groups);
+            for block in 0..blocks {
+                let start = block * TILE_QUERY_ROWS;
+                let rows = TILE_QUERY_ROWS.min(q_len - start);
+                let task_out = &task_outputs[(bi * kv_h + g) * blocks + block];
+                head_out[start * dv..(start + rows) * dv].copy_from_slice(&task_out[i * rows * dv..(i + 1) * rows * dv]);
+            }
+        });
+        Tensor::from_vec(out, (b, h, q_len, dv), q.device())
+    })
 }
 
 /// Adds a mask row of `row.len()` entries, `stride` apart from `base`, to `row`. A mask
